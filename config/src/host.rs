@@ -1,0 +1,536 @@
+//! The host config (`/etc/sotolito/sotolito.toml`): every key has a default,
+//! unknown keys and wrong types are errors that name the key, file and line.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::names::{gateway, CpuWeight, InvalidValue, MemorySize, Problem};
+use crate::Error;
+
+pub const DEFAULT_CONFIG: &str = "/etc/sotolito/sotolito.toml";
+pub const ENV_CONFIG: &str = "SOTOLITO_CONFIG";
+pub const ENV_STATE_DIR: &str = "SOTOLITO_STATE_DIR";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    pub paths: Paths,
+    pub network: Network,
+    pub proxy: Proxy,
+    pub defaults: Defaults,
+    pub acme: Acme,
+    pub runtime: Runtime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub systemd_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            state_dir: "/var/lib/sotolito".into(),
+            run_dir: "/run/sotolito".into(),
+            config_dir: "/etc/sotolito".into(),
+            systemd_dir: "/etc/systemd/system".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    /// Empty: the interface of the default route.
+    pub public_interface: String,
+    pub ssh_ports: PortRange,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            bridge: "sotolito0".into(),
+            subnet: Ipv4Net::new(Ipv4Addr::new(172, 18, 0, 0), 16).expect("valid prefix"),
+            public_interface: String::new(),
+            ssh_ports: PortRange {
+                first: 2200,
+                last: 2999,
+            },
+        }
+    }
+}
+
+impl Network {
+    pub fn gateway(&self) -> Ipv4Addr {
+        gateway(self.subnet)
+    }
+}
+
+/// An inclusive port range written `2200-2999`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let bad = |problem| InvalidValue {
+            kind: "port range",
+            value: s.to_owned(),
+            problem,
+        };
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let first: u16 = a.trim().parse().map_err(|_| bad(Problem::NotANumber))?;
+        let last: u16 = b.trim().parse().map_err(|_| bad(Problem::NotANumber))?;
+        if first == 0 || last < first {
+            return Err(bad(Problem::OutOfRange { min: 1, max: 65535 }));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy {
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    /// /metrics; never public.
+    pub admin: SocketAddr,
+    /// Empty: STATE_DIR/certs.
+    pub certs_dir: PathBuf,
+    /// Peers whose X-Forwarded-* / Forwarded headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Send a PROXY protocol v2 header to tenants.
+    pub proxy_protocol: bool,
+    /// Redirect plain HTTP to HTTPS for hosts that have a certificate.
+    pub redirect_https: bool,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            https: SocketAddr::from(([0, 0, 0, 0], 443)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            certs_dir: PathBuf::new(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            redirect_https: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub memory: MemorySize,
+    pub cpu_weight: CpuWeight,
+    pub pids: u32,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            memory: MemorySize::new("512M").expect("valid default"),
+            cpu_weight: CpuWeight::new(100).expect("valid default"),
+            pids: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Acme {
+    pub enabled: bool,
+    pub directory: String,
+    pub email: String,
+    /// Extra PEM roots to trust for the ACME server (a private CA).
+    pub ca_roots: Vec<PathBuf>,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            enabled: false,
+            directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            email: String::new(),
+            ca_roots: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    pub runc: String,
+    pub cgroup_manager: CgroupManager,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            runc: "runc".into(),
+            cgroup_manager: CgroupManager::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupManager {
+    Auto,
+    Systemd,
+    Cgroupfs,
+}
+
+/// Where the config came from, and the flags and environment laid over it.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl HostConfig {
+    /// Loads the config as the CLI does. Precedence: flag, then environment,
+    /// then file, then default. The default file is optional; a file named by
+    /// a flag or the environment must exist.
+    pub fn load(flags: &Overrides) -> Result<Loaded, Error> {
+        let env_config = std::env::var_os(ENV_CONFIG)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let env_state = std::env::var_os(ENV_STATE_DIR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        let (path, required) = match flags.config.clone().or(env_config) {
+            Some(p) => (p, true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let mut config = match std::fs::read_to_string(&path) {
+            Ok(text) => HostConfig::parse(&text, &path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                HostConfig::default()
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "read config",
+                    path,
+                    source,
+                })
+            }
+        };
+        if let Some(dir) = flags.state_dir.clone().or(env_state) {
+            config.paths.state_dir = dir;
+        }
+        config.make_paths_absolute()?;
+        let path = std::path::absolute(&path).unwrap_or(path);
+        Ok(Loaded { config, path })
+    }
+
+    /// Parses config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<HostConfig, Error> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| config_error(text, path, String::new(), e))?;
+        let config: HostConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            config_error(text, path, key, e.into_inner())
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), Error> {
+        let bad = |key: &str, message: String| Error::Config {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            line: None,
+            message,
+        };
+        let bridge = &self.network.bridge;
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || !bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(
+                "network.bridge",
+                format!("{bridge:?} is not an interface name (1-15 letters, digits, '-' or '_')"),
+            ));
+        }
+        if self.network.subnet.prefix_len() > 29 {
+            return Err(bad(
+                "network.subnet",
+                format!(
+                    "{} is too small for tenants (use /29 or larger)",
+                    self.network.subnet
+                ),
+            ));
+        }
+        if self.network.subnet.addr() != self.network.subnet.network() {
+            return Err(bad(
+                "network.subnet",
+                format!(
+                    "{} has host bits set (did you mean {}?)",
+                    self.network.subnet,
+                    self.network.subnet.trunc()
+                ),
+            ));
+        }
+        if self.defaults.pids < 16 {
+            return Err(bad(
+                "defaults.pids",
+                format!("{} is below 16", self.defaults.pids),
+            ));
+        }
+        Ok(())
+    }
+
+    fn make_paths_absolute(&mut self) -> Result<(), Error> {
+        for (key, p) in [
+            ("paths.state_dir", &mut self.paths.state_dir),
+            ("paths.run_dir", &mut self.paths.run_dir),
+            ("paths.config_dir", &mut self.paths.config_dir),
+            ("paths.systemd_dir", &mut self.paths.systemd_dir),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(Error::Config {
+                    path: PathBuf::new(),
+                    key: key.into(),
+                    line: None,
+                    message: "is empty".into(),
+                });
+            }
+            if let Ok(abs) = std::path::absolute(&*p) {
+                *p = abs;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn registry_dir(&self) -> PathBuf {
+        self.paths.state_dir.join("registry")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.paths.state_dir.join("images")
+    }
+
+    pub fn tenants_dir(&self) -> PathBuf {
+        self.paths.state_dir.join("tenants")
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        if self.proxy.certs_dir.as_os_str().is_empty() {
+            self.paths.state_dir.join("certs")
+        } else {
+            self.proxy.certs_dir.clone()
+        }
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.paths.run_dir.join("runc")
+    }
+
+    /// CONFIG_DIR/tenants: the units' EnvironmentFile directory.
+    pub fn tenant_cfg_dir(&self) -> PathBuf {
+        self.paths.config_dir.join("tenants")
+    }
+}
+
+/// A loaded config and the (absolute) file it was read from, or would have
+/// been: hooks and units pass it back to vpsctl as `--config`.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: HostConfig,
+    pub path: PathBuf,
+}
+
+fn config_error(text: &str, path: &Path, key: String, e: toml::de::Error) -> Error {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    // The first line of toml's message is the useful one; the rest is a
+    // source excerpt that we replace with the line number.
+    let mut message = e
+        .message()
+        .lines()
+        .next()
+        .unwrap_or("invalid")
+        .trim()
+        .to_owned();
+    // serde names the missing or unknown field; surface the key for the
+    // unknown-field case where the path points at the parent table.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(field) = rest.split('`').next() {
+            // serde_path_to_error's path already ends with the field.
+            let full = if key.is_empty() || key == "." {
+                field.to_owned()
+            } else {
+                key.clone()
+            };
+            message = format!("unknown key (valid keys: {})", valid_keys_hint(&message));
+            return Error::Config {
+                path: path.to_owned(),
+                key: full,
+                line,
+                message,
+            };
+        }
+    }
+    Error::Config {
+        path: path.to_owned(),
+        key: if key == "." { String::new() } else { key },
+        line,
+        message,
+    }
+}
+
+fn valid_keys_hint(serde_message: &str) -> String {
+    // "unknown field `x`, expected one of `a`, `b`" -> "a, b"
+    serde_message
+        .split_once("expected")
+        .map(|(_, rest)| {
+            rest.trim()
+                .trim_start_matches("one of")
+                .trim()
+                .replace('`', "")
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HostConfig, String> {
+        HostConfig::parse(text, Path::new("/etc/sotolito/sotolito.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, HostConfig::default());
+        assert_eq!(c.paths.state_dir, Path::new("/var/lib/sotolito"));
+        assert_eq!(c.network.bridge, "sotolito0");
+        assert_eq!(c.network.subnet.to_string(), "172.18.0.0/16");
+        assert_eq!(c.network.gateway().to_string(), "172.18.0.1");
+        assert_eq!(
+            c.network.ssh_ports,
+            PortRange {
+                first: 2200,
+                last: 2999
+            }
+        );
+        assert_eq!(c.proxy.admin.to_string(), "127.0.0.1:9180");
+        assert_eq!(c.defaults.memory.to_string(), "512M");
+        assert_eq!(c.defaults.cpu_weight.get(), 100);
+        assert_eq!(c.defaults.pids, 4096);
+        assert!(!c.acme.enabled);
+        assert_eq!(c.runtime.cgroup_manager, CgroupManager::Auto);
+        assert_eq!(c.certs_dir(), Path::new("/var/lib/sotolito/certs"));
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = parse(
+            "[paths]\nstate_dir = \"/tmp/s\"\n[network]\nssh_ports = \"3000-3009\"\n[defaults]\nmemory = \"2G\"\n[runtime]\ncgroup_manager = \"cgroupfs\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.paths.state_dir, Path::new("/tmp/s"));
+        assert_eq!(c.network.ssh_ports.len(), 10);
+        assert_eq!(c.defaults.memory.bytes(), 2 << 30);
+        assert_eq!(c.runtime.cgroup_manager, CgroupManager::Cgroupfs);
+    }
+
+    #[test]
+    fn errors_name_key_file_and_line() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[paths]\nstate_dir = \"/x\"\nstatedir = \"/y\"\n",
+                "config /etc/sotolito/sotolito.toml line 3: paths.statedir: unknown key (valid keys: state_dir, run_dir, config_dir, systemd_dir)",
+            ),
+            (
+                "\n[defaults]\ncpu_weight = \"lots\"\n",
+                "config /etc/sotolito/sotolito.toml line 3: defaults.cpu_weight: invalid type: string \"lots\", expected u64",
+            ),
+            (
+                "[defaults]\n\n\nmemory = \"12Q\"\n",
+                "config /etc/sotolito/sotolito.toml line 4: defaults.memory: memory size \"12Q\" is not a size (write a number with K, M, G or T, e.g. 512M or 2G)",
+            ),
+            (
+                "[network]\nsubnet = \"nonsense\"\n",
+                "config /etc/sotolito/sotolito.toml line 2: network.subnet: invalid IP address syntax",
+            ),
+            (
+                "[bogus]\n",
+                "config /etc/sotolito/sotolito.toml line 1: bogus: unknown key (valid keys: paths, network, proxy, defaults, acme, runtime)",
+            ),
+            (
+                "[runtime]\ncgroup_manager = \"sometimes\"\n",
+                "config /etc/sotolito/sotolito.toml line 2: runtime.cgroup_manager: unknown variant `sometimes`, expected one of `auto`, `systemd`, `cgroupfs`",
+            ),
+            (
+                "[network\n",
+                "config /etc/sotolito/sotolito.toml line 1: unclosed table, expected `]`",
+            ),
+            (
+                "[network]\nsubnet = \"172.18.0.0/30\"\n",
+                "config /etc/sotolito/sotolito.toml: network.subnet: 172.18.0.0/30 is too small for tenants (use /29 or larger)",
+            ),
+            (
+                "[network]\nbridge = \"a-very-long-bridge-name\"\n",
+                "config /etc/sotolito/sotolito.toml: network.bridge: \"a-very-long-bridge-name\" is not an interface name (1-15 letters, digits, '-' or '_')",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse(text).unwrap_err(), *want, "{text}");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The tenant record: what `registry/tenants/NAME.toml` holds.
+
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{CpuWeight, HostName, ImageName, MemorySize, SshPort, TenantName};
+
+/// The record format this vpsctl writes; records of a newer format are
+/// refused rather than half-understood.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub version: u32,
+    pub name: TenantName,
+    pub image: ImageName,
+    pub ip: Ipv4Addr,
+    pub ssh_port: SshPort,
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    #[serde(default)]
+    pub hosts: Vec<HostName>,
+    /// OpenSSH public key lines, installed once into root's authorized_keys.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    #[serde(with = "rfc3339")]
+    pub created: SystemTime,
+    pub desired: Desired,
+    /// Hosts for which no ACME certificate is ever requested.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acme_opt_out: Vec<HostName>,
+    pub limits: Limits,
+}
+
+fn default_http_port() -> u16 {
+    80
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub memory: MemorySize,
+    pub cpu_weight: CpuWeight,
+    pub pids: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+impl Desired {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        }
+    }
+}
+
+impl Tenant {
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a tenant record always serializes")
+    }
+
+    pub fn from_toml(text: &str) -> Result<Tenant, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| e.message().to_owned())?;
+        let t: Tenant = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.into_inner().message())
+        })?;
+        if t.version > FORMAT_VERSION {
+            return Err(format!(
+                "format version {} is newer than this vpsctl understands ({FORMAT_VERSION}); upgrade vpsctl",
+                t.version
+            ));
+        }
+        Ok(t)
+    }
+
+    /// The settings an operator chose, without bookkeeping (created time,
+    /// desired state): two provisions are "the same" when these agree.
+    pub fn differences(&self, other: &Tenant) -> Vec<String> {
+        let mut d = Vec::new();
+        let mut cmp = |what: &str, a: String, b: String| {
+            if a != b {
+                d.push(format!("{what} {a} -> {b}"));
+            }
+        };
+        cmp("image", self.image.to_string(), other.image.to_string());
+        cmp("ip", self.ip.to_string(), other.ip.to_string());
+        cmp(
+            "ssh port",
+            self.ssh_port.to_string(),
+            other.ssh_port.to_string(),
+        );
+        cmp(
+            "http port",
+            self.http_port.to_string(),
+            other.http_port.to_string(),
+        );
+        let hosts = |t: &Tenant| {
+            let mut h: Vec<_> = t.hosts.iter().map(|h| h.to_string()).collect();
+            h.sort();
+            h.join(",")
+        };
+        cmp("hosts", hosts(self), hosts(other));
+        let keys = |t: &Tenant| {
+            let mut k = t.ssh_keys.clone();
+            k.sort();
+            format!("{} key(s) {:x}", k.len(), fingerprint(&k.join("\n")))
+        };
+        cmp("ssh keys", keys(self), keys(other));
+        cmp(
+            "memory",
+            self.limits.memory.to_string(),
+            other.limits.memory.to_string(),
+        );
+        cmp(
+            "cpu weight",
+            self.limits.cpu_weight.to_string(),
+            other.limits.cpu_weight.to_string(),
+        );
+        cmp(
+            "pids",
+            self.limits.pids.to_string(),
+            other.limits.pids.to_string(),
+        );
+        d
+    }
+}
+
+/// FNV-1a: a short stable tag to tell key sets apart in messages.
+fn fingerprint(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample(name: &str, ip: [u8; 4], port: u64, hosts: &[&str]) -> Tenant {
+        Tenant {
+            version: FORMAT_VERSION,
+            name: TenantName::new(name).unwrap(),
+            image: ImageName::new("debian").unwrap(),
+            ip: Ipv4Addr::from(ip),
+            ssh_port: SshPort::new(port).unwrap(),
+            http_port: 80,
+            hosts: hosts.iter().map(|h| HostName::new(h).unwrap()).collect(),
+            ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey test@example".into()],
+            created: humantime::parse_rfc3339("2026-11-28T10:00:00Z").unwrap(),
+            desired: Desired::Running,
+            acme_opt_out: vec![],
+            limits: Limits {
+                memory: MemorySize::new("512M").unwrap(),
+                cpu_weight: CpuWeight::new(100).unwrap(),
+                pids: 4096,
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = sample(
+            "acme",
+            [172, 18, 0, 2],
+            2201,
+            &["acme.example.com", "*.acme.example.com"],
+        );
+        let text = t.to_toml();
+        assert!(
+            text.contains("created = \"2026-11-28T10:00:00Z\""),
+            "{text}"
+        );
+        assert!(text.contains("ssh_port = 2201"), "{text}");
+        assert_eq!(Tenant::from_toml(&text).unwrap(), t);
+    }
+
+    #[test]
+    fn bad_records_say_where() {
+        let t = sample("acme", [172, 18, 0, 2], 2201, &[]);
+        let text = t.to_toml().replace("ssh_port = 2201", "ssh_port = 0");
+        assert_eq!(
+            Tenant::from_toml(&text).unwrap_err(),
+            "ssh_port: ssh port \"0\" is out of range 1-65535"
+        );
+        let newer = t.to_toml().replace("version = 1", "version = 9");
+        assert!(Tenant::from_toml(&newer)
+            .unwrap_err()
+            .contains("upgrade vpsctl"));
+    }
+
+    #[test]
+    fn differences_ignore_bookkeeping() {
+        let a = sample("acme", [172, 18, 0, 2], 2201, &["a.example", "b.example"]);
+        let mut b = a.clone();
+        b.desired = Desired::Stopped;
+        b.created = SystemTime::now();
+        b.hosts.reverse();
+        assert!(a.differences(&b).is_empty());
+        b.ssh_port = SshPort::new(2202).unwrap();
+        b.limits.memory = MemorySize::new("1G").unwrap();
+        assert_eq!(
+            a.differences(&b),
+            vec!["ssh port 2201 -> 2202", "memory 512M -> 1G"]
+        );
+    }
+}
