@@ -17,7 +17,7 @@ pub use tenant::{Desired, Limits, Tenant};
 /// Errors of this crate; each names the thing and, where it helps, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,

@@ -1,0 +1,46 @@
+//! The command line contract (DESIGN.md "Command line"): clap definitions only.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sotolito_config::TenantName;
+
+/// sotolito: one Linux host, many VPSs, one edge.
+#[derive(Debug, Parser)]
+#[command(name = "vpsctl", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Host config file [default: /etc/sotolito/sotolito.toml; env SOTOLITO_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory, overriding the config's paths.state_dir [env SOTOLITO_STATE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print results as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the state layout (idempotent; every command that needs it runs it).
+    Init,
+    /// List tenants.
+    List,
+    /// Show one tenant.
+    Status { name: TenantName },
+}
+
+impl Command {
+    /// Commands log at warn by default; long-running services at info.
+    pub fn default_log_level(&self) -> &'static str {
+        "warn"
+    }
+}

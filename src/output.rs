@@ -1,0 +1,140 @@
+//! What vpsctl prints: the JSON shapes of the contract and their tables.
+
+use std::io::Write;
+
+use serde::Serialize;
+use sotolito_config::Tenant;
+use sotolito_provisioner::{ContainerState, ContainerStatus};
+
+/// One tenant as `status --json` and `list --json` show it.
+#[derive(Debug, Serialize)]
+pub struct TenantView {
+    pub name: String,
+    /// running | stopped | created | paused | unknown
+    pub state: &'static str,
+    pub desired: &'static str,
+    pub pid: Option<u32>,
+    pub ip: String,
+    pub ssh_port: u16,
+    pub hosts: Vec<String>,
+    pub http_port: u16,
+    pub image: String,
+    pub started_at: Option<String>,
+    pub memory: String,
+    pub cpu_weight: u64,
+    pub pids: u32,
+    pub created: String,
+}
+
+impl TenantView {
+    pub fn new<E: std::fmt::Display>(
+        t: &Tenant,
+        state: Result<Option<ContainerState>, E>,
+    ) -> TenantView {
+        let (state, pid, started_at) = match state {
+            Ok(Some(s)) => {
+                let started =
+                    matches!(s.status, ContainerStatus::Running | ContainerStatus::Paused)
+                        .then(|| s.created.clone())
+                        .flatten();
+                (s.status.as_str(), s.pid, started)
+            }
+            Ok(None) => ("stopped", None, None),
+            Err(e) => {
+                tracing::warn!(tenant = %t.name, error = %e, "cannot read container state");
+                ("unknown", None, None)
+            }
+        };
+        TenantView {
+            name: t.name.to_string(),
+            state,
+            desired: t.desired.as_str(),
+            pid,
+            ip: t.ip.to_string(),
+            ssh_port: t.ssh_port.get(),
+            hosts: t.hosts.iter().map(|h| h.to_string()).collect(),
+            http_port: t.http_port,
+            image: t.image.to_string(),
+            started_at,
+            memory: t.limits.memory.to_string(),
+            cpu_weight: t.limits.cpu_weight.get(),
+            pids: t.limits.pids,
+            created: humantime::format_rfc3339_seconds(t.created).to_string(),
+        }
+    }
+}
+
+pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn print_table(views: &[TenantView]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let rows: Vec<[String; 7]> = views
+        .iter()
+        .map(|v| {
+            [
+                v.name.clone(),
+                v.state.to_owned(),
+                v.desired.to_owned(),
+                v.ip.clone(),
+                v.ssh_port.to_string(),
+                v.image.clone(),
+                if v.hosts.is_empty() {
+                    "-".into()
+                } else {
+                    v.hosts.join(",")
+                },
+            ]
+        })
+        .collect();
+    let header = ["NAME", "STATE", "DESIRED", "IP", "SSH", "IMAGE", "HOSTS"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+pub fn print_status(v: &TenantView) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let pid = v.pid.map_or("-".to_owned(), |p| p.to_string());
+    let hosts = if v.hosts.is_empty() {
+        "-".to_owned()
+    } else {
+        v.hosts.join(", ")
+    };
+    writeln!(out, "name:       {}", v.name)?;
+    writeln!(out, "state:      {} (desired {})", v.state, v.desired)?;
+    writeln!(out, "pid:        {pid}")?;
+    writeln!(
+        out,
+        "started at: {}",
+        v.started_at.as_deref().unwrap_or("-")
+    )?;
+    writeln!(out, "image:      {}", v.image)?;
+    writeln!(out, "ip:         {}", v.ip)?;
+    writeln!(out, "ssh port:   {}", v.ssh_port)?;
+    writeln!(out, "http port:  {}", v.http_port)?;
+    writeln!(out, "hosts:      {hosts}")?;
+    writeln!(
+        out,
+        "limits:     memory {}, cpu weight {}, pids {}",
+        v.memory, v.cpu_weight, v.pids
+    )?;
+    writeln!(out, "created:    {}", v.created)?;
+    Ok(())
+}
