@@ -1,1 +1,88 @@
-//! sotolito-net.
+//! sotolito-net: tenant networking. IP and SSH port leases (pure), the
+//! nftables ruleset (pure text, applied atomically with `nft -f`), and the
+//! bridge and veth links (rtnetlink), all in the caller's network namespace.
+
+mod error;
+pub mod lease;
+pub mod link;
+pub mod netns;
+pub mod nft;
+pub mod ruleset;
+#[cfg(test)]
+mod testdata;
+
+use sotolito_config::{HostConfig, Registry, Tenant, TenantName};
+
+pub use error::Error;
+pub use lease::{allocate, Lease};
+pub use link::host_veth_name;
+pub use nft::LiveForward;
+pub use ruleset::render_ruleset;
+
+/// Ensures the bridge (with the gateway address), ip_forward, and replaces
+/// our whole `inet sotolito` and `bridge sotolito` tables from `tenants` in
+/// one `nft -f` transaction. Idempotent.
+pub fn reconcile(config: &HostConfig, tenants: &[Tenant]) -> Result<(), Error> {
+    link::ensure_bridge(config)?;
+    nft::apply_ruleset(&render_ruleset(config, tenants))?;
+    tracing::debug!(tenants = tenants.len(), "network reconciled");
+    Ok(())
+}
+
+/// Adds one tenant's SSH forward (and its anti-spoofing element). When our
+/// tables are missing (after a reboot or `nft flush ruleset`) it rebuilds
+/// them from the registry plus `tenant` instead.
+pub fn add_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
+    if !nft::tables_present()? {
+        let mut tenants = registry_tenants(config)?;
+        tenants.retain(|t| t.name != tenant.name);
+        tenants.push(tenant.clone());
+        return reconcile(config, &tenants);
+    }
+    nft::add_forward(config, tenant)
+}
+
+/// Removes one tenant's SSH forward and anti-spoofing element; idempotent.
+/// A port that maps to another address is left alone.
+pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
+    if !nft::tables_present()? {
+        return Ok(());
+    }
+    nft::remove_forward(config, tenant)
+}
+
+/// The runc `createRuntime` hook: a veth whose host end (named by
+/// [`host_veth_name`]) is an isolated port of the bridge and whose peer is
+/// `eth0` in the network namespace of `pid`, with the tenant's address, lo
+/// up and a default route via the gateway. Ensures the bridge first, and
+/// our tables if they are missing. Idempotent.
+pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Error> {
+    link::ensure_bridge(config)?;
+    if !nft::tables_present()? {
+        let mut tenants = registry_tenants(config)?;
+        if !tenants.iter().any(|t| t.name == tenant.name) {
+            tenants.push(tenant.clone());
+        }
+        nft::apply_ruleset(&render_ruleset(config, &tenants))?;
+    }
+    link::attach(config, tenant, pid)
+}
+
+/// The runc `poststop` hook: removes the host end of the tenant's veth (its
+/// peer goes with it); idempotent.
+pub fn detach(config: &HostConfig, name: &TenantName) -> Result<(), Error> {
+    let _ = config; // the veth name depends on the tenant only
+    link::detach(name)
+}
+
+/// The SSH forwards in the live map, or `None` when our table is missing.
+pub fn live_forwards(
+    config: &HostConfig,
+) -> Result<Option<std::collections::BTreeMap<u16, LiveForward>>, Error> {
+    let _ = config;
+    nft::live_forwards()
+}
+
+fn registry_tenants(config: &HostConfig) -> Result<Vec<Tenant>, Error> {
+    Ok(Registry::new(config.registry_dir()).list()?)
+}

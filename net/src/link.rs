@@ -1,0 +1,381 @@
+//! Links: the bridge, its gateway address and ip_forward, and each tenant's
+//! veth pair, through rtnetlink in the caller's network namespace (and, for
+//! the container end, in the container's, see [`crate::netns`]).
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
+use rtnetlink::{
+    new_connection, Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+use sotolito_config::{HostConfig, Tenant, TenantName};
+
+use crate::{netns, Error};
+
+/// Every host-side tenant veth starts with this; the bridge table matches
+/// tenant ports by it.
+pub const VETH_PREFIX: &str = "sv";
+/// The interface name inside the container.
+pub const CONTAINER_IF: &str = "eth0";
+const IFNAMSIZ: usize = 15;
+
+/// The host end of a tenant's veth: `sv-NAME` when that fits in 15 bytes,
+/// else `sv_` + the first 3 characters + 9 base32 characters of a 64-bit
+/// hash of the name (45 bits: no collision in practice among 10,000).
+/// Tenant names never contain `_`, so the two forms never meet.
+pub fn host_veth_name(name: &TenantName) -> String {
+    let name = name.as_str();
+    let short = format!("{VETH_PREFIX}-{name}");
+    if short.len() <= IFNAMSIZ {
+        return short;
+    }
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let tag: String = (0..9)
+        .map(|i| char::from(B32[((hash >> (i * 5)) & 31) as usize]))
+        .collect();
+    let head: String = name.chars().take(3).collect();
+    format!("{VETH_PREFIX}_{head}{tag}")
+}
+
+/// Ensures the bridge exists, is up and has the gateway address, and that
+/// this namespace forwards IPv4. A same-named bridge with another IPv4
+/// address is refused rather than reused.
+pub fn ensure_bridge(config: &HostConfig) -> Result<(), Error> {
+    let bridge = config.network.bridge.clone();
+    let gateway = config.network.gateway();
+    let prefix = config.network.subnet.prefix_len();
+    with_handle(|h| async move {
+        let index = match link_by_name(&h, &bridge).await? {
+            Some(link) => {
+                if kind(&link) != Some(InfoKind::Bridge) {
+                    return Err(Error::NotABridge { name: bridge });
+                }
+                link.header.index
+            }
+            None => {
+                h.link()
+                    .add(LinkBridge::new(&bridge).build())
+                    .execute()
+                    .await
+                    .map_err(nl(format!("create bridge {bridge}")))?;
+                tracing::info!(bridge = %bridge, "bridge created");
+                link_by_name(&h, &bridge)
+                    .await?
+                    .ok_or_else(|| Error::NotABridge {
+                        name: bridge.clone(),
+                    })?
+                    .header
+                    .index
+            }
+        };
+        let found = ipv4_addrs(&h, index).await?;
+        if !found.contains(&(gateway, prefix)) {
+            if let Some((ip, len)) = found.first() {
+                return Err(Error::BridgeAddress {
+                    bridge,
+                    found: format!("{ip}/{len}"),
+                    want: format!("{gateway}/{prefix}"),
+                });
+            }
+            h.address()
+                .add(index, IpAddr::V4(gateway), prefix)
+                .execute()
+                .await
+                .map_err(nl(format!("add {gateway}/{prefix} to {bridge}")))?;
+        }
+        h.link()
+            .change(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {bridge} up")))?;
+        Ok(())
+    })?;
+    enable_ip_forward()
+}
+
+/// Writes 1 to ip_forward of the calling thread's network namespace.
+fn enable_ip_forward() -> Result<(), Error> {
+    let path = Path::new("/proc/sys/net/ipv4/ip_forward");
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    if std::fs::read_to_string(path).map_err(io("read"))?.trim() != "1" {
+        std::fs::write(path, "1\n").map_err(io("write"))?;
+    }
+    Ok(())
+}
+
+/// See [`crate::attach`]. The bridge must exist.
+pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Error> {
+    let veth = host_veth_name(&tenant.name);
+    let bridge = config.network.bridge.clone();
+    let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let ns_file = std::fs::File::open(&ns_path).map_err(|source| Error::Netns {
+        path: ns_path.clone(),
+        source,
+    })?;
+    let has_eth0 = netns::run_in(&ns_path, || {
+        with_handle(|h| async move { Ok(link_by_name(&h, CONTAINER_IF).await?.is_some()) })
+    })?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
+    let tenant_name = tenant.name.clone();
+    with_handle(|h| async move {
+        let existing = link_by_name(&h, &veth).await?;
+        match (existing, has_eth0) {
+            // Already attached (a re-run): only converge the settings below.
+            (Some(_), true) => {}
+            (None, true) => {
+                return Err(Error::ForeignEth0 {
+                    pid,
+                    tenant: tenant_name,
+                })
+            }
+            (existing, false) => {
+                if let Some(stale) = existing {
+                    // Its peer is in some other (old) namespace.
+                    h.link()
+                        .del(stale.header.index)
+                        .execute()
+                        .await
+                        .map_err(nl(format!("remove stale {veth}")))?;
+                }
+                // The peer is created directly inside the container's
+                // namespace, so no temporary name is needed on the host.
+                let peer = LinkUnspec::new_with_name(CONTAINER_IF)
+                    .setns_by_fd(fd)
+                    .build();
+                let msg = LinkVeth::new(&veth, CONTAINER_IF)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                    .build();
+                h.link()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("create veth {veth}")))?;
+            }
+        }
+        let index = link_by_name(&h, &veth)
+            .await?
+            .map(|l| l.header.index)
+            .ok_or_else(|| Error::Netlink {
+                action: format!("find {veth} after creating it"),
+                source: rtnetlink::Error::RequestFailed,
+            })?;
+        let br = link_by_name(&h, &bridge)
+            .await?
+            .map(|l| l.header.index)
+            .ok_or(Error::NotABridge {
+                name: bridge.clone(),
+            })?;
+        h.link()
+            .change(LinkUnspec::new_with_index(index).controller(br).build())
+            .execute()
+            .await
+            .map_err(nl(format!("add {veth} to {bridge}")))?;
+        h.link()
+            .set_port(LinkBridgePort::new(index).isolated(true).build())
+            .execute()
+            .await
+            .map_err(nl(format!("isolate bridge port {veth}")))?;
+        h.link()
+            .change(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {veth} up")))?;
+        Ok(())
+    })?;
+    drop(ns_file);
+
+    let ip = tenant.ip;
+    let prefix = config.network.subnet.prefix_len();
+    let gateway = config.network.gateway();
+    netns::run_in(&ns_path, || {
+        with_handle(|h| configure_container(h, ip, prefix, gateway))
+    })?;
+    tracing::info!(tenant = %tenant.name, pid, veth = %host_veth_name(&tenant.name), ip = %ip, "attached");
+    Ok(())
+}
+
+/// Inside the container: lo and eth0 up, the address, the default route.
+async fn configure_container(
+    h: Handle,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+) -> Result<(), Error> {
+    for name in ["lo", CONTAINER_IF] {
+        let index = link_by_name(&h, name)
+            .await?
+            .map(|l| l.header.index)
+            .ok_or_else(|| Error::Netlink {
+                action: format!("find {name} in the container"),
+                source: rtnetlink::Error::RequestFailed,
+            })?;
+        h.link()
+            .change(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(nl(format!("set {name} up in the container")))?;
+        if name == CONTAINER_IF {
+            if !ipv4_addrs(&h, index).await?.contains(&(ip, prefix)) {
+                h.address()
+                    .add(index, IpAddr::V4(ip), prefix)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("add {ip}/{prefix} to eth0")))?;
+            }
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gateway)
+                .output_interface(index)
+                .build();
+            h.route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(format!("add the default route via {gateway}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the host end of the tenant's veth, if there is one.
+pub fn detach(name: &TenantName) -> Result<(), Error> {
+    let veth = host_veth_name(name);
+    with_handle(|h| async move {
+        if let Some(link) = link_by_name(&h, &veth).await? {
+            match h.link().del(link.header.index).execute().await {
+                Ok(()) => tracing::info!(veth = %veth, "detached"),
+                // Gone meanwhile (the container's namespace went away).
+                Err(e) if errno(&e) == Some(libc_enodev()) => {}
+                Err(e) => return Err(nl(format!("remove {veth}"))(e)),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Whether the host end of the tenant's veth exists (for `net show`).
+pub fn veth_present(name: &TenantName) -> Result<bool, Error> {
+    let veth = host_veth_name(name);
+    with_handle(|h| async move { Ok(link_by_name(&h, &veth).await?.is_some()) })
+}
+
+/// Runs one netlink conversation on a current-thread runtime, so every
+/// socket is opened in the calling thread's network namespace. Must not be
+/// called from inside a tokio runtime.
+fn with_handle<T, F, Fut>(f: F) -> Result<T, Error>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let io = |action| {
+        move |source| Error::Io {
+            action,
+            path: PathBuf::from("netlink"),
+            source,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(io("start a runtime for"))?;
+    rt.block_on(async {
+        let (conn, handle, _) = new_connection().map_err(io("open a socket for"))?;
+        let task = tokio::spawn(conn);
+        let result = f(handle).await;
+        task.abort();
+        result
+    })
+}
+
+async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Error> {
+    match h.link().get().match_name(name).execute().try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if errno(&e) == Some(libc_enodev()) => Ok(None),
+        Err(e) => Err(nl(format!("look up {name}"))(e)),
+    }
+}
+
+async fn ipv4_addrs(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, Error> {
+    let mut out = Vec::new();
+    let mut stream = h.address().get().set_link_index_filter(index).execute();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(nl(format!("list addresses of link {index}")))?
+    {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                out.push((*ip, msg.header.prefix_len));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn kind(link: &LinkMessage) -> Option<InfoKind> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn nl(action: String) -> impl FnOnce(rtnetlink::Error) -> Error {
+    move |source| Error::Netlink { action, source }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// ENODEV: "no such device", what the kernel answers for a missing link.
+const fn libc_enodev() -> i32 {
+    19
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn veth(s: &str) -> String {
+        host_veth_name(&TenantName::new(s).unwrap())
+    }
+
+    #[test]
+    fn veth_names_are_stable_and_fit() {
+        assert_eq!(veth("acme"), "sv-acme");
+        assert_eq!(veth("twelve-chars"), "sv-twelve-chars");
+        let long = veth("thirteen-char");
+        assert_eq!(long.len(), 15);
+        assert!(long.starts_with("sv_thi"), "{long}");
+        assert_eq!(long, veth("thirteen-char"));
+        let a = veth("a-rather-long-tenant-name-num-1");
+        assert!(a.len() <= 15);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..10_000 {
+            let n = veth(&format!("customer-number-{i}"));
+            assert!(n.len() <= 15 && n.starts_with(VETH_PREFIX), "{n}");
+            assert!(seen.insert(n), "collision at {i}");
+        }
+    }
+}

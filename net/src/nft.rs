@@ -1,0 +1,184 @@
+//! Applying nft scripts: the only module that runs `nft`. Each call is one
+//! `nft -f -` transaction in the caller's network namespace.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use sotolito_config::{HostConfig, Tenant};
+
+use crate::ruleset::{self, MAP_SSH, TABLE};
+use crate::Error;
+
+/// One element of the live `ssh_ports` map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveForward {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// Replaces our tables with `script` (from [`ruleset::render_ruleset`]).
+pub fn apply_ruleset(script: &str) -> Result<(), Error> {
+    run_script(script, "load the sotolito ruleset")
+}
+
+/// Checks `script` without applying it (`nft -c`).
+pub fn check_ruleset(script: &str) -> Result<(), Error> {
+    run(
+        &["-c", "-f", "-"],
+        Some(script),
+        "check the sotolito ruleset",
+    )
+    .map(drop)
+}
+
+/// Whether both our tables exist.
+pub fn tables_present() -> Result<bool, Error> {
+    let out = run(&["list", "tables"], None, "list tables")?;
+    let has = |family: &str| {
+        out.lines()
+            .any(|l| l.trim() == format!("table {family} {TABLE}"))
+    };
+    Ok(has("inet") && has("bridge"))
+}
+
+pub fn add_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
+    let action = format!("add the ssh forward of tenant {}", tenant.name);
+    match run_script(&ruleset::render_add_forward(config, tenant), &action) {
+        // The port maps to another address (a stale element): replace it.
+        Err(Error::Nft { stderr, .. }) if stderr.contains("File exists") => {
+            tracing::warn!(tenant = %tenant.name, port = %tenant.ssh_port, "replacing a stale ssh forward");
+            run_script(&ruleset::render_replace_forward(config, tenant), &action)
+        }
+        other => other,
+    }
+}
+
+pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
+    let action = format!("remove the ssh forward of tenant {}", tenant.name);
+    match run_script(&ruleset::render_remove_forward(config, tenant), &action) {
+        Err(Error::Nft { stderr, .. }) if stderr.contains("File exists") => {
+            // The port belongs to another address now; not ours to remove.
+            tracing::warn!(tenant = %tenant.name, port = %tenant.ssh_port, "ssh port maps elsewhere; left alone");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// The live `ssh_ports` map, or `None` when our table does not exist.
+pub fn live_forwards() -> Result<Option<BTreeMap<u16, LiveForward>>, Error> {
+    if !tables_present()? {
+        return Ok(None);
+    }
+    let out = run(
+        &["list", "map", "inet", TABLE, MAP_SSH],
+        None,
+        "list the ssh_ports map",
+    )?;
+    Ok(Some(parse_map_elements(&out)))
+}
+
+/// Parses `2201 : 172.18.0.2 . 22` elements out of `nft list map` text
+/// (stable across nft versions, unlike its JSON for concatenations).
+pub fn parse_map_elements(text: &str) -> BTreeMap<u16, LiveForward> {
+    let Some(start) = text.find("elements = {") else {
+        return BTreeMap::new();
+    };
+    let body = &text[start + "elements = {".len()..];
+    let body = body.split('}').next().unwrap_or("");
+    body.split(',')
+        .filter_map(|e| {
+            let (key, value) = e.split_once(':')?;
+            let (ip, port) = value.rsplit_once(" . ")?;
+            Some((
+                key.trim().parse().ok()?,
+                LiveForward {
+                    ip: ip.trim().parse().ok()?,
+                    port: port.trim().parse().ok()?,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn run_script(script: &str, action: &str) -> Result<(), Error> {
+    run(&["-f", "-"], Some(script), action).map(drop)
+}
+
+fn run(args: &[&str], stdin: Option<&str>, action: &str) -> Result<String, Error> {
+    let spawn_err = |source| Error::Spawn {
+        program: "nft",
+        package: "nftables",
+        source,
+    };
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A write error means nft exited early; its stderr says why.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Nft {
+            action: action.to_owned(),
+            stderr: first_error(&stderr),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// nft prints an error, the offending line and a caret line; keep the
+/// messages (with their line numbers) on one line.
+fn first_error(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Error:"))
+        .map(str::trim)
+        .collect();
+    if errors.is_empty() {
+        stderr.trim().replace('\n', "; ")
+    } else {
+        errors.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listed_map() {
+        let text = "table inet sotolito {\n\tmap ssh_ports {\n\t\ttype inet_service : ipv4_addr . inet_service\n\t\telements = { 2201 : 172.18.0.2 . 22, 2202 : 172.18.0.3 . 22,\n\t\t\t     2203 : 172.18.0.4 . 22 }\n\t}\n}\n";
+        let m = parse_map_elements(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            m[&2202],
+            LiveForward {
+                ip: Ipv4Addr::new(172, 18, 0, 3),
+                port: 22
+            }
+        );
+        assert!(parse_map_elements("map ssh_ports {\n}\n").is_empty());
+    }
+
+    #[test]
+    fn errors_fit_on_one_line() {
+        let e = "/dev/stdin:44:3-14: Error: Could not process rule: Operation not supported\n\t\tmeta ibrname\n\t\t^^^^\n";
+        assert_eq!(
+            first_error(e),
+            "/dev/stdin:44:3-14: Error: Could not process rule: Operation not supported"
+        );
+    }
+}
