@@ -1,0 +1,508 @@
+//! Root tests: every test makes its own network namespaces (a "host", a
+//! "client" acting as the internet) and `unshare -n sleep` children standing
+//! in for containers, and removes them after, also on failure. Nothing here
+//! touches the real host's interfaces, routes or firewall: the library runs
+//! on threads that have entered the test's host namespace.
+//!
+//! These tests need root, nft, ip, unshare and nsenter, and fail (not skip)
+//! without them.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use sotolito_config::tenant::{Desired, Limits, FORMAT_VERSION};
+use sotolito_config::{CpuWeight, HostConfig, ImageName, MemorySize, SshPort, Tenant, TenantName};
+use sotolito_net::netns::run_in;
+
+const HOST_PUBLIC: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn require_root_and_tools() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests need root (they create network namespaces); run them as root"
+    );
+    for (tool, args, package) in [
+        ("nft", &["--version"][..], "nftables"),
+        ("ip", &["-V"][..], "iproute2"),
+        ("unshare", &["--version"][..], "util-linux"),
+        ("nsenter", &["--version"][..], "util-linux"),
+    ] {
+        let ok = Command::new(tool)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "{tool} is missing: apt-get install {package}");
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sh_out(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Netns {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "sotolito-test-{}-{}-{role}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        sh_out(&v)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A process in a fresh network namespace, standing in for a container;
+/// killed (by its PID) on drop.
+struct Container {
+    child: Child,
+}
+
+impl Container {
+    fn start() -> Container {
+        let child = Command::new("unshare")
+            .args(["-n", "sleep", "60"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn unshare -n sleep");
+        let c = Container { child };
+        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+        // Bounded: unshare has created its namespace within milliseconds.
+        for _ in 0..200 {
+            if let Ok(ns) = std::fs::read_link(c.ns_path()) {
+                if ns != ours {
+                    return c;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("unshare -n did not enter a new network namespace");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn ns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid()))
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let t = format!("{}", self.pid());
+        let mut v = vec!["nsenter", "-t", &t, "-n"];
+        v.extend_from_slice(args);
+        sh_out(&v)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tenant(name: &str, ip: Ipv4Addr, port: u64) -> Tenant {
+    Tenant {
+        version: FORMAT_VERSION,
+        name: TenantName::new(name).unwrap(),
+        image: ImageName::new("busybox").unwrap(),
+        ip,
+        ssh_port: SshPort::new(port).unwrap(),
+        http_port: 80,
+        hosts: vec![],
+        ssh_keys: vec![],
+        created: std::time::SystemTime::UNIX_EPOCH,
+        desired: Desired::Running,
+        acme_opt_out: vec![],
+        limits: Limits {
+            memory: MemorySize::new("512M").unwrap(),
+            cpu_weight: CpuWeight::new(100).unwrap(),
+            pids: 4096,
+        },
+    }
+}
+
+fn config(state: &Path) -> HostConfig {
+    let mut c = HostConfig::default();
+    c.paths.state_dir = state.to_owned();
+    c
+}
+
+/// Runs `f` in the namespace at `ns`, panicking on a library error.
+fn inside<T: Send>(ns: &Path, f: impl FnOnce() -> Result<T, sotolito_net::Error> + Send) -> T {
+    run_in(ns, f).unwrap_or_else(|e| panic!("{e}: {:?}", std::error::Error::source(&e)))
+}
+
+/// A listener in `ns` on `port` that answers each connection with
+/// "TAG PEER_IP\n": the address the server sees.
+fn serve(ns: &Path, port: u16, tag: &'static str) {
+    let listener = inside(ns, || {
+        Ok(TcpListener::bind(("0.0.0.0", port)).expect("bind test listener"))
+    });
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = writeln!(conn, "{tag} {peer}");
+        }
+    });
+}
+
+/// Connects from namespace `ns` (optionally from source address `from`)
+/// and returns what the server said.
+fn talk(ns: &Path, to: SocketAddrV4, from: Option<Ipv4Addr>) -> Result<String, String> {
+    run_in(ns, || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if let Some(ip) = from {
+            sock.bind(&SocketAddr::from((ip, 0)).into())
+                .expect("bind source");
+        }
+        let r = sock
+            .connect_timeout(&SocketAddr::V4(to).into(), TIMEOUT)
+            .and_then(|()| {
+                let mut s: TcpStream = sock.into();
+                s.set_read_timeout(Some(TIMEOUT))?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text.trim().to_owned())
+            })
+            .map_err(|e| e.to_string());
+        Ok(r)
+    })
+    .expect("enter namespace")
+}
+
+fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+#[test]
+fn rendered_ruleset_loads_in_nft() {
+    require_root_and_tools();
+    let ns = Netns::new("nftc");
+    let state = tempfile::tempdir().unwrap();
+    let c = config(state.path());
+    let ts: Vec<_> = (0..100u32)
+        .map(|i| {
+            tenant(
+                &format!("tenant-with-a-long-name-{i}"),
+                Ipv4Addr::from(0xac12_0002 + i),
+                2200 + u64::from(i),
+            )
+        })
+        .collect();
+    let script = sotolito_net::render_ruleset(&c, &ts);
+    inside(&ns.path(), || sotolito_net::nft::check_ruleset(&script));
+    inside(&ns.path(), || {
+        sotolito_net::nft::check_ruleset(&sotolito_net::render_ruleset(&c, &[]))
+    });
+    // Applied twice: the same ruleset, nothing duplicated.
+    inside(&ns.path(), || sotolito_net::nft::apply_ruleset(&script));
+    let once = ns.exec(&["nft", "list", "ruleset"]);
+    inside(&ns.path(), || sotolito_net::nft::apply_ruleset(&script));
+    let twice = ns.exec(&["nft", "list", "ruleset"]);
+    assert_eq!(once, twice);
+    assert_eq!(once.matches("masquerade").count(), 2, "{once}");
+}
+
+#[test]
+fn bridge_with_another_address_is_refused() {
+    require_root_and_tools();
+    let ns = Netns::new("br");
+    let state = tempfile::tempdir().unwrap();
+    let c = config(state.path());
+    let n = &ns.name;
+    sh(&["ip", "-n", n, "link", "add", "sotolito0", "type", "bridge"]);
+    sh(&[
+        "ip",
+        "-n",
+        n,
+        "addr",
+        "add",
+        "10.1.0.1/24",
+        "dev",
+        "sotolito0",
+    ]);
+    let err = run_in(&ns.path(), || sotolito_net::reconcile(&c, &[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "bridge sotolito0 exists with address 10.1.0.1/24, not 172.18.0.1/16 (remove it or set network.bridge)"
+    );
+    let ns2 = Netns::new("br2");
+    sh(&[
+        "ip",
+        "-n",
+        &ns2.name,
+        "link",
+        "add",
+        "sotolito0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other0",
+    ]);
+    let err = run_in(&ns2.path(), || sotolito_net::reconcile(&c, &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a bridge"), "{err}");
+}
+
+/// The whole picture: a host, the internet, two tenants.
+#[test]
+fn tenant_traffic() {
+    require_root_and_tools();
+    let host = Netns::new("host");
+    let client = Netns::new("client");
+    let state = tempfile::tempdir().unwrap();
+    let c = config(state.path());
+    let gw = c.network.gateway();
+
+    // The internet: a veth between client and host, 10.99.0.0/24.
+    sh(&[
+        "ip",
+        "-n",
+        &host.name,
+        "link",
+        "add",
+        "pub0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c0",
+        "netns",
+        &client.name,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &host.name,
+        "addr",
+        "add",
+        "10.99.0.1/24",
+        "dev",
+        "pub0",
+    ]);
+    sh(&["ip", "-n", &host.name, "link", "set", "pub0", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &client.name,
+        "addr",
+        "add",
+        "10.99.0.2/24",
+        "dev",
+        "c0",
+    ]);
+    sh(&["ip", "-n", &client.name, "link", "set", "c0", "up"]);
+    // The hairpin rule must do the work, not br_netfilter (FACTS.md).
+    host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+
+    let a = tenant("alpha", Ipv4Addr::new(172, 18, 0, 2), 2201);
+    let b = tenant("beta", Ipv4Addr::new(172, 18, 0, 3), 2202);
+    let tenants = vec![a.clone(), b.clone()];
+    inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
+    assert_eq!(
+        host.exec(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim(),
+        "1"
+    );
+
+    let ca = Container::start();
+    let cb = Container::start();
+    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    inside(&host.path(), || sotolito_net::attach(&c, &b, cb.pid()));
+    // Idempotent: a second attach converges without breaking anything.
+    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    let port = host.exec(&["bridge", "-d", "link", "show", "dev", "sv-alpha"]);
+    assert!(port.contains("isolated on"), "{port}");
+    assert!(ca
+        .exec(&["ip", "-4", "addr", "show", "eth0"])
+        .contains("172.18.0.2/16"));
+    assert!(ca
+        .exec(&["ip", "route"])
+        .contains("default via 172.18.0.1 dev eth0"));
+
+    serve(&ca.ns_path(), 22, "alpha");
+    serve(&cb.ns_path(), 22, "beta");
+    serve(&host.path(), 22, "host-sshd");
+    serve(&host.path(), 80, "proxy-http");
+    serve(&host.path(), 9180, "proxy-admin");
+    serve(&client.path(), 8080, "internet");
+
+    let from_client = |port| talk(&client.path(), addr(HOST_PUBLIC, port), None);
+    let check_all = |stage: &str| {
+        // client -> host:portA reaches A, which sees the client's address.
+        assert_eq!(
+            from_client(2201).as_deref(),
+            Ok("alpha 10.99.0.2"),
+            "{stage}"
+        );
+        assert_eq!(
+            from_client(2202).as_deref(),
+            Ok("beta 10.99.0.2"),
+            "{stage}"
+        );
+        // The same from the host itself (output chain).
+        assert!(
+            talk(&host.path(), addr(HOST_PUBLIC, 2201), None)
+                .is_ok_and(|s| s.starts_with("alpha ")),
+            "{stage}"
+        );
+        // Hairpin: B -> host:portA reaches A (masqueraded to the gateway).
+        assert_eq!(
+            talk(&cb.ns_path(), addr(HOST_PUBLIC, 2201), None).as_deref(),
+            Ok("alpha 172.18.0.1"),
+            "{stage}"
+        );
+        assert_eq!(
+            talk(&cb.ns_path(), addr(gw, 2201), None).as_deref(),
+            Ok("alpha 172.18.0.1"),
+            "{stage}"
+        );
+        // Egress reaches the internet from the host's address.
+        assert_eq!(
+            talk(&ca.ns_path(), addr(CLIENT, 8080), None).as_deref(),
+            Ok("internet 10.99.0.1"),
+            "{stage}"
+        );
+        // The proxy's public port on the gateway: yes.
+        assert_eq!(
+            talk(&ca.ns_path(), addr(gw, 80), None).as_deref(),
+            Ok("proxy-http 172.18.0.2"),
+            "{stage}"
+        );
+    };
+    check_all("after reconcile");
+
+    // Isolation: A never reaches B directly (layer 2: isolated ports) ...
+    assert!(talk(&ca.ns_path(), addr(b.ip, 22), None).is_err());
+    // ... nor the host's sshd or the proxy's admin port on the gateway.
+    assert!(talk(&ca.ns_path(), addr(gw, 22), None).is_err());
+    assert!(talk(&ca.ns_path(), addr(gw, 9180), None).is_err());
+    assert!(talk(&ca.ns_path(), addr(HOST_PUBLIC, 22), None).is_err());
+    // ... nor routed through the host (forward chain).
+    ca.exec(&["ip", "route", "add", "172.18.0.3/32", "via", "172.18.0.1"]);
+    assert!(talk(&ca.ns_path(), addr(b.ip, 22), None).is_err());
+    // A cannot send with B's address: with it on eth0 and bound as the
+    // source, even the proxy port (allowed above) stays silent.
+    ca.exec(&["ip", "addr", "add", "172.18.0.3/32", "dev", "eth0"]);
+    assert!(talk(&ca.ns_path(), addr(gw, 80), Some(b.ip)).is_err());
+    assert!(talk(&ca.ns_path(), addr(gw, 80), Some(a.ip)).is_ok());
+    ca.exec(&["ip", "addr", "del", "172.18.0.3/32", "dev", "eth0"]);
+    ca.exec(&["ip", "route", "del", "172.18.0.3/32"]);
+
+    // One element out and back in.
+    inside(&host.path(), || sotolito_net::remove_forward(&c, &a));
+    inside(&host.path(), || sotolito_net::remove_forward(&c, &a));
+    assert!(from_client(2201).is_err());
+    let live = inside(&host.path(), || sotolito_net::live_forwards(&c)).unwrap();
+    assert!(
+        !live.contains_key(&2201) && live.contains_key(&2202),
+        "{live:?}"
+    );
+    inside(&host.path(), || sotolito_net::add_forward(&c, &a));
+    inside(&host.path(), || sotolito_net::add_forward(&c, &a));
+    assert_eq!(from_client(2201).as_deref(), Ok("alpha 10.99.0.2"));
+
+    // After `nft flush ruleset`, reconcile restores everything.
+    host.exec(&["nft", "flush", "ruleset"]);
+    assert!(from_client(2201).is_err());
+    let before = host.exec(&["nft", "list", "ruleset"]);
+    assert!(before.trim().is_empty(), "{before}");
+    inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
+    let once = host.exec(&["nft", "list", "ruleset"]);
+    check_all("after flush and reconcile");
+    inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
+    assert_eq!(once, host.exec(&["nft", "list", "ruleset"]));
+
+    // Detach removes the host end; twice is fine; attach again works.
+    inside(&host.path(), || sotolito_net::detach(&c, &a.name));
+    inside(&host.path(), || sotolito_net::detach(&c, &a.name));
+    assert!(!host.exec(&["ip", "link"]).contains("sv-alpha"));
+    assert!(from_client(2201).is_err());
+    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    assert_eq!(from_client(2201).as_deref(), Ok("alpha 10.99.0.2"));
+}
+
+#[test]
+fn add_forward_rebuilds_missing_tables_from_the_registry() {
+    require_root_and_tools();
+    let ns = Netns::new("addfwd");
+    let state = tempfile::tempdir().unwrap();
+    let c = config(state.path());
+    let reg = sotolito_config::Registry::new(c.registry_dir());
+    let lock = reg.lock().unwrap();
+    let a = tenant("alpha", Ipv4Addr::new(172, 18, 0, 2), 2201);
+    let b = tenant("beta", Ipv4Addr::new(172, 18, 0, 3), 2202);
+    reg.put(&lock, &a).unwrap();
+    drop(lock);
+    inside(&ns.path(), || sotolito_net::add_forward(&c, &b));
+    let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
+    assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![2201, 2202]);
+    // A stale element for the port is replaced, not an error.
+    let mut moved = b.clone();
+    moved.ip = Ipv4Addr::new(172, 18, 0, 9);
+    inside(&ns.path(), || sotolito_net::add_forward(&c, &moved));
+    let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
+    assert_eq!(live[&2202].ip, moved.ip);
+    // Removing with the old address leaves the other tenant's element.
+    inside(&ns.path(), || sotolito_net::remove_forward(&c, &b));
+    let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
+    assert_eq!(live[&2202].ip, moved.ip);
+}
