@@ -1,8 +1,20 @@
 //! sotolito-provisioner: images, OCI bundles, tenant data dirs, systemd units
 //! and the runc driver.
 
+pub mod bundle;
+pub mod busybox;
+pub mod data;
+pub mod image;
+pub mod overlay;
 pub mod runtime;
+pub mod signal;
+pub mod supervise;
+pub mod units;
 
+use std::path::PathBuf;
+
+pub use bundle::{render_spec, HookCommand, TenantLayout};
+pub use image::{Image, ImageMeta, ImageStore};
 pub use runtime::{ContainerState, ContainerStatus, Runc};
 
 /// Errors of this crate; each names the thing and what to do.
@@ -27,4 +39,61 @@ pub enum Error {
         action: String,
         message: String,
     },
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image {0} already exists (remove it with vpsctl image rm, or pick another name)")]
+    ImageExists(String),
+    #[error(
+        "image {0} does not exist (see vpsctl image list; import it with vpsctl image import)"
+    )]
+    ImageNotFound(String),
+    #[error("image {name} is used by tenant(s) {tenants} (deprovision them first)")]
+    ImageInUse { name: String, tenants: String },
+    #[error("image {name} is unreadable: {message} (remove {path} and import it again)")]
+    ImageMeta {
+        name: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("cannot import {path}: {message}")]
+    Source { path: PathBuf, message: String },
+    #[error("digest mismatch for {what}: expected sha256:{expected}, got sha256:{actual} (the image is corrupt; export it again)")]
+    Digest {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("unknown signal {0:?} (use a name like SIGTERM or SIGRTMIN+3, or a number 1-64)")]
+    Signal(String),
+    #[error("cannot build the OCI spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("ssh key file {path}: {message}")]
+    SshKey { path: PathBuf, message: String },
+    #[error("cannot mount the root of tenant {tenant} on {path}")]
+    Mount {
+        tenant: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} (see the busybox-static package)")]
+    Busybox(String),
+}
+
+/// Attaches a path to an io::Error.
+pub(crate) fn io_err(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
 }

@@ -1,7 +1,9 @@
 //! The runc driver: every call to the runtime goes through [`Runc`].
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use serde::Deserialize;
 
@@ -63,6 +65,118 @@ impl Runc {
         c
     }
 
+    fn spawn_err(&self) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Spawn {
+            program: self.binary.clone(),
+            package: "runc",
+            source,
+        }
+    }
+
+    fn failed(&self, action: String, stderr: &[u8]) -> Error {
+        Error::Command {
+            program: self.binary.clone(),
+            action,
+            stderr: String::from_utf8_lossy(stderr).trim().to_owned(),
+        }
+    }
+
+    /// Runs a short runc command that holds no container stdio.
+    fn simple(&self, args: &[&str]) -> Result<Output, Error> {
+        self.command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(self.spawn_err())
+    }
+
+    /// `runc create`: the container's stdio goes to `console` (a file, never
+    /// a pipe: runc would keep a reader blocked until the container exits,
+    /// FACTS.md). runc's own errors land there too; on failure the tail of
+    /// the file is the message.
+    pub fn create(&self, id: &str, bundle: &Path, console: &Path) -> Result<(), Error> {
+        let log = open_log(console)?;
+        let start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let err_log = log
+            .try_clone()
+            .map_err(|e| crate::io_err("open", console)(e))?;
+        let status = self
+            .command()
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .status()
+            .map_err(self.spawn_err())?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(self.failed(
+            format!("create {id}"),
+            tail_since(console, start).as_bytes(),
+        ))
+    }
+
+    pub fn start(&self, id: &str) -> Result<(), Error> {
+        let out = self.simple(&["start", id])?;
+        if !out.status.success() {
+            return Err(self.failed(format!("start {id}"), &out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Sends a signal by number (runc refuses names like SIGRTMIN+3).
+    pub fn kill(&self, id: &str, signal: i32) -> Result<(), Error> {
+        let sig = signal.to_string();
+        let out = self.simple(&["kill", id, &sig])?;
+        if !out.status.success() {
+            return Err(self.failed(format!("kill {id} {sig}"), &out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Deletes the container (runs the poststop hooks); gone is fine.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
+        if !self.root.join(id).exists() {
+            return Ok(());
+        }
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(id);
+        let out = self.simple(&args)?;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("does not exist")
+        {
+            return Err(self.failed(format!("delete {id}"), &out.stderr));
+        }
+        Ok(())
+    }
+
+    /// `runc run` in the foreground, for the caller to spawn and wait on.
+    pub fn run_command(&self, id: &str, bundle: &Path) -> Command {
+        let mut c = self.command();
+        c.args(["run", "--bundle"]).arg(bundle).arg(id);
+        c
+    }
+
+    /// `runc exec ID CMD...` with the caller's stdio; a tty when asked.
+    pub fn exec_command(&self, id: &str, args: &[String], tty: bool) -> Command {
+        let mut c = self.command();
+        c.arg("exec");
+        if tty {
+            c.arg("--tty");
+        }
+        c.arg(id).args(args);
+        c
+    }
+
+    pub fn spawn_error(&self, source: std::io::Error) -> Error {
+        (self.spawn_err())(source)
+    }
+
     /// The container's state, or None when runc does not know it.
     pub fn state(&self, id: &str) -> Result<Option<ContainerState>, Error> {
         // runc keeps one directory per container under its root: without it
@@ -98,6 +212,31 @@ impl Runc {
                 action: format!("state {id}"),
                 message,
             })
+    }
+}
+
+/// The console log, appended to.
+pub fn open_log(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(crate::io_err("open", path))
+}
+
+/// The last lines written to `path` after offset `start`.
+fn tail_since(path: &Path, start: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.seek(SeekFrom::Start(start));
+        let _ = f.take(64 * 1024).read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join("; ");
+    if tail.is_empty() {
+        format!("no output (see {})", path.display())
+    } else {
+        tail
     }
 }
 

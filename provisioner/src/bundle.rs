@@ -1,0 +1,454 @@
+//! The OCI bundle of a tenant: where its files live on the host and the
+//! config.json that runc boots it from (a pure [`render_spec`]).
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use sotolito_config::{Tenant, TenantName};
+
+use crate::{io_err, Error};
+
+/// The data dirs bound over the shared image, as in the original design.
+pub const DATA_DIRS: [&str; 4] = ["etc", "var", "home", "root"];
+
+/// Where one tenant's files live: STATE_DIR/tenants/NAME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantLayout {
+    pub dir: PathBuf,
+}
+
+impl TenantLayout {
+    pub fn new(tenants_dir: &Path, name: &TenantName) -> TenantLayout {
+        TenantLayout {
+            dir: tenants_dir.join(name.as_str()),
+        }
+    }
+    /// The bundle dir runc is pointed at.
+    pub fn bundle(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config_json(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    /// The overlay's merged dir: the container's root.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    /// Everything that is the tenant's: kept unless purged.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.data().join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.data().join("work")
+    }
+    /// The container's console (stdout and stderr of its init).
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+}
+
+/// How the runc hooks call back into vpsctl: runc passes no environment,
+/// so the absolute binary and the instance's config are embedded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookCommand {
+    pub vpsctl: PathBuf,
+    pub config: PathBuf,
+}
+
+impl HookCommand {
+    fn args(&self, verb: &str, name: &TenantName) -> Vec<String> {
+        vec![
+            "vpsctl".into(),
+            "--config".into(),
+            self.config.display().to_string(),
+            "net".into(),
+            verb.into(),
+            name.to_string(),
+        ]
+    }
+}
+
+/// runc's cgroupsPath: `slice:prefix:name` for the systemd driver, a path
+/// for cgroupfs.
+pub fn cgroups_path(name: &TenantName, systemd: bool) -> String {
+    if systemd {
+        format!("machine.slice:sotolito:{name}")
+    } else {
+        format!("/sotolito/{name}")
+    }
+}
+
+/// Docker's default capability set: systemd and sshd boot with it and
+/// without CAP_SYS_ADMIN (FACTS.md).
+pub fn default_capabilities() -> HashSet<Capability> {
+    use Capability::*;
+    [
+        Chown,
+        DacOverride,
+        Fsetid,
+        Fowner,
+        Mknod,
+        NetRaw,
+        Setgid,
+        Setuid,
+        Setfcap,
+        Setpcap,
+        NetBindService,
+        SysChroot,
+        Kill,
+        AuditWrite,
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, Error> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// The config.json of `tenant`: overlay root, rw binds of its data dirs,
+/// /sbin/init as PID 1, limits from its record, net hooks.
+pub fn render_spec(
+    tenant: &Tenant,
+    layout: &TenantLayout,
+    hooks: Option<&HookCommand>,
+    systemd_cgroup: bool,
+) -> Result<Spec, Error> {
+    let caps = default_capabilities();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(vec!["/sbin/init".to_owned()])
+        .env(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            "TERM=xterm".to_owned(),
+            "container=oci".to_owned(),
+        ])
+        .cwd("/")
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()?,
+        )
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(1024u64)
+            .hard(524288u64)
+            .build()?])
+        .no_new_privileges(false)
+        .build()?;
+
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &[])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        // systemd needs a writable cgroup tree of its own (FACTS.md).
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "rw"],
+        )?,
+        mount("/run", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=755"])?,
+        mount(
+            "/run/lock",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "noexec"],
+        )?,
+        mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777"])?,
+    ];
+    for d in DATA_DIRS {
+        let src = layout.data().join(d);
+        mounts.push(mount(
+            &format!("/{d}"),
+            "bind",
+            &src.display().to_string(),
+            &["rbind", "rw"],
+        )?);
+    }
+
+    let ns = |t| LinuxNamespaceBuilder::default().typ(t).build();
+    let namespaces = vec![
+        ns(LinuxNamespaceType::Pid)?,
+        ns(LinuxNamespaceType::Ipc)?,
+        ns(LinuxNamespaceType::Uts)?,
+        ns(LinuxNamespaceType::Mount)?,
+        // runc creates it; the createRuntime hook plugs the veth in.
+        ns(LinuxNamespaceType::Network)?,
+        ns(LinuxNamespaceType::Cgroup)?,
+    ];
+    let limits = &tenant.limits;
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?])
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(i64::try_from(limits.memory.bytes()).unwrap_or(i64::MAX))
+                .build()?,
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .shares(limits.cpu_weight.cpu_shares())
+                .build()?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(limits.pids))
+                .build()?,
+        )
+        .build()?;
+    let linux = LinuxBuilder::default()
+        .resources(resources)
+        .cgroups_path(cgroups_path(&tenant.name, systemd_cgroup))
+        .namespaces(namespaces)
+        .masked_paths(
+            [
+                "/proc/acpi",
+                "/proc/asound",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/sys/firmware",
+                "/proc/scsi",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .readonly_paths(
+            [
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .build()?;
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2-dev")
+        .root(
+            RootBuilder::default()
+                .path(layout.rootfs())
+                .readonly(false)
+                .build()?,
+        )
+        .hostname(tenant.name.to_string())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?;
+    if let Some(h) = hooks {
+        let hook = |verb| {
+            HookBuilder::default()
+                .path(&h.vpsctl)
+                .args(h.args(verb, &tenant.name))
+                .timeout(30i64)
+                .build()
+        };
+        spec.set_hooks(Some(
+            HooksBuilder::default()
+                .create_runtime(vec![hook("attach")?])
+                .poststop(vec![hook("detach")?])
+                .build()?,
+        ));
+    }
+    Ok(spec)
+}
+
+/// Writes config.json atomically (it is derived state: rewritten freely).
+pub fn write_spec(layout: &TenantLayout, spec: &Spec) -> Result<(), Error> {
+    fs::create_dir_all(&layout.dir).map_err(io_err("create", &layout.dir))?;
+    let text = serde_json::to_vec_pretty(spec).expect("a spec always serializes");
+    let path = layout.config_json();
+    if fs::read(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let tmp = layout.dir.join(".config.json.tmp");
+    fs::write(&tmp, &text).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("rename into", &path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use sotolito_config::{CpuWeight, Desired, ImageName, Limits, MemorySize, SshPort};
+
+    fn tenant() -> Tenant {
+        Tenant {
+            version: 1,
+            name: TenantName::new("acme").unwrap(),
+            image: ImageName::new("debian").unwrap(),
+            ip: "172.18.0.2".parse().unwrap(),
+            ssh_port: SshPort::new(2201).unwrap(),
+            http_port: 80,
+            hosts: vec![],
+            ssh_keys: vec![],
+            created: std::time::SystemTime::UNIX_EPOCH,
+            desired: Desired::Running,
+            acme_opt_out: vec![],
+            limits: Limits {
+                memory: MemorySize::new("512M").unwrap(),
+                cpu_weight: CpuWeight::new(100).unwrap(),
+                pids: 4096,
+            },
+        }
+    }
+
+    fn rendered(hooks: Option<&HookCommand>) -> Value {
+        let layout = TenantLayout::new(
+            Path::new("/state/tenants"),
+            &TenantName::new("acme").unwrap(),
+        );
+        serde_json::to_value(render_spec(&tenant(), &layout, hooks, false).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn boots_init_on_the_overlay_with_data_binds() {
+        let s = rendered(None);
+        assert_eq!(s["root"]["path"], "/state/tenants/acme/rootfs");
+        assert_eq!(s["hostname"], "acme");
+        assert_eq!(s["process"]["args"], serde_json::json!(["/sbin/init"]));
+        assert_eq!(s["process"]["terminal"], false);
+        assert_eq!(s["process"]["noNewPrivileges"], false);
+        assert!(s["process"]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&"container=oci".into()));
+        let mounts = s["mounts"].as_array().unwrap();
+        let find = |d: &str| {
+            mounts
+                .iter()
+                .find(|m| m["destination"] == d)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {d}"))
+        };
+        for d in DATA_DIRS {
+            let m = find(&format!("/{d}"));
+            assert_eq!(m["source"], format!("/state/tenants/acme/data/{d}"));
+            assert_eq!(m["options"], serde_json::json!(["rbind", "rw"]));
+        }
+        for d in ["/run", "/run/lock", "/tmp"] {
+            assert_eq!(find(d)["type"], "tmpfs");
+        }
+        assert!(find("/sys/fs/cgroup")["options"]
+            .as_array()
+            .unwrap()
+            .contains(&"rw".into()));
+        assert!(s.get("hooks").is_none());
+    }
+
+    #[test]
+    fn docker_capabilities_without_sys_admin() {
+        let s = rendered(None);
+        let bounding: Vec<&str> = s["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(bounding.len(), 14);
+        assert!(bounding.contains(&"CAP_NET_BIND_SERVICE"));
+        assert!(!bounding.contains(&"CAP_SYS_ADMIN"));
+    }
+
+    #[test]
+    fn namespaces_limits_and_hooks() {
+        let h = HookCommand {
+            vpsctl: "/usr/bin/vpsctl".into(),
+            config: "/etc/sotolito/sotolito.toml".into(),
+        };
+        let s = rendered(Some(&h));
+        let ns: Vec<&str> = s["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network", "cgroup"]);
+        assert!(s["linux"]["namespaces"][4].get("path").is_none());
+        let r = &s["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 512 * 1024 * 1024);
+        assert_eq!(
+            r["cpu"]["shares"],
+            CpuWeight::new(100).unwrap().cpu_shares()
+        );
+        assert_eq!(r["pids"]["limit"], 4096);
+        assert_eq!(s["linux"]["cgroupsPath"], "/sotolito/acme");
+        let attach = &s["hooks"]["createRuntime"][0];
+        assert_eq!(attach["path"], "/usr/bin/vpsctl");
+        assert_eq!(
+            attach["args"],
+            serde_json::json!([
+                "vpsctl",
+                "--config",
+                "/etc/sotolito/sotolito.toml",
+                "net",
+                "attach",
+                "acme"
+            ])
+        );
+        assert_eq!(s["hooks"]["poststop"][0]["args"][4], "detach");
+    }
+}

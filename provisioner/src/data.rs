@@ -1,0 +1,263 @@
+//! Tenant data: seeded once from the image, then never touched again by
+//! anything but an explicit command.
+//!
+//! `data/.seeded` is written last: a seed that was interrupted is redone
+//! from scratch, a finished one is never redone.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::bundle::{TenantLayout, DATA_DIRS};
+use crate::image::copy_tree;
+use crate::{io_err, Error};
+
+pub const SEEDED_MARKER: &str = ".seeded";
+
+/// What is written into a fresh tenant's /etc and /root.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub hostname: String,
+    pub ip: std::net::Ipv4Addr,
+    pub ssh_keys: Vec<String>,
+    /// The whole /etc/resolv.conf.
+    pub resolv_conf: String,
+}
+
+pub fn is_seeded(layout: &TenantLayout) -> bool {
+    layout.data().join(SEEDED_MARKER).exists()
+}
+
+/// Seeds the data dirs from `image_rootfs` unless that was done already.
+/// Returns whether it seeded now.
+pub fn seed(layout: &TenantLayout, image_rootfs: &Path, seed: &Seed) -> Result<bool, Error> {
+    if is_seeded(layout) {
+        return Ok(false);
+    }
+    let data = layout.data();
+    fs::create_dir_all(&data).map_err(io_err("create", &data))?;
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+        .map_err(io_err("chmod", &data))?;
+    for d in DATA_DIRS {
+        let dest = data.join(d);
+        remove_any(&dest)?;
+        let src = image_rootfs.join(d);
+        if fs::symlink_metadata(&src).is_ok_and(|m| m.is_dir()) {
+            copy_tree(&src, &dest)?;
+        } else {
+            fs::create_dir(&dest).map_err(io_err("create", &dest))?;
+            let mode = if d == "root" { 0o700 } else { 0o755 };
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+                .map_err(io_err("chmod", &dest))?;
+        }
+    }
+    for d in [layout.upper(), layout.work()] {
+        remove_any(&d)?;
+        fs::create_dir(&d).map_err(io_err("create", &d))?;
+    }
+    let etc = data.join("etc");
+    replace_file(
+        &etc.join("hostname"),
+        format!("{}\n", seed.hostname).as_bytes(),
+        0o644,
+    )?;
+    replace_file(
+        &etc.join("hosts"),
+        hosts_file(&seed.hostname, seed.ip).as_bytes(),
+        0o644,
+    )?;
+    replace_file(&etc.join("resolv.conf"), seed.resolv_conf.as_bytes(), 0o644)?;
+    install_keys(&data.join("root"), &seed.ssh_keys)?;
+    let marker = data.join(SEEDED_MARKER);
+    fs::write(&marker, b"").map_err(io_err("write", &marker))?;
+    Ok(true)
+}
+
+pub fn hosts_file(hostname: &str, ip: std::net::Ipv4Addr) -> String {
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n")
+}
+
+/// The host's nameservers that a tenant can reach (not loopback ones such
+/// as systemd-resolved's stub), falling back to resolved's upstream list.
+pub fn resolv_conf_for_tenants() -> String {
+    let pick = |path: &str| -> Vec<String> {
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .map(str::trim)
+            .filter(|ip| !ip.starts_with("127.") && *ip != "::1")
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut servers = pick("/etc/resolv.conf");
+    if servers.is_empty() {
+        servers = pick("/run/systemd/resolve/resolv.conf");
+    }
+    let mut out = String::from("# written once by vpsctl provision; yours to edit\n");
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    out
+}
+
+fn install_keys(root_home: &Path, keys: &[String]) -> Result<(), Error> {
+    let ssh = root_home.join(".ssh");
+    fs::create_dir_all(&ssh).map_err(io_err("create", &ssh))?;
+    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", &ssh))?;
+    let mut text = String::new();
+    for k in keys {
+        text.push_str(k.trim());
+        text.push('\n');
+    }
+    replace_file(&ssh.join("authorized_keys"), text.as_bytes(), 0o600)
+}
+
+/// Writes a regular file in place of whatever is there (the image's
+/// resolv.conf is often a symlink into /run).
+fn replace_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        remove_any(path)?;
+    }
+    fs::write(path, data).map_err(io_err("write", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+}
+
+fn remove_any(path: &Path) -> Result<(), Error> {
+    let r = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(_) => Ok(()),
+    };
+    r.map_err(io_err("remove", path))
+}
+
+/// Reads and checks OpenSSH public key files: every non-comment line must
+/// look like `TYPE BASE64 [comment]`; at least one key per file.
+pub fn read_key_file(path: &Path) -> Result<Vec<String>, Error> {
+    let bad = |message: String| Error::SshKey {
+        path: PathBuf::from(path),
+        message,
+    };
+    let text = fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let typ = words.next().unwrap_or_default();
+        let body = words.next().unwrap_or_default();
+        let typ_ok = typ.starts_with("ssh-") || typ.starts_with("ecdsa-") || typ.starts_with("sk-");
+        let body_ok = body.len() >= 16
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+        if !typ_ok || !body_ok {
+            return Err(bad(format!(
+                "line {} is not an OpenSSH public key (expected e.g. ssh-ed25519 AAAA... comment)",
+                i + 1
+            )));
+        }
+        keys.push(line.to_owned());
+    }
+    if keys.is_empty() {
+        return Err(bad("holds no public key".into()));
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotolito_config::TenantName;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyKeyKeyKeyKey test@example";
+
+    fn image(tmp: &Path) -> PathBuf {
+        let img = tmp.join("image");
+        fs::create_dir_all(img.join("etc")).unwrap();
+        fs::create_dir_all(img.join("var/log")).unwrap();
+        fs::write(img.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("../run/resolv.conf", img.join("etc/resolv.conf")).unwrap();
+        img
+    }
+
+    fn seed_input() -> Seed {
+        Seed {
+            hostname: "acme".into(),
+            ip: "172.18.0.2".parse().unwrap(),
+            ssh_keys: vec![KEY.into()],
+            resolv_conf: "nameserver 192.0.2.53\n".into(),
+        }
+    }
+
+    #[test]
+    fn seeds_once_and_never_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = image(tmp.path());
+        let layout = TenantLayout::new(
+            &tmp.path().join("tenants"),
+            &TenantName::new("acme").unwrap(),
+        );
+        assert!(seed(&layout, &img, &seed_input()).unwrap());
+        let etc = layout.data().join("etc");
+        assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "acme\n");
+        assert!(fs::read_to_string(etc.join("hosts"))
+            .unwrap()
+            .contains("172.18.0.2\tacme"));
+        assert!(fs::symlink_metadata(etc.join("resolv.conf"))
+            .unwrap()
+            .is_file());
+        let keys = layout.data().join("root/.ssh/authorized_keys");
+        assert_eq!(fs::read_to_string(&keys).unwrap(), format!("{KEY}\n"));
+        assert_eq!(
+            fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(layout.data().join("var/log").is_dir());
+        assert!(layout.data().join("home").is_dir());
+        assert!(layout.upper().is_dir() && layout.work().is_dir());
+
+        // Tenant edits survive a second seed.
+        fs::write(etc.join("passwd"), "changed").unwrap();
+        assert!(!seed(&layout, &img, &seed_input()).unwrap());
+        assert_eq!(fs::read_to_string(etc.join("passwd")).unwrap(), "changed");
+    }
+
+    #[test]
+    fn an_interrupted_seed_is_redone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = image(tmp.path());
+        let layout = TenantLayout::new(
+            &tmp.path().join("tenants"),
+            &TenantName::new("acme").unwrap(),
+        );
+        fs::create_dir_all(layout.data().join("etc")).unwrap();
+        fs::write(layout.data().join("etc/half"), "x").unwrap();
+        assert!(seed(&layout, &img, &seed_input()).unwrap());
+        assert!(!layout.data().join("etc/half").exists());
+        assert!(layout.data().join("etc/passwd").exists());
+    }
+
+    #[test]
+    fn key_files_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = tmp.path().join("k.pub");
+        fs::write(&good, format!("# mine\n{KEY}\n")).unwrap();
+        assert_eq!(read_key_file(&good).unwrap(), vec![KEY.to_owned()]);
+        let bad = tmp.path().join("bad.pub");
+        fs::write(&bad, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+        assert!(read_key_file(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
+        assert!(read_key_file(&tmp.path().join("missing")).is_err());
+        fs::write(&bad, "\n").unwrap();
+        assert!(read_key_file(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("no public key"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Running and stopping a tenant's container: the stop signal, a timeout,
+//! then KILL; the foreground runner that systemd supervises.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::runtime::{open_log, ContainerStatus, Runc};
+use crate::signal::SIGKILL;
+use crate::Error;
+
+/// Default time between the stop signal and KILL. systemd inside a
+/// container halts in well under a second here (FACTS.md); 30 s leaves
+/// slow services room.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+const POLL: Duration = Duration::from_millis(100);
+
+/// How a stop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// There was no container.
+    NotRunning,
+    /// Its init exited on the stop signal.
+    Gracefully,
+    /// It ignored the stop signal and was killed after the timeout.
+    Killed,
+}
+
+/// True once runc reports the container stopped or gone, polling until
+/// `deadline`.
+pub fn wait_stopped(runc: &Runc, id: &str, deadline: Instant) -> Result<bool, Error> {
+    loop {
+        match runc.state(id)? {
+            None => return Ok(true),
+            Some(s) if s.status == ContainerStatus::Stopped => return Ok(true),
+            Some(_) => {}
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until runc reports the container running.
+pub fn wait_running(runc: &Runc, id: &str, timeout: Duration) -> Result<bool, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if runc
+            .state(id)?
+            .is_some_and(|s| s.status == ContainerStatus::Running)
+        {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Stops a detached container: the stop signal, KILL after `timeout`, then
+/// delete (which runs the poststop hooks).
+pub fn stop(runc: &Runc, id: &str, signal: i32, timeout: Duration) -> Result<Stopped, Error> {
+    let Some(state) = runc.state(id)? else {
+        return Ok(Stopped::NotRunning);
+    };
+    let mut outcome = Stopped::NotRunning;
+    if state.status != ContainerStatus::Stopped {
+        // A created container has not run its init yet: nothing to ask.
+        let graceful = state.status == ContainerStatus::Running
+            && runc.kill(id, signal).is_ok()
+            && wait_stopped(runc, id, Instant::now() + timeout)?;
+        outcome = if graceful {
+            Stopped::Gracefully
+        } else {
+            if let Err(e) = runc.kill(id, SIGKILL) {
+                tracing::debug!(container = id, error = %e, "kill");
+            }
+            if !wait_stopped(runc, id, Instant::now() + Duration::from_secs(10))? {
+                tracing::warn!(
+                    container = id,
+                    "still running 10 s after KILL; deleting by force"
+                );
+            }
+            Stopped::Killed
+        };
+    }
+    runc.delete(id, true)?;
+    Ok(outcome)
+}
+
+/// Creates and starts the container detached, its console appended to
+/// `console`, and waits until it runs.
+pub fn start_detached(runc: &Runc, id: &str, bundle: &Path, console: &Path) -> Result<(), Error> {
+    runc.create(id, bundle, console)?;
+    if let Err(e) = runc.start(id) {
+        let _ = runc.delete(id, true);
+        return Err(e);
+    }
+    if !wait_running(runc, id, Duration::from_secs(10))? {
+        return Err(Error::Command {
+            program: runc.binary.clone(),
+            action: format!("start {id}"),
+            stderr: format!(
+                "the container is not running (its init exited? see {})",
+                console.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `vpsctl run`: `runc run` in the foreground with its console in
+/// `console`. SIGTERM, SIGINT or SIGHUP to us becomes the image's stop
+/// signal to the container, then KILL after `timeout`. Returns the
+/// container's exit code.
+pub fn run_foreground(
+    runc: &Runc,
+    id: &str,
+    bundle: &Path,
+    console: &Path,
+    stop_signal: i32,
+    timeout: Duration,
+) -> Result<i32, Error> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use std::os::unix::process::CommandExt;
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| crate::io_err("handle signals for", bundle)(e))?;
+    let log = open_log(console)?;
+    let err_log = log.try_clone().map_err(crate::io_err("open", console))?;
+    let mut child = runc
+        .run_command(id, bundle)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        // Our own process group: a Ctrl-C reaches us, and we decide.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| runc.spawn_error(e))?;
+    let mut stopping: Option<Instant> = None;
+    let mut killed = false;
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(crate::io_err("wait for runc in", bundle))?
+        {
+            break status;
+        }
+        if signals.pending().next().is_some() && stopping.is_none() {
+            tracing::info!(container = id, signal = stop_signal, "stopping");
+            if let Err(e) = runc.kill(id, stop_signal) {
+                tracing::warn!(container = id, error = %e, "cannot send the stop signal");
+            }
+            stopping = Some(Instant::now());
+        }
+        if let Some(since) = stopping {
+            if !killed && since.elapsed() >= timeout {
+                tracing::warn!(container = id, "did not stop in time; killing");
+                let _ = runc.kill(id, SIGKILL);
+                killed = true;
+            }
+        }
+        std::thread::sleep(POLL);
+    };
+    signals.handle().close();
+    runc.delete(id, true)?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}

@@ -1,0 +1,264 @@
+//! systemd units: the per-tenant template, the target that groups tenants,
+//! the boot-time network reconcile and the proxy; each rendered by a pure
+//! function and written by [`install`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sotolito_config::TenantName;
+
+use crate::{io_err, Error};
+
+pub const TEMPLATE: &str = "sotolito-vps@.service";
+pub const TARGET: &str = "sotolito-vps.target";
+pub const NET_SERVICE: &str = "sotolito-net.service";
+pub const PROXY_SERVICE: &str = "sotolito-proxy.service";
+
+/// What the units embed: systemd passes no environment, so the absolute
+/// vpsctl and the instance's config.
+#[derive(Debug, Clone)]
+pub struct UnitContext {
+    pub vpsctl: PathBuf,
+    pub config: PathBuf,
+    /// CONFIG_DIR/tenants: where NAME.cfg lives.
+    pub tenant_cfg_dir: PathBuf,
+    /// Seconds `vpsctl run` waits after the stop signal before KILL.
+    pub stop_timeout_secs: u64,
+}
+
+impl UnitContext {
+    fn vpsctl(&self, args: &str) -> String {
+        format!(
+            "{} --config {} {args}",
+            self.vpsctl.display(),
+            self.config.display()
+        )
+    }
+}
+
+/// sotolito-vps@.service, as in the original setup. Limits live in each
+/// tenant's config.json, not here. KillMode=mixed: SIGTERM goes to
+/// `vpsctl run` only, which turns it into the image's stop signal; KILL to
+/// everything after TimeoutStopSec.
+pub fn render_template(u: &UnitContext) -> String {
+    format!(
+        "[Unit]\n\
+         Description=sotolito VPS %i\n\
+         Wants={NET_SERVICE}\n\
+         After=network-online.target {NET_SERVICE}\n\
+         PartOf={TARGET}\n\
+         Before={TARGET}\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         Slice=machine.slice\n\
+         Delegate=yes\n\
+         EnvironmentFile={cfg}/%i.cfg\n\
+         ExecStart={exec}\n\
+         KillMode=mixed\n\
+         Restart=always\n\
+         RestartSec=10s\n\
+         TimeoutStopSec={stop}\n\
+         \n\
+         [Install]\n\
+         WantedBy={TARGET}\n",
+        cfg = u.tenant_cfg_dir.display(),
+        exec = u.vpsctl("run %i"),
+        stop = u.stop_timeout_secs + 15,
+    )
+}
+
+pub fn render_target() -> String {
+    format!(
+        "[Unit]\n\
+         Description=sotolito VPSs\n\
+         Wants={NET_SERVICE}\n\
+         After={NET_SERVICE}\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
+
+/// Bridge and nft table before any tenant starts at boot.
+pub fn render_net(u: &UnitContext) -> String {
+    format!(
+        "[Unit]\n\
+         Description=sotolito network (bridge and nftables)\n\
+         Wants=network-online.target\n\
+         After=network-online.target\n\
+         Before={TARGET}\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         ExecStart={exec}\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        exec = u.vpsctl("net reconcile"),
+    )
+}
+
+pub fn render_proxy(u: &UnitContext) -> String {
+    format!(
+        "[Unit]\n\
+         Description=sotolito edge proxy\n\
+         Wants=network-online.target\n\
+         After=network-online.target {NET_SERVICE}\n\
+         \n\
+         [Service]\n\
+         Type=notify\n\
+         ExecStart={exec}\n\
+         Restart=on-failure\n\
+         RestartSec=2s\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        exec = u.vpsctl("proxy"),
+    )
+}
+
+/// Every unit file by name.
+pub fn render_all(u: &UnitContext) -> Vec<(&'static str, String)> {
+    vec![
+        (TEMPLATE, render_template(u)),
+        (TARGET, render_target()),
+        (NET_SERVICE, render_net(u)),
+        (PROXY_SERVICE, render_proxy(u)),
+    ]
+}
+
+/// Writes the units into `systemd_dir` and enables the target, the net
+/// and the proxy units (wants symlinks, as `systemctl enable` would).
+/// Returns the files it changed.
+pub fn install(systemd_dir: &Path, u: &UnitContext) -> Result<Vec<PathBuf>, Error> {
+    fs::create_dir_all(systemd_dir).map_err(io_err("create", systemd_dir))?;
+    let mut changed = Vec::new();
+    for (name, text) in render_all(u) {
+        let path = systemd_dir.join(name);
+        if fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            continue;
+        }
+        let tmp = systemd_dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, &text).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename into", &path))?;
+        changed.push(path);
+    }
+    let wants = systemd_dir.join("multi-user.target.wants");
+    for name in [TARGET, NET_SERVICE, PROXY_SERVICE] {
+        if link(&wants, name, &format!("../{name}"))? {
+            changed.push(wants.join(name));
+        }
+    }
+    Ok(changed)
+}
+
+/// `sotolito-vps.target.wants/sotolito-vps@NAME.service`: the tenant starts
+/// at boot.
+pub fn instance_link(systemd_dir: &Path, name: &TenantName) -> PathBuf {
+    systemd_dir
+        .join(format!("{TARGET}.wants"))
+        .join(instance(name))
+}
+
+pub fn instance(name: &TenantName) -> String {
+    format!("sotolito-vps@{name}.service")
+}
+
+pub fn enable_instance(systemd_dir: &Path, name: &TenantName) -> Result<bool, Error> {
+    link(
+        &systemd_dir.join(format!("{TARGET}.wants")),
+        &instance(name),
+        &format!("../{TEMPLATE}"),
+    )
+}
+
+pub fn disable_instance(systemd_dir: &Path, name: &TenantName) -> Result<(), Error> {
+    let l = instance_link(systemd_dir, name);
+    match fs::remove_file(&l) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &l)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// A symlink `dir/name -> target`, made or corrected; true if changed.
+fn link(dir: &Path, name: &str, target: &str) -> Result<bool, Error> {
+    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    let path = dir.join(name);
+    if fs::read_link(&path).is_ok_and(|t| t == Path::new(target)) {
+        return Ok(false);
+    }
+    let _ = fs::remove_file(&path);
+    std::os::unix::fs::symlink(target, &path).map_err(io_err("link", &path))?;
+    Ok(true)
+}
+
+/// The EnvironmentFile of one tenant (CONFIG_DIR/tenants/NAME.cfg).
+pub fn render_tenant_cfg(ip: std::net::Ipv4Addr, bridge: &str) -> String {
+    format!("# written by vpsctl provision\nVPS_IP={ip}\nVPS_NET={bridge}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> UnitContext {
+        UnitContext {
+            vpsctl: "/usr/local/bin/vpsctl".into(),
+            config: "/etc/sotolito/sotolito.toml".into(),
+            tenant_cfg_dir: "/etc/sotolito/tenants".into(),
+            stop_timeout_secs: 30,
+        }
+    }
+
+    #[test]
+    fn template_as_the_original() {
+        let t = render_template(&ctx());
+        for line in [
+            "Slice=machine.slice",
+            "Delegate=yes",
+            "EnvironmentFile=/etc/sotolito/tenants/%i.cfg",
+            "ExecStart=/usr/local/bin/vpsctl --config /etc/sotolito/sotolito.toml run %i",
+            "KillMode=mixed",
+            "Restart=always",
+            "RestartSec=10s",
+            "WantedBy=sotolito-vps.target",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line}:\n{t}");
+        }
+        assert!(
+            !t.contains("Memory") && !t.contains("CPU"),
+            "no limits in the template"
+        );
+    }
+
+    #[test]
+    fn net_and_proxy_units() {
+        let n = render_net(&ctx());
+        assert!(n.contains("Type=oneshot\n") && n.contains("Before=sotolito-vps.target\n"));
+        assert!(n.contains(
+            "ExecStart=/usr/local/bin/vpsctl --config /etc/sotolito/sotolito.toml net reconcile\n"
+        ));
+        let p = render_proxy(&ctx());
+        assert!(p.contains("Type=notify\n") && p.contains("sotolito.toml proxy\n"));
+    }
+
+    #[test]
+    fn install_is_idempotent_and_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let changed = install(tmp.path(), &ctx()).unwrap();
+        assert_eq!(changed.len(), 7);
+        assert!(install(tmp.path(), &ctx()).unwrap().is_empty());
+        let name = TenantName::new("acme").unwrap();
+        assert!(enable_instance(tmp.path(), &name).unwrap());
+        assert!(!enable_instance(tmp.path(), &name).unwrap());
+        assert_eq!(
+            fs::read_link(instance_link(tmp.path(), &name)).unwrap(),
+            Path::new("../sotolito-vps@.service")
+        );
+        disable_instance(tmp.path(), &name).unwrap();
+        disable_instance(tmp.path(), &name).unwrap();
+        assert!(fs::symlink_metadata(instance_link(tmp.path(), &name)).is_err());
+    }
+}
