@@ -36,6 +36,9 @@ pub enum Command {
     List,
     /// Show one tenant.
     Status { name: TenantName },
+    /// Tenant networking: reconcile, show, and the runc hooks attach/detach.
+    #[command(subcommand)]
+    Net(crate::cmd::net::NetCommand),
 }
 
 impl Command {

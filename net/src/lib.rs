@@ -29,6 +29,24 @@ pub fn reconcile(config: &HostConfig, tenants: &[Tenant]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Ensures the bridge, ip_forward and our tables, without replacing tables
+/// that exist (those are rebuilt from the registry only when missing): what
+/// `vpsctl init` and every command that needs the network run. Idempotent.
+pub fn ensure(config: &HostConfig) -> Result<(), Error> {
+    link::ensure_bridge(config)?;
+    if !nft::tables_present()? {
+        let tenants = registry_tenants(config)?;
+        nft::apply_ruleset(&render_ruleset(config, &tenants))?;
+        tracing::info!(tenants = tenants.len(), "nft tables created");
+    }
+    Ok(())
+}
+
+/// Whether the host end of the tenant's veth exists.
+pub fn veth_present(name: &TenantName) -> Result<bool, Error> {
+    link::veth_present(name)
+}
+
 /// Adds one tenant's SSH forward (and its anti-spoofing element). When our
 /// tables are missing (after a reboot or `nft flush ruleset`) it rebuilds
 /// them from the registry plus `tenant` instead.

@@ -1,6 +1,7 @@
 //! Dispatch: one module per command group, each thin.
 
 mod init;
+pub(crate) mod net;
 mod tenants;
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init => init::run(&ctx),
         Command::List => tenants::list(&ctx),
         Command::Status { name } => tenants::status(&ctx, &name),
+        Command::Net(cmd) => net::run(&ctx, cmd),
     }?;
     Ok(ExitCode::SUCCESS)
 }
