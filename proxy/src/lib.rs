@@ -1,1 +1,118 @@
-//! sotolito-proxy.
+//! sotolito-proxy: the edge proxy that routes HTTP and HTTPS to tenants by
+//! Host header and TLS SNI.
+//!
+//! A connection goes accept ([`server`]) -> TLS ([`tls`]) -> strict HTTP/1
+//! framing ([`gate`], [`stream`]) -> route ([`route`]) -> upstream
+//! ([`forward`], [`upstream`]). [`run`] is what `vpsctl proxy` calls.
+
+mod admin;
+mod forward;
+mod gate;
+mod headers;
+mod limit;
+mod metrics;
+pub mod route;
+mod run;
+pub mod server;
+mod stream;
+pub mod tls;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use route::{Route, RouteDiff, RouteTable};
+pub use run::{run, RunOptions};
+pub use server::{Listen, ProxyHandle};
+
+/// Errors of the proxy; each names the thing and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid host {host:?} in route table: {source}")]
+    InvalidHost {
+        host: String,
+        #[source]
+        source: sotolito_config::InvalidValue,
+    },
+    #[error("cannot listen on {what} address {addr}: {source} (is another proxy running there?)")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load certificate for {host} from {path}: {message}")]
+    Cert {
+        host: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("cannot read the tenant registry: {0}")]
+    Registry(#[source] sotolito_config::Error),
+    #[error("cannot start the proxy's {what}: {source}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Limits, timeouts and behaviour. Defaults follow Envoy's edge guidance
+/// and HAProxy's defaults where they agree.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time for the tenant to start answering (response head) -> 504.
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Time for a client to send a whole request head (and a TLS handshake).
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Larger request heads get 431.
+    pub max_header_bytes: usize,
+    /// More header fields get 431.
+    pub max_headers: usize,
+    pub max_h2_streams: u32,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Peers whose forwarding headers are extended rather than replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Send a PROXY protocol v2 header on each tenant connection.
+    pub proxy_protocol: bool,
+    /// Answer plain HTTP with a redirect to HTTPS for hosts with a certificate.
+    pub redirect_https: bool,
+    /// How long SIGTERM waits for open requests before closing connections.
+    pub drain_timeout: Duration,
+    /// Threads, each with its own runtime and listening socket.
+    pub workers: usize,
+    /// Where HOST/fullchain.pem and HOST/privkey.pem live; `None`: no TLS.
+    pub certs_dir: Option<PathBuf>,
+    /// How often the certificate directory is checked for changes.
+    pub cert_poll: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            upstream_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_h2_streams: 100,
+            max_connections: 50_000,
+            max_connections_per_ip: 1_000,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            redirect_https: false,
+            drain_timeout: Duration::from_secs(10),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            certs_dir: None,
+            cert_poll: Duration::from_secs(1),
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! One request: route it by Host, rewrite headers, forward it to the
+//! tenant, stream the answer back (or tunnel an upgraded connection).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures::FutureExt;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::headers::{apply_forwarding, strip_hop_by_hop, ClientSide};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::route::{normalize_host, RouteTable};
+use crate::tls::CertStore;
+use crate::upstream::Client;
+use crate::Settings;
+
+/// Read before the tenant is contacted, so a body that is malformed from the
+/// start never reaches it.
+const PREREAD_LIMIT: usize = 64 * 1024;
+
+/// What every connection of every worker shares.
+pub(crate) struct Shared {
+    pub routes: ArcSwap<RouteTable>,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub certs: Option<Arc<CertStore>>,
+}
+
+/// One client connection, as the requests on it see it.
+pub(crate) struct ConnCtx {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// The TLS server name, normalized.
+    pub sni: Option<Box<str>>,
+    pub h2: bool,
+    pub client: Client,
+    pub trusted: bool,
+}
+
+/// The request body sent upstream: frames read ahead, then the rest.
+pub(crate) struct ReqBody {
+    read_ahead: VecDeque<Frame<Bytes>>,
+    read_ahead_len: u64,
+    rest: Incoming,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.read_ahead.pop_front() {
+            if let Some(data) = frame.data_ref() {
+                this.read_ahead_len -= data.len() as u64;
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut this.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read_ahead.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + self.read_ahead_len);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + self.read_ahead_len);
+        }
+        hint
+    }
+}
+
+/// The response body: the tenant's, streamed, or one of ours.
+pub(crate) enum ResBody {
+    Full(Option<Bytes>),
+    Upstream(Incoming, Option<Box<AccessLog>>),
+}
+
+impl Body for ResBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResBody::Upstream(body, log) => {
+                let r = Pin::new(body).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&r, log) {
+                    if let Some(data) = frame.data_ref() {
+                        log.bytes += data.len() as u64;
+                    }
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResBody::Full(b) => b.is_none(),
+            ResBody::Upstream(body, _) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ResBody::Full(None) => SizeHint::with_exact(0),
+            ResBody::Upstream(body, _) => body.size_hint(),
+        }
+    }
+}
+
+/// The access log line of one request, written when its response body is
+/// done (or dropped), so it can say how many bytes went out.
+pub(crate) struct AccessLog {
+    tenant: Arc<str>,
+    host: String,
+    method: Method,
+    path: String,
+    status: u16,
+    bytes: u64,
+    start: Instant,
+    upstream: Duration,
+    peer: SocketAddr,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "sotolito_proxy::access",
+            client = %self.peer,
+            tenant = %self.tenant,
+            host = %self.host,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms = self.upstream.as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "sotolito_proxy::access", tracing::Level::INFO)
+}
+
+/// An answer of the proxy's own. `close` ends an HTTP/1 connection after it.
+fn status_response(status: StatusCode, close: bool, h2: bool) -> Response<ResBody> {
+    let reason = status.canonical_reason().unwrap_or("error");
+    let mut resp = Response::new(ResBody::Full(Some(Bytes::from(format!("{reason}\n")))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close && !h2 {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+struct Outcome {
+    resp: Response<ResBody>,
+    tenant: Option<Arc<str>>,
+    upstream: Duration,
+}
+
+impl Outcome {
+    fn ours(status: StatusCode, close: bool, ctx: &ConnCtx) -> Outcome {
+        Outcome {
+            resp: status_response(status, close, ctx.h2),
+            tenant: None,
+            upstream: Duration::ZERO,
+        }
+    }
+}
+
+/// The service of every client connection. Never fails: every problem is
+/// an HTTP answer.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, Infallible> {
+    let start = Instant::now();
+    let log = access_log_enabled().then(|| {
+        (
+            req.method().clone(),
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.to_string()),
+        )
+    });
+    let (host, mut outcome) = match request_host(&req, &ctx) {
+        Some(host) => {
+            let outcome = proxy(&shared, &ctx, req, &host).await;
+            (host, outcome)
+        }
+        None => (
+            String::new(),
+            Outcome::ours(StatusCode::BAD_REQUEST, true, &ctx),
+        ),
+    };
+    let status = outcome.resp.status();
+    let tenant = outcome.tenant.clone().unwrap_or_else(|| Arc::from(""));
+    let m = &shared.metrics;
+    m.latency.observe(start.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            tenant: tenant.clone(),
+            status: status.as_u16(),
+        })
+        .inc();
+    if let Some((method, path)) = log {
+        let entry = Box::new(AccessLog {
+            tenant,
+            host,
+            method,
+            path,
+            status: status.as_u16(),
+            bytes: 0,
+            start,
+            upstream: outcome.upstream,
+            peer: ctx.peer,
+        });
+        match outcome.resp.body_mut() {
+            ResBody::Upstream(_, log) => *log = Some(entry),
+            ResBody::Full(b) => {
+                let mut entry = entry;
+                entry.bytes = b.as_ref().map_or(0, |b| b.len() as u64);
+            }
+        }
+    }
+    Ok(outcome.resp)
+}
+
+/// The Host of a request: the Host header for HTTP/1 (the gate already
+/// checked it is single and agrees with an absolute URI), :authority or
+/// Host for HTTP/2, which must agree when both are sent.
+fn request_host(req: &Request<Incoming>, ctx: &ConnCtx) -> Option<String> {
+    let header = match req.headers().get(header::HOST) {
+        Some(v) => Some(v.to_str().ok()?),
+        None => None,
+    };
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let host = match (header, authority) {
+        (Some(h), Some(a)) if ctx.h2 && !h.eq_ignore_ascii_case(a) => return None,
+        (Some(h), _) => h,
+        (None, Some(a)) if ctx.h2 => a,
+        _ => return None,
+    };
+    Some(host.to_owned())
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+}
+
+async fn proxy(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host: &str) -> Outcome {
+    let settings = &shared.settings;
+    let route = {
+        let routes = shared.routes.load();
+        let Some(route) = routes.lookup(host) else {
+            return Outcome::ours(StatusCode::NOT_FOUND, false, ctx);
+        };
+        if let Some(sni) = &ctx.sni {
+            // A certificate for one tenant must not carry another tenant's
+            // requests (RFC 9110 7.4: 421 Misdirected Request).
+            if routes.lookup(sni).map(|r| &r.tenant) != Some(&route.tenant) {
+                return Outcome::ours(StatusCode::MISDIRECTED_REQUEST, false, ctx);
+            }
+        }
+        route.clone()
+    };
+    if req.method() == Method::CONNECT {
+        return Outcome::ours(StatusCode::METHOD_NOT_ALLOWED, true, ctx);
+    }
+    if !ctx.tls && settings.redirect_https {
+        if let Some(resp) = redirect(shared, host, req.uri()) {
+            return Outcome {
+                resp,
+                tenant: Some(route.tenant.clone()),
+                upstream: Duration::ZERO,
+            };
+        }
+    }
+
+    let upgrade = !ctx.h2 && is_upgrade(&req);
+    let (mut parts, incoming) = req.into_parts();
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    let mut body = ReqBody {
+        read_ahead: VecDeque::new(),
+        read_ahead_len: 0,
+        rest: incoming,
+    };
+    if !body.rest.is_end_stream()
+        && read_ahead(&mut body, settings.header_read_timeout)
+            .await
+            .is_err()
+    {
+        return Outcome::ours(StatusCode::BAD_REQUEST, true, ctx);
+    }
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, upgrade);
+    // The client's 100-continue was answered by this hop.
+    headers.remove(header::EXPECT);
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    apply_forwarding(
+        headers,
+        &ClientSide {
+            peer: ctx.peer.ip(),
+            proto: if ctx.tls { "https" } else { "http" },
+            host,
+            trusted: ctx.trusted,
+        },
+    );
+    let mut uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(route.authority.clone());
+    uri = match parts.uri.path_and_query() {
+        Some(pq) => uri.path_and_query(pq.clone()),
+        None => uri.path_and_query(PathAndQuery::from_static("/")),
+    };
+    let Ok(uri) = uri.build() else {
+        return Outcome::ours(StatusCode::BAD_REQUEST, true, ctx);
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+
+    let sent = Instant::now();
+    let answer = tokio::time::timeout(
+        settings.upstream_timeout,
+        ctx.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let upstream = sent.elapsed();
+    let mut resp = match answer {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, error = %error_chain(&e), "tenant unreachable");
+            let mut o = Outcome::ours(StatusCode::BAD_GATEWAY, upgrade, ctx);
+            o.tenant = Some(route.tenant.clone());
+            return o;
+        }
+        Err(_) => {
+            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, timeout = ?settings.upstream_timeout, "tenant too slow");
+            let mut o = Outcome::ours(StatusCode::GATEWAY_TIMEOUT, upgrade, ctx);
+            o.tenant = Some(route.tenant.clone());
+            return o;
+        }
+    };
+
+    let switched = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switched {
+        let tenant_upgrade = hyper::upgrade::on(&mut resp);
+        if let Some(client_upgrade) = client_upgrade {
+            tokio::spawn(tunnel(client_upgrade, tenant_upgrade));
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), switched);
+    if upgrade && !switched {
+        // The gate stopped checking this connection when it saw the
+        // upgrade request; it must not carry another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let (parts, body) = resp.into_parts();
+    Outcome {
+        resp: Response::from_parts(parts, ResBody::Upstream(body, None)),
+        tenant: Some(route.tenant.clone()),
+        upstream,
+    }
+}
+
+/// Reads the first body frame (waiting for it), then whatever else has
+/// already arrived, up to [`PREREAD_LIMIT`].
+async fn read_ahead(body: &mut ReqBody, wait: Duration) -> Result<(), ()> {
+    let first = tokio::time::timeout(wait, body.rest.frame()).await;
+    let push = |body: &mut ReqBody, frame: Frame<Bytes>| {
+        if let Some(d) = frame.data_ref() {
+            body.read_ahead_len += d.len() as u64;
+        }
+        body.read_ahead.push_back(frame);
+    };
+    match first {
+        Ok(Some(Ok(frame))) => push(body, frame),
+        Ok(None) => return Ok(()),
+        Ok(Some(Err(_))) | Err(_) => return Err(()),
+    }
+    while body.read_ahead_len < PREREAD_LIMIT as u64 && !body.rest.is_end_stream() {
+        match body.rest.frame().now_or_never() {
+            Some(Some(Ok(frame))) => push(body, frame),
+            Some(Some(Err(_))) => return Err(()),
+            Some(None) | None => break,
+        }
+    }
+    Ok(())
+}
+
+fn redirect(shared: &Shared, host: &str, uri: &Uri) -> Option<Response<ResBody>> {
+    let certs = shared.certs.as_ref()?;
+    let name = normalize_host(host)?;
+    if !certs.has_cert(&name) {
+        return None;
+    }
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = HeaderValue::from_str(&format!("https://{name}{pq}")).ok()?;
+    let mut resp = status_response(StatusCode::PERMANENT_REDIRECT, false, false);
+    resp.headers_mut().insert(header::LOCATION, location);
+    Some(resp)
+}
+
+/// Copies bytes both ways between an upgraded client connection and the
+/// tenant until either side closes.
+async fn tunnel(client: OnUpgrade, tenant: OnUpgrade) {
+    let (client, tenant) = match tokio::try_join!(client, tenant) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut tenant = TokioIo::new(tenant);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut tenant).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

@@ -1,0 +1,216 @@
+//! Header rewriting between client and tenant: hop-by-hop removal (RFC 9110
+//! 7.6.1) and the forwarding headers (X-Forwarded-*, RFC 7239 Forwarded).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the headers that describe one hop, including those the
+/// Connection header names. With `upgrade`, keeps `Upgrade` and sends
+/// `Connection: upgrade` so the protocol switch reaches the next hop.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderValue> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        for value in &listed {
+            for token in value.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("upgrade") && upgrade {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// What the proxy knows about the client side of one request.
+pub(crate) struct ClientSide<'a> {
+    pub peer: IpAddr,
+    pub proto: &'static str,
+    pub host: &'a str,
+    /// The peer is a trusted proxy: its forwarding headers are extended,
+    /// not replaced.
+    pub trusted: bool,
+}
+
+/// Sets X-Forwarded-For/-Proto/-Host and Forwarded. From an untrusted peer
+/// any incoming values are lies and are replaced.
+pub(crate) fn apply_forwarding(headers: &mut HeaderMap, client: &ClientSide<'_>) {
+    let peer = client.peer.to_string();
+    let node = match client.peer {
+        IpAddr::V4(_) => peer.clone(),
+        IpAddr::V6(_) => format!("\"[{peer}]\""),
+    };
+    let element = format!(
+        "for={node};proto={};host=\"{}\"",
+        client.proto,
+        client.host.replace(['"', '\\'], "")
+    );
+    if client.trusted {
+        append_list(headers, &X_FORWARDED_FOR, &peer);
+        append_list(headers, &header::FORWARDED, &element);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            set(headers, &X_FORWARDED_HOST, client.host);
+        }
+    } else {
+        set(headers, &X_FORWARDED_FOR, &peer);
+        set(headers, &header::FORWARDED, &element);
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
+        set(headers, &X_FORWARDED_HOST, client.host);
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Joins every existing line of a list header with `value` into one line.
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    let mut joined = String::new();
+    for v in headers.get_all(name) {
+        if let Ok(s) = v.to_str() {
+            joined.push_str(s);
+            joined.push_str(", ");
+        }
+    }
+    joined.push_str(value);
+    set(headers, name, &joined);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_listed_ones_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "close"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), vec!["accept"]);
+    }
+
+    #[test]
+    fn upgrade_survives_when_switching_protocols() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), vec!["connection", "upgrade"]);
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let client = ClientSide {
+            peer: "192.0.2.7".parse().unwrap(),
+            proto: "http",
+            host: "acme.test",
+            trusted: false,
+        };
+        apply_forwarding(&mut h, &client);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "acme.test");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=http;host=\"acme.test\""
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_extended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "203.0.113.2"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.1"),
+        ]);
+        let client = ClientSide {
+            peer: "2001:db8::1".parse().unwrap(),
+            proto: "http",
+            host: "acme.test",
+            trusted: true,
+        };
+        apply_forwarding(&mut h, &client);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 203.0.113.2, 2001:db8::1"
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "acme.test");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.1, for=\"[2001:db8::1]\";proto=http;host=\"acme.test\""
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! `vpsctl proxy`: serve the registry's tenants until SIGTERM or SIGINT,
+//! swapping routes in as the registry changes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sotolito_config::{Loaded, Registry};
+
+use crate::route::RouteTable;
+use crate::server::{Listen, ProxyHandle};
+use crate::{Error, Settings};
+
+/// How often the registry's generation is checked: a provision is routed
+/// within this (plus one read of the records).
+const REGISTRY_POLL: Duration = Duration::from_millis(100);
+
+/// Command line overrides of the `[proxy]` addresses.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// Runs the proxy for the host described by `loaded` until SIGTERM or
+/// SIGINT, then drains. Builds its own runtimes; call it from a plain thread.
+pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
+    let config = &loaded.config;
+    let settings = Settings {
+        trusted_proxies: config.proxy.trusted_proxies.clone(),
+        proxy_protocol: config.proxy.proxy_protocol,
+        redirect_https: config.proxy.redirect_https,
+        certs_dir: Some(config.certs_dir()),
+        ..Settings::default()
+    };
+    let listen = Listen {
+        http: Some(opts.http.unwrap_or(config.proxy.http)),
+        https: Some(opts.https.unwrap_or(config.proxy.https)),
+        admin: Some(opts.admin.unwrap_or(config.proxy.admin)),
+    };
+    let registry = Registry::new(config.registry_dir());
+    let mut generation = registry.generation().map_err(Error::Registry)?;
+    let tenants = registry.list().map_err(Error::Registry)?;
+    let table = RouteTable::from_tenants(&tenants);
+    tracing::info!(
+        tenants = tenants.len(),
+        routes = table.len(),
+        "routes loaded"
+    );
+    let proxy = ProxyHandle::start(settings, listen, table)?;
+    tracing::info!(
+        http = ?proxy.http_addr(),
+        https = ?proxy.https_addr(),
+        admin = ?proxy.admin_addr(),
+        "proxy listening"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Start {
+            what: "signal runtime",
+            source,
+        })?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|source| Error::Start {
+                what: "SIGTERM handler",
+                source,
+            })?;
+        notify("READY=1");
+        let mut tick = tokio::time::interval(REGISTRY_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tick.tick() => {}
+            }
+            match registry.generation() {
+                Ok(g) if g != generation => match registry.list() {
+                    Ok(tenants) => {
+                        generation = g;
+                        proxy.set_routes(RouteTable::from_tenants(&tenants));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry unreadable; keeping the current routes")
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "registry generation unreadable"),
+            }
+        }
+        Ok::<(), Error>(())
+    })?;
+    tracing::info!("draining");
+    notify("STOPPING=1");
+    proxy.shutdown();
+    Ok(())
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, which
+/// may be abstract (a leading `@`).
+fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let sock = UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,520 @@
+//! Listening and accepting: one thread per worker, each with its own
+//! single-threaded runtime, SO_REUSEPORT listening sockets and upstream
+//! pool, so a request never crosses threads; plus a control thread for the
+//! admin listener and certificate polling.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::forward::{self, ConnCtx, Shared};
+use crate::gate::Gate;
+use crate::limit::{ConnLimiter, ConnPermit};
+use crate::metrics::Metrics;
+use crate::route::{normalize_host, RouteDiff, RouteTable};
+use crate::stream::{GuardedStream, Timeouts};
+use crate::tls::{self, CertStore};
+use crate::upstream::{self, Client};
+use crate::{Error, Settings};
+
+/// Where to listen; `None` leaves that listener out. Port 0 picks a free one.
+#[derive(Debug, Clone, Default)]
+pub struct Listen {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Http,
+    Https,
+}
+
+/// A running proxy. Dropping it stops it without draining.
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+impl ProxyHandle {
+    /// Binds every listener, then starts the workers. Errors if any
+    /// address cannot be bound or the runtime cannot start.
+    pub fn start(
+        settings: Settings,
+        listen: Listen,
+        routes: RouteTable,
+    ) -> Result<ProxyHandle, Error> {
+        let workers = settings.workers.max(1);
+        let certs = settings.certs_dir.clone().map(CertStore::open);
+        let tls_config = match (&certs, listen.https) {
+            (Some(store), Some(_)) => Some(tls::server_config(store.clone())?),
+            _ => None,
+        };
+        let metrics = Metrics::new();
+        metrics.routes.set(routes.len() as i64);
+        let shared = Arc::new(Shared {
+            routes: ArcSwap::from_pointee(routes),
+            settings,
+            metrics,
+            certs,
+        });
+
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, Kind)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut bound = |addr: Option<SocketAddr>,
+                         kind: Kind,
+                         what: &'static str|
+         -> Result<Option<SocketAddr>, Error> {
+            let Some(mut addr) = addr else {
+                return Ok(None);
+            };
+            for slot in per_worker.iter_mut() {
+                let listener =
+                    bind_reuseport(addr).map_err(|source| Error::Bind { what, addr, source })?;
+                // Port 0: the first socket picks, the others share it.
+                addr =
+                    listener
+                        .local_addr()
+                        .map_err(|source| Error::Bind { what, addr, source })?;
+                slot.push((listener, kind));
+            }
+            Ok(Some(addr))
+        };
+        let http = bound(listen.http, Kind::Http, "http")?;
+        let https = match tls_config {
+            Some(_) => bound(listen.https, Kind::Https, "https")?,
+            None => None,
+        };
+        let admin_listener = match listen.admin {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| Error::Bind {
+                        what: "admin",
+                        addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let admin = match &admin_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| {
+                Error::Bind {
+                    what: "admin",
+                    addr: listen
+                        .admin
+                        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let limiter = ConnLimiter::new(
+            shared.settings.max_connections,
+            shared.settings.max_connections_per_ip,
+        );
+        let mut threads = Vec::new();
+        for (i, listeners) in per_worker.into_iter().enumerate() {
+            let rt = runtime()?;
+            let worker = Worker {
+                shared: shared.clone(),
+                tls: tls_config.as_ref().map(|c| TlsAcceptor::from(c.clone())),
+                limiter: limiter.clone(),
+            };
+            let shutdown = shutdown_rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("proxy-worker-{i}"))
+                .spawn(move || rt.block_on(worker.run(listeners, shutdown)))
+                .map_err(|source| Error::Start {
+                    what: "worker thread",
+                    source,
+                })?;
+            threads.push(thread);
+        }
+        let rt = runtime()?;
+        let control_shared = shared.clone();
+        let control = std::thread::Builder::new()
+            .name("proxy-control".into())
+            .spawn(move || rt.block_on(control(control_shared, admin_listener, shutdown_rx)))
+            .map_err(|source| Error::Start {
+                what: "control thread",
+                source,
+            })?;
+        threads.push(control);
+        Ok(ProxyHandle {
+            shared,
+            shutdown,
+            threads,
+            http,
+            https,
+            admin,
+        })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.shared.routes.load_full()
+    }
+
+    /// Swaps in a new table for the requests that start from now on; open
+    /// connections stay open. Logs and returns what changed.
+    pub fn set_routes(&self, table: RouteTable) -> RouteDiff {
+        let len = table.len();
+        let old = self.shared.routes.swap(Arc::new(table));
+        let diff = self.shared.routes.load().diff(&old);
+        let m = &self.shared.metrics;
+        m.reloads.inc();
+        m.routes.set(len as i64);
+        tracing::info!(
+            added = ?diff.added,
+            removed = ?diff.removed,
+            changed = ?diff.changed,
+            routes = len,
+            "routes reloaded"
+        );
+        diff
+    }
+
+    /// Stops accepting, lets open requests finish for up to the drain
+    /// timeout, then closes everything and waits for the threads.
+    pub fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Start {
+            what: "runtime",
+            source,
+        })
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+async fn control(
+    shared: Arc<Shared>,
+    admin: Option<std::net::TcpListener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if let Some(listener) = admin {
+        match TcpListener::from_std(listener) {
+            Ok(l) => {
+                tokio::spawn(crate::admin::serve(
+                    l,
+                    shared.metrics.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "admin listener unusable"),
+        }
+    }
+    let mut tick = tokio::time::interval(shared.settings.cert_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Some(certs) = &shared.certs {
+                    let certs = certs.clone();
+                    // File reads stay off the runtime's thread.
+                    let _ = tokio::task::spawn_blocking(move || certs.reload()).await;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    limiter: Arc<ConnLimiter>,
+}
+
+/// Held by every connection task; the worker drains until all are gone.
+type DrainToken = mpsc::Sender<()>;
+
+impl Worker {
+    async fn run(
+        self,
+        listeners: Vec<(std::net::TcpListener, Kind)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let this = Arc::new(self);
+        let client = upstream::client(&this.shared.settings, None);
+        let (token, mut drained) = mpsc::channel::<()>(1);
+        for (listener, kind) in listeners {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "listener unusable");
+                    continue;
+                }
+            };
+            tokio::spawn(this.clone().accept_loop(
+                listener,
+                kind,
+                client.clone(),
+                shutdown.clone(),
+                token.clone(),
+            ));
+        }
+        drop(token);
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        let deadline = this.shared.settings.drain_timeout;
+        if tokio::time::timeout(deadline, drained.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?deadline, "drain deadline passed; closing open connections");
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        kind: Kind,
+        client: Client,
+        mut shutdown: watch::Receiver<bool>,
+        token: DrainToken,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = shutdown.changed() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the
+                    // listener stays.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let permit = match self.limiter.acquire(peer.ip()) {
+                Ok(p) => p,
+                Err(why) => {
+                    tracing::debug!(client = %peer, ?why, "connection refused by limit");
+                    self.shared.metrics.refused_connections.inc();
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                worker: self.clone(),
+                peer,
+                client: client.clone(),
+                shutdown: shutdown.clone(),
+                _permit: permit,
+                _token: token.clone(),
+            };
+            tokio::spawn(conn.serve(stream, kind));
+        }
+    }
+}
+
+struct Conn {
+    worker: Arc<Worker>,
+    peer: SocketAddr,
+    client: Client,
+    shutdown: watch::Receiver<bool>,
+    _permit: ConnPermit,
+    _token: DrainToken,
+}
+
+impl Conn {
+    async fn serve(self, stream: TcpStream, kind: Kind) {
+        let metrics = self.worker.shared.metrics.clone();
+        metrics.open_connections.inc();
+        let settings = &self.worker.shared.settings;
+        let client = if settings.proxy_protocol {
+            let local = stream.local_addr().unwrap_or(self.peer);
+            upstream::client(settings, Some(upstream::proxy_v2_header(self.peer, local)))
+        } else {
+            self.client.clone()
+        };
+        let trusted = settings
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&self.peer.ip()));
+        match (kind, &self.worker.tls) {
+            (Kind::Https, Some(acceptor)) => {
+                let handshake =
+                    tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream))
+                        .await;
+                let tls = match handshake {
+                    Ok(Ok(tls)) => {
+                        metrics.tls_handshakes.inc();
+                        tls
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
+                        metrics.tls_handshake_failures.inc();
+                        metrics.open_connections.dec();
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.tls_handshake_failures.inc();
+                        metrics.open_connections.dec();
+                        return;
+                    }
+                };
+                let (_, session) = tls.get_ref();
+                let sni = session
+                    .server_name()
+                    .and_then(normalize_host)
+                    .map(|s| s.into_owned().into_boxed_str());
+                let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+                let ctx = ConnCtx {
+                    peer: self.peer,
+                    tls: true,
+                    sni,
+                    h2,
+                    client,
+                    trusted,
+                };
+                if h2 {
+                    self.serve_h2(tls, ctx).await;
+                } else {
+                    self.serve_h1(tls, ctx).await;
+                }
+            }
+            _ => {
+                let ctx = ConnCtx {
+                    peer: self.peer,
+                    tls: false,
+                    sni: None,
+                    h2: false,
+                    client,
+                    trusted,
+                };
+                self.serve_h1(stream, ctx).await;
+            }
+        }
+        metrics.open_connections.dec();
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        let s = &self.worker.shared.settings;
+        Timeouts {
+            header_read: s.header_read_timeout,
+            idle: s.idle_timeout,
+        }
+    }
+
+    async fn serve_h1<T>(&self, io: T, ctx: ConnCtx)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.worker.shared.settings;
+        let io = GuardedStream::new(io, Some(Gate::new(s.max_header_bytes)), self.timeouts());
+        let shared = self.worker.shared.clone();
+        let ctx = Arc::new(ctx);
+        let svc = service_fn(move |req| forward::handle(shared.clone(), ctx.clone(), req));
+        let mut builder = http1::Builder::new();
+        builder
+            .max_buf_size(s.max_header_bytes.max(8192))
+            .max_headers(s.max_headers)
+            // GuardedStream times out slow heads and idle connections.
+            .header_read_timeout(None);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        let mut shutdown = self.shutdown.clone();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %self.peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = shutdown.changed() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+
+    async fn serve_h2<T>(&self, io: T, ctx: ConnCtx)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.worker.shared.settings;
+        let io = GuardedStream::new(io, None, self.timeouts());
+        let shared = self.worker.shared.clone();
+        let ctx = Arc::new(ctx);
+        let svc = service_fn(move |req| forward::handle(shared.clone(), ctx.clone(), req));
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(s.max_h2_streams)
+            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let mut shutdown = self.shutdown.clone();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %self.peer, error = %e, "h2 connection ended");
+                }
+                return;
+            }
+            _ = shutdown.changed() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}

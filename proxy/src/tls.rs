@@ -1,0 +1,180 @@
+//! TLS: a certificate per SNI name from the certs directory
+//! (HOST/fullchain.pem + HOST/privkey.pem, a wildcard as `_.example.com/`),
+//! swapped in when the files change, without a restart.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::route::normalize_host;
+use crate::Error;
+
+/// Modification time and size of both files: a change in either reloads.
+type Stamp = [(Option<SystemTime>, u64); 2];
+
+/// The loaded certificates, keyed by host name (`*.domain` for wildcards).
+pub struct CertStore {
+    dir: PathBuf,
+    certs: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    stamps: Mutex<HashMap<String, Stamp>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore").field("dir", &self.dir).finish()
+    }
+}
+
+impl CertStore {
+    /// Loads what is there now; a missing directory is an empty store.
+    pub fn open(dir: impl Into<PathBuf>) -> Arc<CertStore> {
+        let store = Arc::new(CertStore {
+            dir: dir.into(),
+            certs: ArcSwap::from_pointee(HashMap::new()),
+            stamps: Mutex::new(HashMap::new()),
+        });
+        store.reload();
+        store
+    }
+
+    /// Re-reads hosts whose files changed; a host whose new files fail to
+    /// load keeps its previous certificate. Returns whether anything changed.
+    pub fn reload(&self) -> bool {
+        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.certs.load_full();
+        let mut next: HashMap<String, Arc<CertifiedKey>> = HashMap::new();
+        let mut seen: HashMap<String, Stamp> = HashMap::new();
+        let mut changed = false;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e.flatten().collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read certs dir");
+                return false;
+            }
+        };
+        for entry in entries {
+            let Some(name) = entry.file_name().to_str().map(str::to_ascii_lowercase) else {
+                continue;
+            };
+            let host = match name.strip_prefix("_.") {
+                Some(domain) => format!("*.{domain}"),
+                None => name,
+            };
+            let path = entry.path();
+            if !path.join("fullchain.pem").exists() {
+                continue;
+            }
+            let stamp = stamp(&path);
+            seen.insert(host.clone(), stamp);
+            if stamps.get(&host) == Some(&stamp) {
+                if let Some(old) = current.get(&host) {
+                    next.insert(host, old.clone());
+                }
+                continue;
+            }
+            changed = true;
+            match load(&path, &host) {
+                Ok(key) => {
+                    tracing::info!(host = %host, "certificate loaded");
+                    next.insert(host, Arc::new(key));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate not loaded");
+                    if let Some(old) = current.get(&host) {
+                        next.insert(host, old.clone());
+                    }
+                }
+            }
+        }
+        for gone in current.keys().filter(|h| !seen.contains_key(*h)) {
+            tracing::info!(host = %gone, "certificate removed");
+            changed = true;
+        }
+        *stamps = seen;
+        if changed {
+            self.certs.store(Arc::new(next));
+        }
+        changed
+    }
+
+    /// The certificate that serves `host` (exact, then one-label wildcard).
+    pub fn lookup(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        let host = normalize_host(host)?;
+        let certs = self.certs.load();
+        if let Some(c) = certs.get(&*host) {
+            return Some(c.clone());
+        }
+        let (_, domain) = host.split_once('.')?;
+        certs.get(&format!("*.{domain}")).cloned()
+    }
+
+    pub fn has_cert(&self, host: &str) -> bool {
+        self.lookup(host).is_some()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // No SNI, no certificate: a tenant is chosen by name, never by IP.
+        hello.server_name().and_then(|name| self.lookup(name))
+    }
+}
+
+fn stamp(dir: &Path) -> Stamp {
+    let one = |f: &str| match std::fs::metadata(dir.join(f)) {
+        Ok(m) => (m.modified().ok(), m.len()),
+        Err(_) => (None, 0),
+    };
+    [one("fullchain.pem"), one("privkey.pem")]
+}
+
+fn load(dir: &Path, host: &str) -> Result<CertifiedKey, Error> {
+    let err = |path: &Path, message: String| Error::Cert {
+        host: host.to_owned(),
+        path: path.to_owned(),
+        message,
+    };
+    let chain_path = dir.join("fullchain.pem");
+    let key_path = dir.join("privkey.pem");
+    let file = File::open(&chain_path).map_err(|e| err(&chain_path, e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(&chain_path, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err(&chain_path, "no certificate in the file".into()));
+    }
+    let file = File::open(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|e| err(&key_path, e.to_string()))?
+        .ok_or_else(|| err(&key_path, "no private key in the file".into()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| err(&key_path, e.to_string()))?;
+    let key = CertifiedKey::new(certs, signer);
+    key.keys_match().map_err(|e| {
+        err(
+            &key_path,
+            format!("key does not match the certificate: {e}"),
+        )
+    })?;
+    Ok(key)
+}
+
+/// TLS 1.2 and 1.3 only, ALPN h2 then http/1.1, certificates from `store`.
+pub(crate) fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
