@@ -51,22 +51,27 @@ pub fn veth_present(name: &TenantName) -> Result<bool, Error> {
 /// tables are missing (after a reboot or `nft flush ruleset`) it rebuilds
 /// them from the registry plus `tenant` instead.
 pub fn add_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
-    if !nft::tables_present()? {
-        let mut tenants = registry_tenants(config)?;
-        tenants.retain(|t| t.name != tenant.name);
-        tenants.push(tenant.clone());
-        return reconcile(config, &tenants);
+    // One nft call in the common case; the table is rebuilt only when the
+    // element edit finds it missing.
+    match nft::add_forward(config, tenant) {
+        Err(e) if nft::is_missing(&e) => {
+            let mut tenants = registry_tenants(config)?;
+            tenants.retain(|t| t.name != tenant.name);
+            tenants.push(tenant.clone());
+            reconcile(config, &tenants)
+        }
+        other => other,
     }
-    nft::add_forward(config, tenant)
 }
 
 /// Removes one tenant's SSH forward and anti-spoofing element; idempotent.
 /// A port that maps to another address is left alone.
 pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
-    if !nft::tables_present()? {
-        return Ok(());
+    match nft::remove_forward(config, tenant) {
+        // No table, no forward.
+        Err(e) if nft::is_missing(&e) => Ok(()),
+        other => other,
     }
-    nft::remove_forward(config, tenant)
 }
 
 /// The runc `createRuntime` hook: a veth whose host end (named by

@@ -46,6 +46,15 @@ pub fn host_veth_name(name: &TenantName) -> String {
     format!("{VETH_PREFIX}_{head}{tag}")
 }
 
+/// The container's eth0 MAC, derived from its address (locally
+/// administered, `02:73` + the IPv4 octets): a restarted tenant keeps its
+/// MAC, so the host's neighbour cache for its address stays right (with a
+/// random MAC, DNAT to a restarted tenant fails until the entry expires).
+pub fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x73, a, b, c, d]
+}
+
 /// Ensures the bridge exists, is up and has the gateway address, and that
 /// this namespace forwards IPv4. A same-named bridge with another IPv4
 /// address is refused rather than reused.
@@ -131,6 +140,7 @@ pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Erro
         with_handle(|h| async move { Ok(link_by_name(&h, CONTAINER_IF).await?.is_some()) })
     })?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
+    let ip = tenant.ip;
     let tenant_name = tenant.name.clone();
     with_handle(|h| async move {
         let existing = link_by_name(&h, &veth).await?;
@@ -156,6 +166,7 @@ pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Erro
                 // namespace, so no temporary name is needed on the host.
                 let peer = LinkUnspec::new_with_name(CONTAINER_IF)
                     .setns_by_fd(fd)
+                    .address(container_mac(ip).to_vec())
                     .build();
                 let msg = LinkVeth::new(&veth, CONTAINER_IF)
                     .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -199,7 +210,6 @@ pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Erro
     })?;
     drop(ns_file);
 
-    let ip = tenant.ip;
     let prefix = config.network.subnet.prefix_len();
     let gateway = config.network.gateway();
     netns::run_in(&ns_path, || {
@@ -359,6 +369,14 @@ mod tests {
 
     fn veth(s: &str) -> String {
         host_veth_name(&TenantName::new(s).unwrap())
+    }
+
+    #[test]
+    fn mac_follows_the_address() {
+        assert_eq!(
+            container_mac(Ipv4Addr::new(172, 18, 0, 2)),
+            [0x02, 0x73, 172, 18, 0, 2]
+        );
     }
 
     #[test]

@@ -33,14 +33,25 @@ pub fn check_ruleset(script: &str) -> Result<(), Error> {
     .map(drop)
 }
 
-/// Whether both our tables exist.
+/// Whether both our tables exist. Asked as a dry-run delete (`nft -c`):
+/// any `list` command makes nft 1.0.6 fetch every set element first,
+/// ~0.2 s with 10,000 tenants, while this stays flat.
 pub fn tables_present() -> Result<bool, Error> {
-    let out = run(&["list", "tables"], None, "list tables")?;
-    let has = |family: &str| {
-        out.lines()
-            .any(|l| l.trim() == format!("table {family} {TABLE}"))
-    };
-    Ok(has("inet") && has("bridge"))
+    let probe = format!("delete table inet {TABLE}\ndelete table bridge {TABLE}\n");
+    match run(
+        &["-c", "-f", "-"],
+        Some(&probe),
+        "look for the sotolito tables",
+    ) {
+        Ok(_) => Ok(true),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether nft failed because a table, map or set does not exist.
+pub fn is_missing(e: &Error) -> bool {
+    matches!(e, Error::Nft { stderr, .. } if stderr.contains("No such file or directory"))
 }
 
 pub fn add_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
@@ -69,15 +80,15 @@ pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error>
 
 /// The live `ssh_ports` map, or `None` when our table does not exist.
 pub fn live_forwards() -> Result<Option<BTreeMap<u16, LiveForward>>, Error> {
-    if !tables_present()? {
-        return Ok(None);
-    }
-    let out = run(
+    match run(
         &["list", "map", "inet", TABLE, MAP_SSH],
         None,
         "list the ssh_ports map",
-    )?;
-    Ok(Some(parse_map_elements(&out)))
+    ) {
+        Ok(out) => Ok(Some(parse_map_elements(&out))),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Parses `2201 : 172.18.0.2 . 22` elements out of `nft list map` text

@@ -442,7 +442,19 @@ fn tenant_traffic() {
     // A cannot send with B's address: with it on eth0 and bound as the
     // source, even the proxy port (allowed above) stays silent.
     ca.exec(&["ip", "addr", "add", "172.18.0.3/32", "dev", "eth0"]);
+    // A probe that counts what reaches the host's IP stack with B's address
+    // (B itself never talks to port 80): the spoofed SYN must not.
+    host.exec(&[
+        "nft",
+        "add table inet probe; add chain inet probe pre { type filter hook prerouting priority -400; }; add rule inet probe pre ip saddr 172.18.0.3 tcp dport 80 counter",
+    ]);
     assert!(talk(&ca.ns_path(), addr(gw, 80), Some(b.ip)).is_err());
+    let probe = host.exec(&["nft", "list", "table", "inet", "probe"]);
+    assert!(
+        probe.contains("packets 0 "),
+        "a spoofed packet got through: {probe}"
+    );
+    host.exec(&["nft", "delete", "table", "inet", "probe"]);
     assert!(talk(&ca.ns_path(), addr(gw, 80), Some(a.ip)).is_ok());
     ca.exec(&["ip", "addr", "del", "172.18.0.3/32", "dev", "eth0"]);
     ca.exec(&["ip", "route", "del", "172.18.0.3/32"]);
@@ -478,6 +490,14 @@ fn tenant_traffic() {
     assert!(from_client(2201).is_err());
     inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
     assert_eq!(from_client(2201).as_deref(), Ok("alpha 10.99.0.2"));
+
+    // A restart: a new container for the same tenant, without a detach (the
+    // old veth is stale); reachable at once (its MAC follows its address).
+    drop(ca);
+    let ca2 = Container::start();
+    serve(&ca2.ns_path(), 22, "alpha2");
+    inside(&host.path(), || sotolito_net::attach(&c, &a, ca2.pid()));
+    assert_eq!(from_client(2201).as_deref(), Ok("alpha2 10.99.0.2"));
 }
 
 #[test]
@@ -505,4 +525,45 @@ fn add_forward_rebuilds_missing_tables_from_the_registry() {
     inside(&ns.path(), || sotolito_net::remove_forward(&c, &b));
     let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
     assert_eq!(live[&2202].ip, moved.ip);
+}
+
+#[test]
+fn ensure_creates_what_is_missing_and_keeps_what_exists() {
+    require_root_and_tools();
+    let ns = Netns::new("ensure");
+    let state = tempfile::tempdir().unwrap();
+    let c = config(state.path());
+    let reg = sotolito_config::Registry::new(c.registry_dir());
+    let lock = reg.lock().unwrap();
+    reg.put(&lock, &tenant("alpha", Ipv4Addr::new(172, 18, 0, 2), 2201))
+        .unwrap();
+    drop(lock);
+    assert_eq!(inside(&ns.path(), || sotolito_net::live_forwards(&c)), None);
+    inside(&ns.path(), || sotolito_net::ensure(&c));
+    let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
+    assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![2201]);
+    assert!(ns
+        .exec(&["ip", "-4", "addr", "show", "sotolito0"])
+        .contains("172.18.0.1/16"));
+    // Existing tables are left alone (reconcile is the command that replaces).
+    ns.exec(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "sotolito",
+        "ssh_ports",
+        "{ 2999 : 172.18.0.99 . 22 }",
+    ]);
+    inside(&ns.path(), || sotolito_net::ensure(&c));
+    let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
+    assert!(live.contains_key(&2999));
+    inside(&ns.path(), || {
+        sotolito_net::reconcile(
+            &c,
+            &sotolito_config::Registry::new(c.registry_dir()).list()?,
+        )
+    });
+    let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
+    assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![2201]);
 }
