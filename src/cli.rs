@@ -36,6 +36,28 @@ pub enum Command {
     List,
     /// Show one tenant.
     Status { name: TenantName },
+    /// Images: import, debootstrap, list, rm.
+    #[command(subcommand)]
+    Image(crate::cmd::image::ImageCommand),
+    /// Provision a tenant: lease, bundle, data seeded once, unit, forward.
+    Provision(crate::cmd::provision::ProvisionArgs),
+    /// Stop a tenant and remove it; its data is kept unless --purge.
+    Deprovision(crate::cmd::provision::DeprovisionArgs),
+    /// Start a tenant (through systemd where systemd manages it).
+    Start { name: TenantName },
+    /// Stop a tenant: its image's stop signal, KILL after the timeout.
+    Stop(crate::cmd::lifecycle::StopArgs),
+    /// Stop and start a tenant.
+    Restart(crate::cmd::lifecycle::StopArgs),
+    /// Send a signal to a tenant's init.
+    Kill(crate::cmd::lifecycle::KillArgs),
+    /// Run a tenant in the foreground (the systemd unit's ExecStart).
+    Run { name: TenantName },
+    /// Run a command in a tenant; exits with its status.
+    Exec(crate::cmd::lifecycle::ExecArgs),
+    /// systemd units.
+    #[command(subcommand)]
+    Units(crate::cmd::units::UnitsCommand),
     /// Tenant networking: reconcile, show, and the runc hooks attach/detach.
     #[command(subcommand)]
     Net(crate::cmd::net::NetCommand),
@@ -44,6 +66,9 @@ pub enum Command {
 impl Command {
     /// Commands log at warn by default; long-running services at info.
     pub fn default_log_level(&self) -> &'static str {
-        "warn"
+        match self {
+            Command::Run { .. } => "info",
+            _ => "warn",
+        }
     }
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
     LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 use sotolito_config::{Tenant, TenantName};
 
@@ -147,11 +147,8 @@ pub fn render_spec(
                 .permitted(caps)
                 .build()?,
         )
-        .rlimits(vec![PosixRlimitBuilder::default()
-            .typ(PosixRlimitType::RlimitNofile)
-            .soft(1024u64)
-            .hard(524288u64)
-            .build()?])
+        // No rlimits: the container inherits the host's (a fixed NOFILE
+        // above the host's hard limit makes runc create fail).
         .no_new_privileges(false)
         .build()?;
 
@@ -330,6 +327,7 @@ pub fn write_spec(layout: &TenantLayout, spec: &Spec) -> Result<(), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::Value;

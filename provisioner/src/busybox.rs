@@ -13,8 +13,8 @@ pub const HOST_BUSYBOX: &str = "/bin/busybox";
 
 const INITTAB: &str = "\
 ::sysinit:/bin/sh /etc/init.d/rcS
-::respawn:/bin/httpd -f -p 80 -h /run/www
-::respawn:/usr/bin/nc -lk -p 22 -e /usr/sbin/ssh-banner
+::respawn:/usr/sbin/httpd -f -p 80 -h /run/www
+::respawn:/usr/bin/nc -ll -p 22 -e /usr/sbin/ssh-banner
 ::ctrlaltdel:/sbin/reboot
 ::shutdown:/bin/true
 ";
@@ -130,6 +130,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

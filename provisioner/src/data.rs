@@ -169,6 +169,7 @@ pub fn read_key_file(path: &Path) -> Result<Vec<String>, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use sotolito_config::TenantName;

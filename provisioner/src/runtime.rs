@@ -261,6 +261,7 @@ fn parse_state(json: &[u8]) -> Result<ContainerState, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -89,6 +89,7 @@ pub fn parse_signal(s: &str) -> Result<i32, crate::Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -200,6 +200,7 @@ pub fn render_tenant_cfg(ip: std::net::Ipv4Addr, bridge: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,8 +1,12 @@
 //! Dispatch: one module per command group, each thin.
 
+pub(crate) mod image;
 mod init;
+pub(crate) mod lifecycle;
 pub(crate) mod net;
+pub(crate) mod provision;
 mod tenants;
+pub(crate) mod units;
 
 use std::process::ExitCode;
 
@@ -15,6 +19,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init => init::run(&ctx),
         Command::List => tenants::list(&ctx),
         Command::Status { name } => tenants::status(&ctx, &name),
+        Command::Image(cmd) => image::run(&ctx, cmd),
+        Command::Provision(args) => provision::run(&ctx, args),
+        Command::Deprovision(args) => provision::deprovision(&ctx, args),
+        Command::Start { name } => lifecycle::start(&ctx, &name),
+        Command::Stop(args) => lifecycle::stop(&ctx, &args),
+        Command::Restart(args) => lifecycle::restart(&ctx, &args),
+        Command::Kill(args) => lifecycle::kill(&ctx, &args),
+        Command::Run { name } => return lifecycle::run(&ctx, &name),
+        Command::Exec(args) => return lifecycle::exec(&ctx, &args),
+        Command::Units(cmd) => units::run(&ctx, cmd),
         Command::Net(cmd) => net::run(&ctx, cmd),
     }?;
     Ok(ExitCode::SUCCESS)

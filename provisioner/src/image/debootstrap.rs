@@ -146,6 +146,7 @@ fn make_shareable(rootfs: &Path) -> Result<(), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -465,6 +465,7 @@ fn import_docker(dir: &Path, rootfs: &Path, progress: bool) -> Result<Imported, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,343 @@
+//! `vpsctl provision` and `vpsctl deprovision`: the registry record, the
+//! lease from sotolito-net, and the bundle, data, cfg and unit link from
+//! sotolito-provisioner, wired together under the registry lock.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use sotolito_config::names::{parse_http_port, parse_pids};
+use sotolito_config::tenant::FORMAT_VERSION;
+use sotolito_config::{
+    CpuWeight, Desired, HostName, ImageName, Limits, MemorySize, SshPort, Tenant, TenantName,
+};
+use sotolito_provisioner::data::{self, Seed};
+use sotolito_provisioner::{bundle, overlay, units, HookCommand, Image, TenantLayout};
+
+use crate::cmd::{image, lifecycle};
+use crate::context::Context;
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    pub name: TenantName,
+    /// Image to boot (see vpsctl image list).
+    #[arg(long)]
+    pub image: ImageName,
+    /// Host name the proxy routes to this tenant (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<HostName>,
+    /// Public SSH port [default: the first free one in network.ssh_ports]
+    #[arg(long, value_name = "PORT")]
+    pub ssh_port: Option<SshPort>,
+    /// OpenSSH public key file for root (repeatable).
+    #[arg(long = "ssh-key", value_name = "FILE")]
+    pub ssh_keys: Vec<PathBuf>,
+    /// Tenant address [default: the first free one in network.subnet]
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<Ipv4Addr>,
+    /// Port the tenant serves HTTP on.
+    #[arg(long, value_name = "PORT", value_parser = parse_http_port, default_value = "80")]
+    pub http_port: u16,
+    /// Memory limit, e.g. 512M, 2G [default: config defaults.memory]
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<MemorySize>,
+    /// CPU weight 1-10000 [default: config defaults.cpu_weight]
+    #[arg(long, value_name = "WEIGHT")]
+    pub cpu_weight: Option<CpuWeight>,
+    /// Process limit [default: config defaults.pids]
+    #[arg(long, value_name = "N", value_parser = parse_pids)]
+    pub pids: Option<u32>,
+    /// Start it once provisioned.
+    #[arg(long)]
+    pub start: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeprovisionArgs {
+    pub name: TenantName,
+    /// Also delete the tenant's data (its /etc, /var, /home, /root and
+    /// overlay upper layer).
+    #[arg(long)]
+    pub purge: bool,
+    /// Seconds to wait after the stop signal before KILL.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+pub fn layout(ctx: &Context, name: &TenantName) -> TenantLayout {
+    TenantLayout::new(&ctx.config().tenants_dir(), name)
+}
+
+pub fn cfg_path(ctx: &Context, name: &TenantName) -> PathBuf {
+    ctx.config().tenant_cfg_dir().join(format!("{name}.cfg"))
+}
+
+/// The hooks call this very binary with this instance's config.
+pub fn hook_command(ctx: &Context) -> anyhow::Result<HookCommand> {
+    let exe = std::env::current_exe().context("cannot find the vpsctl binary")?;
+    Ok(HookCommand {
+        vpsctl: fs::canonicalize(&exe).unwrap_or(exe),
+        config: ctx.loaded.path.clone(),
+    })
+}
+
+/// Writes the tenant's config.json (derived state, rewritten freely).
+pub fn write_bundle(ctx: &Context, tenant: &Tenant) -> anyhow::Result<TenantLayout> {
+    let layout = layout(ctx, &tenant.name);
+    let spec = bundle::render_spec(
+        tenant,
+        &layout,
+        Some(&hook_command(ctx)?),
+        ctx.runc().systemd_cgroup,
+    )?;
+    bundle::write_spec(&layout, &spec)?;
+    Ok(layout)
+}
+
+pub fn run(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<()> {
+    let name = args.name.clone();
+    let start = args.start;
+    let tenant =
+        provision(ctx, args).with_context(|| format!("failed to provision tenant {name}"))?;
+    if start {
+        lifecycle::start_tenant(ctx, &name)
+            .with_context(|| format!("provisioned tenant {name} but failed to start it"))?;
+    }
+    let view = crate::cmd::tenants::view(ctx, &tenant);
+    if ctx.json {
+        crate::output::print_json(&view)
+    } else {
+        println!(
+            "provisioned {}: ip {}, ssh port {}, image {}{}",
+            tenant.name,
+            tenant.ip,
+            tenant.ssh_port,
+            tenant.image,
+            if start { ", running" } else { "" }
+        );
+        Ok(())
+    }
+}
+
+fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<Tenant> {
+    crate::cmd::init::ensure_layout(ctx)?;
+    let config = ctx.config();
+    let mut keys = Vec::new();
+    for f in &args.ssh_keys {
+        keys.extend(data::read_key_file(f)?);
+    }
+    let image = image::store(ctx).require(&args.image)?;
+    let registry = ctx.registry();
+    let lock = registry.lock()?;
+    let existing = registry.get(&args.name)?;
+    let (ip, ssh_port) = match &existing {
+        Some(t) => (args.ip.unwrap_or(t.ip), args.ssh_port.unwrap_or(t.ssh_port)),
+        None => {
+            let lease = sotolito_net::allocate(
+                config,
+                &registry.list()?,
+                &args.name,
+                args.ip,
+                args.ssh_port,
+            )?;
+            (lease.ip, lease.ssh_port)
+        }
+    };
+    let tenant = Tenant {
+        version: FORMAT_VERSION,
+        name: args.name.clone(),
+        image: args.image.clone(),
+        ip,
+        ssh_port,
+        http_port: args.http_port,
+        hosts: args.hosts.clone(),
+        ssh_keys: keys,
+        created: existing
+            .as_ref()
+            .map_or_else(SystemTime::now, |t| t.created),
+        desired: existing.as_ref().map_or(
+            if args.start {
+                Desired::Running
+            } else {
+                Desired::Stopped
+            },
+            |t| t.desired,
+        ),
+        acme_opt_out: existing
+            .as_ref()
+            .map(|t| t.acme_opt_out.clone())
+            .unwrap_or_default(),
+        limits: Limits {
+            memory: args.memory.unwrap_or(config.defaults.memory),
+            cpu_weight: args.cpu_weight.unwrap_or(config.defaults.cpu_weight),
+            pids: args.pids.unwrap_or(config.defaults.pids),
+        },
+    };
+    if let Some(old) = &existing {
+        let diff = old.differences(&tenant);
+        if !diff.is_empty() {
+            bail!(
+                "tenant {} exists with other settings: {} (provision it with its current settings, or deprovision it first)",
+                tenant.name,
+                diff.join(", ")
+            );
+        }
+    }
+    registry.check_conflicts(&tenant)?;
+    // Everything below is idempotent: a rerun after a failure converges,
+    // and a rerun with the same settings changes nothing.
+    apply(ctx, &tenant, &image)?;
+    if existing.is_none() {
+        registry.put(&lock, &tenant)?;
+    }
+    sotolito_net::add_forward(config, &tenant)?;
+    Ok(tenant)
+}
+
+fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<()> {
+    let layout = write_bundle(ctx, tenant)?;
+    let seed = Seed {
+        hostname: tenant.name.to_string(),
+        ip: tenant.ip,
+        ssh_keys: tenant.ssh_keys.clone(),
+        resolv_conf: data::resolv_conf_for_tenants(),
+    };
+    if data::seed(&layout, &image.rootfs(), &seed)? {
+        tracing::info!(tenant = %tenant.name, image = %tenant.image, "data seeded");
+    } else {
+        tracing::info!(tenant = %tenant.name, "reusing the tenant's existing data (keys and /etc untouched)");
+    }
+    let cfg = cfg_path(ctx, &tenant.name);
+    let text = units::render_tenant_cfg(tenant.ip, &ctx.config().network.bridge);
+    if fs::read_to_string(&cfg).ok().as_deref() != Some(text.as_str()) {
+        write_atomic(&cfg, &text)?;
+    }
+    units::enable_instance(&ctx.config().paths.systemd_dir, &tenant.name)?;
+    Ok(())
+}
+
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("cfg.tmp");
+    fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn deprovision(ctx: &Context, args: DeprovisionArgs) -> anyhow::Result<()> {
+    let name = args.name.clone();
+    let kept =
+        teardown(ctx, &args).with_context(|| format!("failed to deprovision tenant {name}"))?;
+    if ctx.json {
+        crate::output::print_json(
+            &serde_json::json!({"deprovisioned": name.to_string(), "data_kept": kept}),
+        )
+    } else {
+        if kept {
+            println!(
+                "deprovisioned {name}; its data is kept in {} (remove it with --purge)",
+                layout(ctx, &name).data().display()
+            );
+        } else {
+            println!("deprovisioned {name}; its data is removed");
+        }
+        Ok(())
+    }
+}
+
+/// Removes everything of a tenant by name, record or not (so a provision
+/// that failed midway can always be cleared), going on past errors.
+/// Returns whether data was kept.
+fn teardown(ctx: &Context, args: &DeprovisionArgs) -> anyhow::Result<bool> {
+    crate::cmd::init::ensure_layout(ctx)?;
+    let name = &args.name;
+    let config = ctx.config();
+    let registry = ctx.registry();
+    let lock = registry.lock()?;
+    let tenant = registry.get(name)?;
+    let layout = layout(ctx, name);
+    let cfg = cfg_path(ctx, name);
+    let link = units::instance_link(&config.paths.systemd_dir, name);
+    let found = tenant.is_some()
+        || layout.dir.exists()
+        || cfg.exists()
+        || fs::symlink_metadata(&link).is_ok()
+        || ctx.runc().state(name.as_str()).ok().flatten().is_some();
+    if !found {
+        return Err(sotolito_config::Error::NotFound(name.clone()).into());
+    }
+    // A tenant that cannot be stopped keeps everything: removing its record
+    // would leave a running container no command knows.
+    let signal = tenant
+        .as_ref()
+        .map_or(sotolito_provisioner::signal::DEFAULT_STOP_SIGNAL, |t| {
+            lifecycle::stop_signal(ctx, t)
+        });
+    lifecycle::stop_container(
+        ctx,
+        name,
+        signal,
+        std::time::Duration::from_secs(args.timeout),
+    )?;
+
+    let mut errors: Vec<String> = Vec::new();
+    let mut note = |what: &str, r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            errors.push(format!("{what}: {e:#}"));
+        }
+    };
+    if let Some(t) = &tenant {
+        note(
+            "ssh forward",
+            sotolito_net::remove_forward(config, t).map_err(Into::into),
+        );
+        note(
+            "record",
+            registry.remove(&lock, name).map(|_| ()).map_err(Into::into),
+        );
+    }
+    note(
+        "unit link",
+        units::disable_instance(&config.paths.systemd_dir, name).map_err(Into::into),
+    );
+    note("unit cfg", remove_file(&cfg));
+    note("config.json", remove_file(&layout.config_json()));
+    note("console log", remove_file(&layout.console_log()));
+    let root = layout.rootfs();
+    if overlay::is_mounted(&root) {
+        note(
+            "rootfs",
+            Err(anyhow::anyhow!("{} is still mounted", root.display())),
+        );
+    } else if root.exists() {
+        note(
+            "rootfs",
+            fs::remove_dir(&root).with_context(|| format!("cannot remove {}", root.display())),
+        );
+    }
+    let mut kept = layout.data().exists();
+    if args.purge && !overlay::is_mounted(&root) && layout.dir.exists() {
+        note(
+            "data",
+            fs::remove_dir_all(&layout.dir)
+                .with_context(|| format!("cannot remove {}", layout.dir.display())),
+        );
+        kept = false;
+    } else if !kept && layout.dir.exists() {
+        let _ = fs::remove_dir(&layout.dir);
+    }
+    if !errors.is_empty() {
+        bail!("{} (rerun deprovision to finish)", errors.join("; "));
+    }
+    Ok(kept && !args.purge)
+}
+
+fn remove_file(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
