@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use futures::FutureExt;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -429,7 +428,20 @@ async fn read_ahead(body: &mut ReqBody, wait: Duration) -> Result<(), ()> {
         Ok(Some(Err(_))) | Err(_) => return Err(()),
     }
     while body.read_ahead_len < PREREAD_LIMIT as u64 && !body.rest.is_end_stream() {
-        match body.rest.frame().now_or_never() {
+        // hyper decodes the next frame only when asked, on the connection's
+        // task: ask, let that task run once, and take what it had buffered.
+        let mut next = body.rest.frame();
+        let polled = match futures::poll!(&mut next) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => {
+                tokio::task::yield_now().await;
+                match futures::poll!(&mut next) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => None,
+                }
+            }
+        };
+        match polled {
             Some(Some(Ok(frame))) => push(body, frame),
             Some(Some(Err(_))) => return Err(()),
             Some(None) | None => break,

@@ -1,0 +1,211 @@
+//! Malformed, ambiguous and abusive clients, sent as raw bytes: each gets
+//! its status (or a closed connection) and the tenant sees nothing at all.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::common::*;
+
+const SMUGGLING: &[(&str, &str)] = &[
+    (
+        "content-length with transfer-encoding",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "transfer-encoding with content-length",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "differing duplicate content-length",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    ),
+    (
+        "content-length list",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4, 5\r\n\r\nabcde",
+    ),
+    (
+        "bad chunk size",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "bad chunk size after a good chunk",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n-1\r\n\r\n",
+    ),
+    (
+        "overflowing chunk size",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000001\r\nx\r\n0\r\n\r\n",
+    ),
+    (
+        "chunk data longer than its size",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "obs-fold",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\n X-Smuggled: 2\r\n\r\n",
+    ),
+    (
+        "bare CR in a header",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-A: 1\rTransfer-Encoding: chunked\r\n\r\n",
+    ),
+    ("bare LF line ends", "GET / HTTP/1.1\nHost: a.test\n\n"),
+    (
+        "bare LF hiding a header",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-A: 1\nContent-Length: 5\r\n\r\nabcde",
+    ),
+    (
+        "absolute URI naming another host",
+        "GET http://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    ),
+    (
+        "two Host headers",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+    ),
+    ("no Host header", "GET / HTTP/1.1\r\n\r\n"),
+    (
+        "space before colon",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "unknown transfer coding",
+        "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    ),
+];
+
+#[test]
+fn ambiguous_requests_get_400_close_and_never_reach_the_tenant() {
+    for (what, req) in SMUGGLING {
+        let a = Backend::start("a");
+        let p = proxy(&[("a.test", "a", a.addr), ("b.test", "a", a.addr)], |_| {});
+        // raw() reads until the proxy closes the connection.
+        let out = raw(p.http_addr().unwrap(), req.as_bytes());
+        let r = parse(&out);
+        assert_eq!(r.status, 400, "{what}: {}", r.head);
+        // Nothing else answered on the connection after the 400.
+        assert_eq!(
+            out.windows(5).filter(|w| w == b"HTTP/").count(),
+            1,
+            "{what}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        a.assert_untouched(what);
+        p.shutdown();
+    }
+}
+
+#[test]
+fn a_bad_request_behind_a_good_one_is_refused_alone() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let out = raw(
+        p.http_addr().unwrap(),
+        b"GET /ok HTTP/1.1\r\nHost: a.test\r\n\r\nGET /bad HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 400"), "{text}");
+    let seen = a.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/ok");
+}
+
+#[test]
+fn oversized_heads_get_431() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |s| {
+        s.max_header_bytes = 8192;
+        s.max_headers = 20;
+    });
+    let addr = p.http_addr().unwrap();
+    let big = format!("X-Big: {}\r\n", "x".repeat(10_000));
+    assert_eq!(get_with(addr, "a.test", "/", &big).status, 431);
+    let many: String = (0..30).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+    assert_eq!(get_with(addr, "a.test", "/", &many).status, 431);
+    a.assert_untouched("oversized heads");
+}
+
+#[test]
+fn slow_request_heads_are_cut_off() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |s| {
+        s.header_read_timeout = Duration::from_millis(300);
+    });
+    let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Slow: ")
+        .unwrap();
+    assert!(
+        closed_by_peer(&mut s),
+        "a slowloris head kept its connection"
+    );
+    // A connection that never says anything is closed too.
+    let mut silent = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    assert!(closed_by_peer(&mut silent));
+    a.assert_untouched("slowloris");
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |s| {
+        s.idle_timeout = Duration::from_millis(300);
+    });
+    let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).status, 200);
+    assert!(closed_by_peer(&mut s), "idle connection stayed open");
+}
+
+#[test]
+fn connections_beyond_the_per_client_limit_are_closed() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |s| {
+        s.max_connections_per_ip = 2;
+    });
+    let addr = p.http_addr().unwrap();
+    let mut first = TcpStream::connect(addr).unwrap();
+    let mut second = TcpStream::connect(addr).unwrap();
+    // Both are held (a request in each proves the proxy accepted them).
+    for s in [&mut first, &mut second] {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(s).status, 200);
+    }
+    let mut third = TcpStream::connect(addr).unwrap();
+    let _ = third.write_all(b"GET /third HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert!(closed_by_peer(&mut third));
+    assert!(a.requests().iter().all(|r| r.path != "/third"));
+    // Freed places are given out again.
+    drop(first);
+    let mut ok = None;
+    for _ in 0..100 {
+        let r = parse(&raw(
+            addr,
+            b"GET /later HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        ));
+        if r.status == 200 {
+            ok = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok.is_some(), "a freed place was not reused");
+}
+
+#[test]
+fn connections_beyond_the_total_limit_are_closed() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |s| {
+        s.max_connections = 1;
+    });
+    let addr = p.http_addr().unwrap();
+    let mut first = TcpStream::connect(addr).unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut first).status, 200);
+    let mut second = TcpStream::connect(addr).unwrap();
+    let _ = second.write_all(b"GET /second HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert!(closed_by_peer(&mut second));
+    assert_eq!(a.requests().len(), 1);
+}

@@ -1,0 +1,296 @@
+//! Plain HTTP/1.1 through the proxy to real loopback backends.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use sotolito_proxy::RouteTable;
+
+use crate::common::*;
+
+#[test]
+fn routes_by_host_to_the_owning_tenant() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let p = proxy(
+        &[("a.test", "a", a.addr), ("*.b.test", "b", b.addr)],
+        |_| {},
+    );
+    let addr = p.http_addr().unwrap();
+    for host in ["a.test", "A.Test:80", "a.test."] {
+        let r = get(addr, host, "/x?y=1");
+        assert_eq!(r.status, 200, "{host}");
+        assert_eq!(r.text(), "a GET /x len=0\n");
+    }
+    let r = get(addr, "www.b.test", "/");
+    assert_eq!((r.status, r.text().as_str()), (200, "b GET / len=0\n"));
+    for host in ["b.test", "x.y.b.test", "c.test"] {
+        assert_eq!(get(addr, host, "/").status, 404, "{host}");
+    }
+    assert_eq!(a.requests().len(), 3);
+    assert_eq!(b.requests().len(), 1);
+}
+
+#[test]
+fn hop_by_hop_headers_go_and_untrusted_forwarding_headers_are_replaced() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let r = get_with(
+        p.http_addr().unwrap(),
+        "a.test",
+        "/",
+        "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6\r\n\
+         Connection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\n\
+         Proxy-Connection: keep-alive\r\n",
+    );
+    assert_eq!(r.status, 200);
+    // The tenant's own hop-by-hop headers don't reach the client either.
+    assert_eq!(r.header("keep-alive"), None);
+    let seen = &a.requests()[0];
+    let h = &seen.headers;
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "a.test");
+    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=\"a.test\"");
+    assert_eq!(h["host"], "a.test");
+    for gone in ["x-secret", "keep-alive", "te", "proxy-connection"] {
+        assert!(!h.contains_key(gone), "{gone} reached the tenant");
+    }
+}
+
+#[test]
+fn trusted_proxies_forwarding_headers_are_extended() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |s| {
+        s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    });
+    let r = get_with(
+        p.http_addr().unwrap(),
+        "a.test",
+        "/",
+        "X-Forwarded-For: 192.0.2.9\r\nX-Forwarded-Proto: https\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let h = &a.requests()[0].headers;
+    assert_eq!(h["x-forwarded-for"], "192.0.2.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+}
+
+#[test]
+fn tenant_down_is_502_and_slow_tenant_is_504() {
+    let slow = Backend::start("slow");
+    // A port that refuses: bound, then closed.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = proxy(
+        &[
+            ("down.test", "down", down),
+            ("slow.test", "slow", slow.addr),
+        ],
+        |s| s.upstream_timeout = Duration::from_millis(300),
+    );
+    let addr = p.http_addr().unwrap();
+    assert_eq!(get(addr, "down.test", "/").status, 502);
+    assert_eq!(get(addr, "slow.test", "/slow").status, 504);
+    // The proxy still serves after both.
+    assert_eq!(get(addr, "slow.test", "/").status, 200);
+}
+
+#[test]
+fn keep_alive_requests_reuse_upstream_connections() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    for i in 0..20 {
+        write!(s, "GET /{i} HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+        let r = read_response(&mut s);
+        assert_eq!(r.text(), format!("a GET /{i} len=0\n"));
+    }
+    assert_eq!(a.requests().len(), 20);
+    assert!(
+        a.connections() <= 2,
+        "{} upstream connections for 20 requests",
+        a.connections()
+    );
+}
+
+#[test]
+fn websocket_upgrade_is_tunneled_both_ways() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade").as_deref(), Some("websocket"));
+    for msg in [&b"hello"[..], b"\x81\x05world", b"GET / HTTP/1.1\n\n"] {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+    assert_eq!(a.requests()[0].headers["upgrade"], "websocket");
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn hundred_megabyte_bodies_stream_both_ways_in_bounded_memory() {
+    const TOTAL: u64 = 100 * 1024 * 1024;
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let before = peak_rss_kib();
+
+    // Upload, chunked, from a client that never holds more than 64 KiB.
+    let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let chunk = vec![b'u'; 64 * 1024];
+    for _ in 0..TOTAL / chunk.len() as u64 {
+        write!(s, "{:x}\r\n", chunk.len()).unwrap();
+        s.write_all(&chunk).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.text(), format!("a POST /up len={TOTAL}\n"));
+
+    // Download, counted as it arrives.
+    write!(
+        s,
+        "GET /big/{TOTAL} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    // Chunked framing adds a little on top of the payload.
+    assert!(got > TOTAL && got < TOTAL + TOTAL / 100, "{got}");
+
+    let grown_mib = (peak_rss_kib() - before) / 1024;
+    assert!(
+        grown_mib < 50,
+        "peak memory grew by {grown_mib} MiB for 100 MiB bodies"
+    );
+}
+
+#[test]
+fn reload_swaps_routes_and_keeps_open_connections() {
+    let a = Backend::start("a");
+    let c = Backend::start("c");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).status, 200);
+
+    let diff = p.set_routes(RouteTable::from_routes([("c.test", "c", c.addr)]).unwrap());
+    assert_eq!(diff.added, vec!["c.test"]);
+    assert_eq!(diff.removed, vec!["a.test"]);
+
+    // Same client connection, new table.
+    s.write_all(b"GET /2 HTTP/1.1\r\nHost: c.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).text(), "c GET /2 len=0\n");
+    s.write_all(b"GET /3 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).status, 404);
+}
+
+#[test]
+fn reloads_under_load_lose_no_request() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let addr = p.http_addr().unwrap();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let mut statuses = Vec::new();
+                for i in 0..300 {
+                    write!(s, "GET /{i} HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+                    statuses.push(read_response(&mut s).status);
+                    // Some requests on fresh connections too.
+                    if i % 50 == 0 {
+                        statuses.push(get(addr, "a.test", "/fresh").status);
+                    }
+                }
+                statuses
+            })
+        })
+        .collect();
+    for i in 0..50 {
+        let extra = format!("h{i}.test");
+        let table =
+            RouteTable::from_routes([("a.test", "a", a.addr), (extra.as_str(), "b", b.addr)])
+                .unwrap();
+        p.set_routes(table);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for c in clients {
+        let statuses = c.join().unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        assert_eq!(statuses.len(), 306);
+    }
+}
+
+#[test]
+fn shutdown_drains_requests_in_flight() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let addr = p.http_addr().unwrap();
+    let slow = std::thread::spawn(move || get(addr, "a.test", "/delay/500"));
+    while a.requests().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p.shutdown();
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[test]
+fn metrics_count_requests_by_tenant_and_status() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let addr = p.http_addr().unwrap();
+    get(addr, "a.test", "/");
+    get(addr, "nobody.test", "/");
+    let r = get(p.admin_addr().unwrap(), "localhost", "/metrics");
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(
+        text.contains("sotolito_proxy_requests_total{tenant=\"a\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sotolito_proxy_requests_total{tenant=\"\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("sotolito_proxy_request_duration_seconds_bucket"));
+    assert!(text.contains("sotolito_proxy_open_connections"));
+}

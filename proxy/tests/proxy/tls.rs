@@ -1,0 +1,213 @@
+//! HTTPS: certificates per SNI name, HTTP/2, 421, live certificate reload
+//! and the HTTP -> HTTPS redirect.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+struct Site {
+    _dir: tempfile::TempDir,
+    certs: std::path::PathBuf,
+    ca_file: std::path::PathBuf,
+    ca: TestCa,
+}
+
+fn site(names: &[&str]) -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = TestCa::new();
+    for n in names {
+        ca.issue(&certs, n);
+    }
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    Site {
+        _dir: dir,
+        certs,
+        ca_file,
+        ca,
+    }
+}
+
+#[test]
+fn h2_over_tls_routes_two_tenants_by_sni() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let s = site(&["a.test", "*.b.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(
+        &[("a.test", "a", a.addr), ("*.b.test", "b", b.addr)],
+        |st| st.certs_dir = Some(certs),
+    );
+    let port = p.https_addr().unwrap().port();
+    let (status, version, body) = curl(&s.ca_file, port, "https://a.test/one", &["--http2"]);
+    assert_eq!(
+        (status, version.as_str(), body.as_str()),
+        (200, "2", "a GET /one len=0\n")
+    );
+    let (status, version, body) = curl(&s.ca_file, port, "https://www.b.test/two", &["--http1.1"]);
+    assert_eq!(
+        (status, version.as_str(), body.as_str()),
+        (200, "1.1", "b GET /two len=0\n")
+    );
+    let h = &a.requests()[0].headers;
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["host"], "a.test");
+    // POST over h2 streams its body through too.
+    let (status, _, body) = curl(
+        &s.ca_file,
+        port,
+        "https://a.test/post",
+        &["--http2", "--data-binary", "0123456789"],
+    );
+    assert_eq!((status, body.as_str()), (200, "a POST /post len=10\n"));
+}
+
+#[test]
+fn a_host_of_another_tenant_than_the_sni_gets_421() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let s = site(&["a.test", "b.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(&[("a.test", "a", a.addr), ("b.test", "b", b.addr)], |st| {
+        st.certs_dir = Some(certs)
+    });
+    let port = p.https_addr().unwrap().port();
+    for v in ["--http2", "--http1.1"] {
+        let (status, _, _) = curl(
+            &s.ca_file,
+            port,
+            "https://a.test/",
+            &[v, "-H", "Host: b.test"],
+        );
+        assert_eq!(status, 421, "{v}");
+    }
+    assert!(b.requests().is_empty());
+}
+
+#[test]
+fn certificates_are_picked_up_without_restart() {
+    let a = Backend::start("a");
+    let s = site(&["a.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(
+        &[("a.test", "a", a.addr), ("new.test", "a", a.addr)],
+        |st| {
+            st.certs_dir = Some(certs);
+            st.cert_poll = Duration::from_millis(50);
+        },
+    );
+    let port = p.https_addr().unwrap().port();
+    assert_eq!(
+        curl(&s.ca_file, port, "https://new.test/", &[]).0,
+        0,
+        "no cert yet: handshake fails"
+    );
+    s.ca.issue(&s.certs, "new.test");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = curl(&s.ca_file, port, "https://new.test/", &[]);
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new certificate never served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn plain_http_redirects_to_https_only_for_hosts_with_a_certificate() {
+    let a = Backend::start("a");
+    let s = site(&["a.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(
+        &[("a.test", "a", a.addr), ("plain.test", "a", a.addr)],
+        |st| {
+            st.certs_dir = Some(certs);
+            st.redirect_https = true;
+        },
+    );
+    let addr = p.http_addr().unwrap();
+    let r = get(addr, "a.test", "/x?y=1");
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("https://a.test/x?y=1")
+    );
+    assert_eq!(get(addr, "plain.test", "/").status, 200);
+    assert_eq!(a.requests().len(), 1);
+}
+
+fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &TestCa,
+    name: &str,
+    alpn: &[&[u8]],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(client_config(&ca.pem, alpn), name).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn h2_advertises_at_most_100_concurrent_streams() {
+    let a = Backend::start("a");
+    let s = site(&["a.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(&[("a.test", "a", a.addr)], |st| st.certs_dir = Some(certs));
+    let mut tls = tls_connect(p.https_addr().unwrap(), &s.ca, "a.test", &[b"h2"]);
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).unwrap();
+    assert_eq!(head[3], 4, "first frame is SETTINGS");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tls.read_exact(&mut payload).unwrap();
+    let max_streams = payload
+        .chunks(6)
+        .find(|s| u16::from_be_bytes([s[0], s[1]]) == 3)
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+    assert_eq!(max_streams, Some(100));
+}
+
+#[test]
+fn tls_below_1_2_and_unknown_names_are_refused() {
+    let a = Backend::start("a");
+    let s = site(&["a.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(&[("a.test", "a", a.addr)], |st| st.certs_dir = Some(certs));
+    let port = p.https_addr().unwrap().port();
+    let (status, _, _) = curl(&s.ca_file, port, "https://a.test/", &["--tls-max", "1.1"]);
+    assert_eq!(status, 0);
+    let (status, _, _) = curl(&s.ca_file, port, "https://other.test/", &[]);
+    assert_eq!(status, 0);
+    let mut tls = tls_connect(p.https_addr().unwrap(), &s.ca, "a.test", &[b"http/1.1"]);
+    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    assert_eq!(parse(&out).status, 200);
+    assert_eq!(a.requests().len(), 1);
+}
