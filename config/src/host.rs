@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -151,6 +152,16 @@ pub struct Proxy {
     pub proxy_protocol: bool,
     /// Redirect plain HTTP to HTTPS for hosts that have a certificate.
     pub redirect_https: bool,
+    /// A tenant that has not answered within this gets a 504.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// A client that has not sent its request headers within this is cut
+    /// off (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for Proxy {
@@ -163,6 +174,9 @@ impl Default for Proxy {
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             redirect_https: false,
+            upstream_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -469,6 +483,7 @@ mod tests {
             }
         );
         assert_eq!(c.proxy.admin.to_string(), "127.0.0.1:9180");
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(30));
         assert_eq!(c.defaults.memory.to_string(), "512M");
         assert_eq!(c.defaults.cpu_weight.get(), 100);
         assert_eq!(c.defaults.pids, 4096);
@@ -480,13 +495,14 @@ mod tests {
     #[test]
     fn values_are_read() {
         let c = parse(
-            "[paths]\nstate_dir = \"/tmp/s\"\n[network]\nssh_ports = \"3000-3009\"\n[defaults]\nmemory = \"2G\"\n[runtime]\ncgroup_manager = \"cgroupfs\"\n",
+            "[paths]\nstate_dir = \"/tmp/s\"\n[network]\nssh_ports = \"3000-3009\"\n[defaults]\nmemory = \"2G\"\n[runtime]\ncgroup_manager = \"cgroupfs\"\n[proxy]\nupstream_timeout = \"2s 500ms\"\n",
         )
         .unwrap();
         assert_eq!(c.paths.state_dir, Path::new("/tmp/s"));
         assert_eq!(c.network.ssh_ports.len(), 10);
         assert_eq!(c.defaults.memory.bytes(), 2 << 30);
         assert_eq!(c.runtime.cgroup_manager, CgroupManager::Cgroupfs);
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_millis(2500));
     }
 
     #[test]
