@@ -56,7 +56,7 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
         &mut s,
         "prerouting",
         "type nat hook prerouting priority dstnat; policy accept;",
-        &[dnat.clone()],
+        std::slice::from_ref(&dnat),
     );
     // The DNAT for connections the host itself opens to its own address;
     // `dstnat` is refused as a priority name in output (FACTS.md).

@@ -6,6 +6,7 @@
 //!
 //! These tests need root, nft, ip, unshare and nsenter, and fail (not skip)
 //! without them.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
