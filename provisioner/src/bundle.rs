@@ -313,10 +313,29 @@ pub fn render_spec(
     Ok(spec)
 }
 
+/// The spec as JSON, byte-identical for equal specs: oci-spec keeps
+/// capabilities in a HashSet, whose order changes from run to run.
+pub fn spec_json(spec: &Spec) -> Vec<u8> {
+    let mut v = serde_json::to_value(spec).expect("a spec always serializes");
+    if let Some(caps) = v
+        .pointer_mut("/process/capabilities")
+        .and_then(|c| c.as_object_mut())
+    {
+        for set in caps.values_mut() {
+            if let Some(a) = set.as_array_mut() {
+                a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+            }
+        }
+    }
+    let mut text = serde_json::to_vec_pretty(&v).expect("JSON always serializes");
+    text.push(b'\n');
+    text
+}
+
 /// Writes config.json atomically (it is derived state: rewritten freely).
 pub fn write_spec(layout: &TenantLayout, spec: &Spec) -> Result<(), Error> {
     fs::create_dir_all(&layout.dir).map_err(io_err("create", &layout.dir))?;
-    let text = serde_json::to_vec_pretty(spec).expect("a spec always serializes");
+    let text = spec_json(spec);
     let path = layout.config_json();
     if fs::read(&path).is_ok_and(|old| old == text) {
         return Ok(());
@@ -395,6 +414,18 @@ mod tests {
             .unwrap()
             .contains(&"rw".into()));
         assert!(s.get("hooks").is_none());
+    }
+
+    #[test]
+    fn json_is_stable() {
+        let layout = TenantLayout::new(Path::new("/s"), &TenantName::new("acme").unwrap());
+        let a = spec_json(&render_spec(&tenant(), &layout, None, false).unwrap());
+        for _ in 0..5 {
+            assert_eq!(
+                spec_json(&render_spec(&tenant(), &layout, None, false).unwrap()),
+                a
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,651 @@
+//! Root tests of the provisioner through the vpsctl CLI: busybox tenants in
+//! a throwaway network namespace with their own state, runc root, config,
+//! and systemd dirs. They fail (never skip) without root or a tool.
+//!
+//! vpsctl runs under `nsenter --net`, not `ip netns exec`: the latter also
+//! remounts /sys, which hides the cgroup mounts that runc needs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXk test@example";
+
+fn require_root_and_tools() {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("cannot run id");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "these tests need root (they make network namespaces and run runc)"
+    );
+    for (tool, package) in [
+        ("runc", "runc"),
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("nsenter", "util-linux"),
+        ("busybox", "busybox-static"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(found, "{tool} is missing: apt-get install {package}");
+    }
+}
+
+/// One isolated sotolito instance in its own network namespace.
+struct Sandbox {
+    tmp: tempfile::TempDir,
+    ns: String,
+    config: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        require_root_and_tools();
+        let tmp = tempfile::Builder::new()
+            .prefix("sotolito-prov-")
+            .tempdir()
+            .expect("tempdir");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let ns = format!("sotoprov{}x{n}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .expect("ip netns add");
+        assert!(ok.success(), "ip netns add {ns} failed");
+        let config = tmp.path().join("sotolito.toml");
+        fs::write(
+            &config,
+            format!(
+                "[paths]\nstate_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\nconfig_dir = \"{0}/etc\"\nsystemd_dir = \"{0}/systemd\"\n\n[network]\nbridge = \"sotoprov0\"\n",
+                tmp.path().display()
+            ),
+        )
+        .expect("write config");
+        let sb = Sandbox { tmp, ns, config };
+        sb.ok(&["image", "busybox", "bb"]);
+        sb
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn vpsctl(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(env!("CARGO_BIN_EXE_vpsctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run vpsctl")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.vpsctl(args);
+        assert!(
+            out.status.success(),
+            "vpsctl {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a failing command; returns its one-line error.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.vpsctl(args);
+        assert!(!out.status.success(), "vpsctl {args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert!(!err.is_empty(), "vpsctl {args:?} failed silently");
+        err
+    }
+
+    fn status(&self, name: &str) -> Value {
+        serde_json::from_str(&self.ok(&["--json", "status", name])).expect("status JSON")
+    }
+
+    fn in_ns(&self, cmd: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    }
+
+    fn key_file(&self) -> PathBuf {
+        let p = self.path("key.pub");
+        fs::write(&p, format!("{KEY}\n")).expect("write key");
+        p
+    }
+
+    fn nft_map(&self) -> String {
+        let out = self.in_ns(&["nft", "list", "map", "inet", "sotolito", "ssh_ports"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every file under the instance's state, config and systemd dirs with
+    /// its type, mode, owner and content hash: "nothing changed" means
+    /// this is equal before and after.
+    fn snapshot(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for d in ["state", "etc", "systemd"] {
+            snapshot_into(&self.path(d), self.tmp.path(), &mut out);
+        }
+        out
+    }
+}
+
+fn snapshot_into(dir: &Path, base: &Path, out: &mut BTreeMap<String, String>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let md = fs::symlink_metadata(&p).expect("stat");
+        let rel = p.strip_prefix(base).expect("prefix").display().to_string();
+        // The lock file is rewritten by every locking command; the
+        // registry generation counter only by writers.
+        if rel.ends_with("registry/.lock") {
+            continue;
+        }
+        let what = if md.file_type().is_symlink() {
+            format!("link {}", fs::read_link(&p).expect("readlink").display())
+        } else if md.is_dir() {
+            snapshot_into(&p, base, out);
+            "dir".to_owned()
+        } else {
+            let data = fs::read(&p).unwrap_or_default();
+            format!("file {:x}", fnv(&data))
+        };
+        out.insert(
+            rel,
+            format!("{what} {:o} {}:{}", md.mode(), md.uid(), md.gid()),
+        );
+    }
+}
+
+/// Asserts two snapshots are equal, printing only what differs.
+#[track_caller]
+fn assert_same(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>, what: &str) {
+    let mut diff = Vec::new();
+    for (k, v) in before {
+        match after.get(k) {
+            None => diff.push(format!("removed {k}")),
+            Some(w) if w != v => diff.push(format!("changed {k}: {v} -> {w}")),
+            _ => {}
+        }
+    }
+    for k in after.keys().filter(|k| !before.contains_key(*k)) {
+        diff.push(format!("added {k}"));
+    }
+    assert!(diff.is_empty(), "{what} changed files: {diff:#?}");
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Containers first (by id, under our own runc root), then mounts
+        // under our temp dir, then the namespace.
+        let root = self.path("run/runc");
+        if let Ok(entries) = fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let base = self.tmp.path().display().to_string();
+        if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+            let mut mounts: Vec<&str> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| m.starts_with(&base))
+                .collect();
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mounts {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn banner(sb: &Sandbox, ip: &str) -> String {
+    // A bounded number of tries: the tenant's nc may not listen yet.
+    for _ in 0..30 {
+        let out = sb.in_ns(&["busybox", "nc", "-w", "2", ip, "22"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("SSH-2.0") {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("no banner from {ip}:22");
+}
+
+#[test]
+fn busybox_tenant_lifecycle() {
+    let sb = Sandbox::new();
+    let key = sb.key_file();
+    let key = key.to_str().expect("utf-8 path");
+    sb.ok(&[
+        "provision",
+        "acme",
+        "--image",
+        "bb",
+        "--ssh-key",
+        key,
+        "--host",
+        "acme.test",
+    ]);
+    let s = sb.status("acme");
+    assert_eq!(s["state"], "stopped");
+    assert_eq!(s["desired"], "stopped");
+    assert!(s["pid"].is_null());
+    let ip = s["ip"].as_str().expect("ip").to_owned();
+
+    // Provisioned: bundle, data seeded with the key, cfg, unit link, forward.
+    let t = sb.path("state/tenants/acme");
+    assert!(t.join("config.json").is_file());
+    assert_eq!(
+        fs::read_to_string(t.join("data/root/.ssh/authorized_keys")).expect("keys"),
+        format!("{KEY}\n")
+    );
+    assert_eq!(
+        fs::read_to_string(t.join("data/etc/hostname")).expect("hostname"),
+        "acme\n"
+    );
+    let cfg = fs::read_to_string(sb.path("etc/tenants/acme.cfg")).expect("cfg");
+    assert!(
+        cfg.contains(&format!("VPS_IP={ip}\n")) && cfg.contains("VPS_NET=sotoprov0\n"),
+        "{cfg}"
+    );
+    assert_eq!(
+        fs::read_link(sb.path("systemd/sotolito-vps.target.wants/sotolito-vps@acme.service"))
+            .expect("link"),
+        Path::new("../sotolito-vps@.service")
+    );
+    let port = s["ssh_port"].as_u64().expect("port");
+    assert!(
+        sb.nft_map().contains(&format!("{port} : {ip} . 22")),
+        "{}",
+        sb.nft_map()
+    );
+
+    sb.ok(&["start", "acme"]);
+    let s = sb.status("acme");
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["desired"], "running");
+    assert!(s["pid"].as_u64().is_some_and(|p| p > 1), "{s}");
+    assert!(s["started_at"].is_string());
+    sb.ok(&["start", "acme"]); // already running: fine
+
+    assert_eq!(sb.ok(&["exec", "acme", "--", "hostname"]).trim(), "acme");
+    let out = sb.vpsctl(&["exec", "acme", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(banner(&sb, &ip).contains("acme"));
+
+    // Writes to the data dirs and to the overlay survive a restart.
+    sb.ok(&["exec", "acme", "--", "sh", "-c", "echo kept > /root/f && mkdir -p /home/u && echo h > /home/u/f && echo o > /usr/overlay-file"]);
+    sb.ok(&["restart", "acme", "--timeout", "1"]);
+    assert_eq!(sb.status("acme")["state"], "running");
+    assert_eq!(
+        sb.ok(&[
+            "exec",
+            "acme",
+            "--",
+            "cat",
+            "/root/f",
+            "/home/u/f",
+            "/usr/overlay-file"
+        ]),
+        "kept\nh\no\n"
+    );
+    assert!(
+        !sb.path("state/images/bb/rootfs/usr/overlay-file").exists(),
+        "the image stays read-only"
+    );
+
+    // kill: the container dies; start cleans the stale state.
+    sb.ok(&["kill", "acme", "KILL"]);
+    let mut state = String::new();
+    for _ in 0..50 {
+        state = sb.status("acme")["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if state == "stopped" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(state, "stopped");
+    sb.ok(&["start", "acme"]);
+    assert_eq!(sb.status("acme")["state"], "running");
+
+    sb.ok(&["stop", "acme", "--timeout", "1"]);
+    let s = sb.status("acme");
+    assert_eq!(
+        (s["state"].as_str(), s["desired"].as_str()),
+        (Some("stopped"), Some("stopped"))
+    );
+    assert!(s["pid"].is_null());
+    assert!(sb
+        .fails(&["exec", "acme", "--", "true"])
+        .contains("not running"));
+
+    // deprovision keeps data byte for byte; provisioning again reuses it.
+    let data_before = {
+        let mut m = BTreeMap::new();
+        snapshot_into(&t.join("data"), &t, &mut m);
+        m
+    };
+    sb.ok(&["deprovision", "acme"]);
+    assert!(sb.fails(&["status", "acme"]).contains("does not exist"));
+    assert!(!sb.path("etc/tenants/acme.cfg").exists());
+    assert!(fs::symlink_metadata(
+        sb.path("systemd/sotolito-vps.target.wants/sotolito-vps@acme.service")
+    )
+    .is_err());
+    assert!(!t.join("config.json").exists());
+    assert!(!sb.nft_map().contains(&format!("{port} :")));
+    let data_after = {
+        let mut m = BTreeMap::new();
+        snapshot_into(&t.join("data"), &t, &mut m);
+        m
+    };
+    assert_same(&data_before, &data_after, "deprovision");
+    sb.ok(&[
+        "provision",
+        "acme",
+        "--image",
+        "bb",
+        "--ssh-key",
+        key,
+        "--host",
+        "acme.test",
+        "--start",
+    ]);
+    assert_eq!(sb.ok(&["exec", "acme", "--", "cat", "/root/f"]), "kept\n");
+
+    // --purge stops it and removes everything.
+    sb.ok(&["deprovision", "acme", "--purge", "--timeout", "1"]);
+    assert!(!t.exists());
+    assert!(sb.ok(&["--json", "list"]).trim() == "[]");
+}
+
+#[test]
+fn bad_inputs_change_nothing() {
+    let sb = Sandbox::new();
+    let key = sb.key_file();
+    let key = key.to_str().expect("utf-8 path");
+    let out = sb.ok(&[
+        "--json",
+        "provision",
+        "acme",
+        "--image",
+        "bb",
+        "--ssh-key",
+        key,
+        "--host",
+        "acme.test",
+    ]);
+    let acme: Value = serde_json::from_str(&out).expect("JSON");
+    let ip = acme["ip"].as_str().expect("ip");
+    let port = acme["ssh_port"].as_u64().expect("port").to_string();
+    let before = sb.snapshot();
+    let map_before = sb.nft_map();
+
+    // Same settings again: success, nothing changed.
+    sb.ok(&[
+        "provision",
+        "acme",
+        "--image",
+        "bb",
+        "--ssh-key",
+        key,
+        "--host",
+        "acme.test",
+    ]);
+    assert_same(
+        &before,
+        &sb.snapshot(),
+        "provisioning again with the same settings",
+    );
+
+    let bad_key = sb.path("bad.pub");
+    fs::write(&bad_key, "not a key\n").expect("write");
+    let bad_key = bad_key.to_str().expect("utf-8");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["provision", "beta", "--image", "nope"],
+            "image nope does not exist",
+        ),
+        (
+            vec![
+                "provision",
+                "beta",
+                "--image",
+                "bb",
+                "--ssh-key",
+                "/nonexistent.pub",
+            ],
+            "/nonexistent.pub",
+        ),
+        (
+            vec!["provision", "beta", "--image", "bb", "--ssh-key", bad_key],
+            "not an OpenSSH public key",
+        ),
+        (
+            vec!["provision", "beta", "--image", "bb", "--ssh-port", &port],
+            "taken by tenant acme",
+        ),
+        (
+            vec!["provision", "beta", "--image", "bb", "--ip", ip],
+            "taken by tenant acme",
+        ),
+        (
+            vec!["provision", "beta", "--image", "bb", "--host", "acme.test"],
+            "taken by tenant acme",
+        ),
+        (
+            vec![
+                "provision",
+                "acme",
+                "--image",
+                "bb",
+                "--ssh-key",
+                key,
+                "--host",
+                "acme.test",
+                "--memory",
+                "1G",
+            ],
+            "memory 512M -> 1G",
+        ),
+        (vec!["image", "rm", "bb"], "used by tenant(s) acme"),
+        (vec!["image", "busybox", "bb"], "already exists"),
+        (
+            vec!["image", "import", "other", "/nonexistent"],
+            "cannot import /nonexistent",
+        ),
+        (vec!["deprovision", "ghost"], "does not exist"),
+        (vec!["start", "ghost"], "does not exist"),
+    ];
+    for (args, want) in cases {
+        let err = sb.fails(&args);
+        assert!(err.starts_with("vpsctl: "), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{args:?}: {err:?} lacks {want:?}");
+        assert_same(&before, &sb.snapshot(), &format!("{args:?}"));
+        assert_eq!(sb.nft_map(), map_before, "{args:?} changed the nft map");
+    }
+    // A bad size is a usage error (clap, exit 2).
+    let out = sb.vpsctl(&["provision", "beta", "--image", "bb", "--memory", "12Q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_same(&before, &sb.snapshot(), "a bad size");
+}
+
+#[test]
+fn image_import_and_list() {
+    let sb = Sandbox::new();
+    // A rootfs tarball made from the busybox image.
+    let tarball = sb.path("bb.tar.gz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(sb.path("state/images/bb/rootfs"))
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    sb.ok(&[
+        "image",
+        "import",
+        "fromtar",
+        tarball.to_str().expect("utf-8"),
+        "--stop-signal",
+        "SIGTERM",
+    ]);
+    sb.ok(&[
+        "image",
+        "import",
+        "fromdir",
+        sb.path("state/images/bb/rootfs").to_str().expect("utf-8"),
+    ]);
+    let list: Value = serde_json::from_str(&sb.ok(&["--json", "image", "list"])).expect("JSON");
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(names, ["bb", "fromdir", "fromtar"]);
+    let by = |n: &str| {
+        list.as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == n))
+            .cloned()
+            .expect("image")
+    };
+    assert_eq!(by("fromtar")["stop_signal"], 15);
+    assert_eq!(by("fromtar")["format"], "rootfs-tar");
+    assert_eq!(by("fromdir")["stop_signal"], 37, "SIGRTMIN+3 by default");
+    assert!(sb
+        .path("state/images/fromtar/rootfs/sbin/init")
+        .symlink_metadata()
+        .is_ok());
+    sb.ok(&["image", "rm", "fromdir"]);
+    assert!(!sb.path("state/images/fromdir").exists());
+    // Nothing left behind by any import.
+    let leftovers: Vec<_> = fs::read_dir(sb.path("state/images"))
+        .expect("images")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn parallel_provisions_get_distinct_leases() {
+    let sb = Sandbox::new();
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let sb = &sb;
+                s.spawn(move || {
+                    sb.vpsctl(&["--json", "provision", &format!("t{i}"), "--image", "bb"])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut ips = std::collections::HashSet::new();
+    let mut ports = std::collections::HashSet::new();
+    for out in outs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert!(ips.insert(v["ip"].as_str().expect("ip").to_owned()));
+        assert!(ports.insert(v["ssh_port"].as_u64().expect("port")));
+    }
+    assert_eq!(ips.len(), 10);
+}
+
+#[test]
+fn units_install_and_verify() {
+    let sb = Sandbox::new();
+    sb.ok(&["units", "install"]);
+    sb.ok(&["units", "install"]); // idempotent
+    let dir = sb.path("systemd");
+    let template = fs::read_to_string(dir.join("sotolito-vps@.service")).expect("template");
+    let exe = fs::canonicalize(env!("CARGO_BIN_EXE_vpsctl")).expect("exe");
+    assert!(template.contains(&format!(
+        "ExecStart={} --config {} run %i\n",
+        exe.display(),
+        sb.config.display()
+    )));
+    assert!(
+        Command::new("sh")
+            .args(["-c", "command -v systemd-analyze"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "systemd-analyze is missing: apt-get install systemd"
+    );
+    // A template is verified through an instance of it.
+    fs::copy(
+        dir.join("sotolito-vps@.service"),
+        dir.join("sotolito-vps@acme.service"),
+    )
+    .expect("copy");
+    for unit in [
+        "sotolito-vps@acme.service",
+        "sotolito-vps.target",
+        "sotolito-net.service",
+        "sotolito-proxy.service",
+    ] {
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.join(unit))
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+            .output()
+            .expect("systemd-analyze");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "{unit}: {stderr}"
+        );
+    }
+}
