@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use sotolito_config::{HostConfig, Tenant};
@@ -114,6 +115,22 @@ pub fn parse_map_elements(text: &str) -> BTreeMap<u16, LiveForward> {
         .collect()
 }
 
+/// `nft` from PATH, or from the usual sbin directories when PATH is unset:
+/// runc runs hooks with only the environment in config.json, and execvp's
+/// default search path has no sbin.
+fn nft_program() -> PathBuf {
+    let has_path = std::env::var_os("PATH").is_some_and(|p| !p.is_empty());
+    if !has_path {
+        for dir in ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"] {
+            let candidate = Path::new(dir).join("nft");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("nft")
+}
+
 fn run_script(script: &str, action: &str) -> Result<(), Error> {
     run(&["-f", "-"], Some(script), action).map(drop)
 }
@@ -124,7 +141,7 @@ fn run(args: &[&str], stdin: Option<&str>, action: &str) -> Result<String, Error
         package: "nftables",
         source,
     };
-    let mut child = Command::new("nft")
+    let mut child = Command::new(nft_program())
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

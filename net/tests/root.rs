@@ -568,3 +568,219 @@ fn ensure_creates_what_is_missing_and_keeps_what_exists() {
     let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
     assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![2201]);
 }
+
+/// The environment that turns this test binary into a runc hook.
+const HOOK_VERB: &str = "SOTOLITO_NET_TEST_HOOK";
+const HOOK_STATE: &str = "SOTOLITO_NET_TEST_STATE";
+
+/// The hook side of [`runc_hooks_attach_and_detach`]: runc runs this
+/// binary as `createRuntime` and `poststop` hook with the OCI state on
+/// stdin, as it runs `vpsctl net attach|detach`. Without the environment it
+/// has nothing to do.
+#[test]
+fn runc_hook() {
+    let Ok(verb) = std::env::var(HOOK_VERB) else {
+        return;
+    };
+    let c = config(Path::new(&std::env::var(HOOK_STATE).unwrap()));
+    let a = tenant("alpha", Ipv4Addr::new(172, 18, 0, 2), 2201);
+    let mut state = String::new();
+    std::io::stdin().read_to_string(&mut state).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    match verb.as_str() {
+        "attach" => {
+            let pid = u32::try_from(state["pid"].as_u64().expect("pid in the OCI state")).unwrap();
+            sotolito_net::attach(&c, &a, pid).unwrap();
+        }
+        "detach" => sotolito_net::detach(&c, &a.name).unwrap(),
+        other => panic!("unknown hook verb {other}"),
+    }
+}
+
+/// A runc container, deleted (by its id) on drop.
+struct Runc {
+    root: PathBuf,
+    id: String,
+    netns: String,
+}
+
+impl Runc {
+    fn cmd(&self, args: &[&str]) -> Command {
+        // nsenter, not `ip netns exec`: that remounts /sys, hiding the
+        // cgroup mounts runc needs.
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["runc", "--root"])
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn run(&self, args: &[&str]) {
+        // Not a pipe: `runc run -d` hands its stdio to the container, and
+        // reading a pipe would wait for the container to exit (FACTS.md).
+        let log = self.root.with_extension("log");
+        let file = std::fs::File::create(&log).unwrap();
+        let status = self.cmd(args).stderr(file).status().unwrap();
+        assert!(
+            status.success(),
+            "runc {args:?} failed: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Runc {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["delete", "--force", &self.id]).status();
+    }
+}
+
+#[test]
+fn runc_hooks_attach_and_detach() {
+    require_root_and_tools();
+    for tool in ["runc", "busybox"] {
+        assert!(
+            Command::new(tool)
+                .arg("--help")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok(),
+            "{tool} is missing: apt-get install {}",
+            if tool == "runc" {
+                "runc"
+            } else {
+                "busybox-static"
+            }
+        );
+    }
+    let host = Netns::new("runc");
+    let client = Netns::new("runc-client");
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let c = config(&state);
+    sh(&[
+        "ip",
+        "-n",
+        &host.name,
+        "link",
+        "add",
+        "pub0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c0",
+        "netns",
+        &client.name,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &host.name,
+        "addr",
+        "add",
+        "10.99.0.1/24",
+        "dev",
+        "pub0",
+    ]);
+    sh(&["ip", "-n", &host.name, "link", "set", "pub0", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &client.name,
+        "addr",
+        "add",
+        "10.99.0.2/24",
+        "dev",
+        "c0",
+    ]);
+    sh(&["ip", "-n", &client.name, "link", "set", "c0", "up"]);
+    let a = tenant("alpha", Ipv4Addr::new(172, 18, 0, 2), 2201);
+    inside(&host.path(), || {
+        sotolito_net::reconcile(&c, std::slice::from_ref(&a))
+    });
+
+    // A busybox bundle whose hooks are this test binary.
+    let bundle = tmp.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "proc", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/usr/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    let hook = |verb: &str| {
+        serde_json::json!({
+            "path": exe,
+            "args": [exe, "--exact", "runc_hook", "--nocapture", "--test-threads=1"],
+            "env": [format!("{HOOK_VERB}={verb}"), format!("{HOOK_STATE}={}", state.display())],
+        })
+    };
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": ["/bin/sleep", "60"],
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": { "path": "rootfs", "readonly": true },
+        "hostname": "alpha",
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "mode=755", "size=1m"] }
+        ],
+        "hooks": { "createRuntime": [hook("attach")], "poststop": [hook("detach")] },
+        "linux": {
+            "namespaces": [
+                { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+                { "type": "uts" }, { "type": "mount" }
+            ]
+        }
+    });
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+
+    let runc = Runc {
+        root: tmp.path().join("runc"),
+        id: format!("sotolito-net-test-{}", std::process::id()),
+        netns: host.name.clone(),
+    };
+    runc.run(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &runc.id]);
+    let out = runc
+        .cmd(&["state", &runc.id])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pid = st["pid"].as_u64().expect("runc state has a pid");
+    let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    serve(&ns, 22, "alpha-runc");
+    assert_eq!(
+        talk(&client.path(), addr(HOST_PUBLIC, 2201), None).as_deref(),
+        Ok("alpha-runc 10.99.0.2")
+    );
+    assert!(host.exec(&["ip", "link"]).contains("sv-alpha"));
+
+    // Delete runs the poststop hook: the host end goes.
+    runc.run(&["kill", &runc.id, "KILL"]);
+    // Bounded: runc delete refuses a container that is still stopping.
+    let mut deleted = false;
+    for _ in 0..50 {
+        if runc.cmd(&["delete", &runc.id]).status().unwrap().success() {
+            deleted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(deleted, "runc delete did not succeed");
+    assert!(!host.exec(&["ip", "link"]).contains("sv-alpha"));
+}
