@@ -5,6 +5,7 @@
 //! framing ([`gate`], [`stream`]) -> route ([`route`]) -> upstream
 //! ([`forward`], [`upstream`]). [`run`] is what `vpsctl proxy` calls.
 
+pub mod acme;
 mod admin;
 mod forward;
 mod gate;

@@ -1,0 +1,315 @@
+//! The manager: a thread with its own runtime that watches the registry
+//! and the certs dir, orders certificates for eligible hosts one at a time,
+//! and backs off per host on failure.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use instant_acme::Account;
+use sotolito_config::host::Acme;
+use sotolito_config::{HostConfig, Registry};
+use tokio::sync::watch;
+
+use super::certfile::{self, install};
+use super::challenge::Challenges;
+use super::client::AcmeHttp;
+use super::order::{self, poll_policy};
+use super::plan::{self, Need};
+use super::Error;
+
+const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+const NO_ACCOUNT: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
+
+/// Timing of the manager. The defaults suit a public CA; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// How often the registry and due times are looked at.
+    pub tick: Duration,
+    /// A usable certificate's files are looked at again at least this
+    /// often (an operator may replace or remove them).
+    pub recheck: Duration,
+    /// The wait after a first failure; doubled per further failure.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The wait after `rateLimited` when the CA sends no Retry-After.
+    pub rate_limited: Duration,
+    /// One order, from newOrder to the certificate.
+    pub order_timeout: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            tick: Duration::from_secs(2),
+            recheck: Duration::from_secs(600),
+            // Let's Encrypt allows 5 failed validations per host per hour:
+            // 5, 10, 20, 40 min stays under it.
+            backoff_initial: Duration::from_secs(300),
+            backoff_max: Duration::from_secs(6 * 3600),
+            rate_limited: Duration::from_secs(3600),
+            order_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The running manager; dropping it stops it.
+#[derive(Debug)]
+pub struct AcmeHandle {
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for AcmeHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts certificate management for `config`'s registry when `[acme]
+/// enabled`; `Ok(None)` when it is off. `challenges` is the store the
+/// proxy's HTTP handler answers from.
+pub fn start(config: &HostConfig, challenges: Challenges) -> Result<Option<AcmeHandle>, Error> {
+    start_with(config, challenges, Tuning::default())
+}
+
+/// [`start`] with explicit timing.
+pub fn start_with(
+    config: &HostConfig,
+    challenges: Challenges,
+    tuning: Tuning,
+) -> Result<Option<AcmeHandle>, Error> {
+    if !config.acme.enabled {
+        return Ok(None);
+    }
+    check_directory(&config.acme.directory)?;
+    let http = AcmeHttp::new(&config.acme.ca_roots)?;
+    let manager = Manager {
+        acme: config.acme.clone(),
+        certs_dir: config.certs_dir(),
+        registry: Registry::new(config.registry_dir()),
+        challenges,
+        http,
+        tuning,
+        account: None,
+        fresh_account: false,
+        hosts: HashMap::new(),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Start)?;
+    let thread = std::thread::Builder::new()
+        .name("acme".into())
+        .spawn(move || rt.block_on(manager.run(stop_rx)))
+        .map_err(Error::Start)?;
+    tracing::info!(directory = %config.acme.directory, "automatic HTTPS on");
+    Ok(Some(AcmeHandle {
+        stop,
+        thread: Some(thread),
+    }))
+}
+
+fn check_directory(url: &str) -> Result<(), Error> {
+    let err = |message: &str| Error::Directory {
+        url: url.to_owned(),
+        message: message.to_owned(),
+    };
+    let uri: http::Uri = url.parse().map_err(|_| err("not a URL"))?;
+    if uri.scheme_str() != Some("https") || uri.host().is_none() {
+        return Err(err("must be an https:// URL"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default)]
+struct HostState {
+    /// Nothing is done for the host before this.
+    next: Option<SystemTime>,
+    failures: u32,
+}
+
+struct Manager {
+    acme: Acme,
+    certs_dir: PathBuf,
+    registry: Registry,
+    challenges: Challenges,
+    http: AcmeHttp,
+    tuning: Tuning,
+    account: Option<Account>,
+    /// The CA forgot our account: register a new one.
+    fresh_account: bool,
+    hosts: HashMap<String, HostState>,
+}
+
+impl Manager {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut generation = None;
+        let mut eligible: Vec<String> = Vec::new();
+        loop {
+            match self.registry.generation() {
+                Ok(g) if Some(g) == generation => {}
+                Ok(g) => match self.registry.list() {
+                    Ok(tenants) => {
+                        generation = Some(g);
+                        eligible = plan::plan_hosts(&tenants)
+                            .into_iter()
+                            .filter(|(_, _, e)| e.is_eligible())
+                            .map(|(h, _, _)| h.as_str().to_owned())
+                            .collect();
+                        self.hosts.retain(|h, _| eligible.contains(h));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ACME: registry unreadable; retrying"),
+                },
+                Err(e) => tracing::warn!(error = %e, "ACME: registry unreadable; retrying"),
+            }
+            for host in &eligible {
+                if *stop.borrow() {
+                    return;
+                }
+                let now = SystemTime::now();
+                let state = self.hosts.entry(host.clone()).or_default();
+                if state.next.is_some_and(|t| t > now) {
+                    continue;
+                }
+                let reason = match certfile::need(&self.certs_dir, host, now) {
+                    Need::Fine { renew_at } => {
+                        state.next = Some(renew_at.min(now + self.tuning.recheck));
+                        continue;
+                    }
+                    Need::Manual => {
+                        state.next = Some(now + self.tuning.recheck);
+                        continue;
+                    }
+                    Need::Order(reason) => reason,
+                };
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = self.obtain(host, &reason) => {}
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(self.tuning.tick) => {}
+            }
+        }
+    }
+
+    /// Orders a certificate for `host` and installs it, or schedules the
+    /// next attempt.
+    async fn obtain(&mut self, host: &str, reason: &str) {
+        tracing::info!(host, reason, "ordering a certificate");
+        let _ = self.http.take_retry_after();
+        let result = tokio::time::timeout(self.tuning.order_timeout, self.attempt(host))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Order {
+                    host: host.to_owned(),
+                    message: format!("no certificate within {:?}", self.tuning.order_timeout),
+                })
+            });
+        let now = SystemTime::now();
+        let state = self.hosts.entry(host.to_owned()).or_default();
+        match result {
+            Ok(leaf) => {
+                state.failures = 0;
+                state.next = Some(plan::renew_at(leaf.not_before, leaf.not_after));
+                tracing::info!(
+                    host,
+                    issuer = %leaf.issuer,
+                    expires = %humantime::format_rfc3339_seconds(leaf.not_after),
+                    "certificate installed"
+                );
+            }
+            Err(e) => {
+                state.failures += 1;
+                let problem = e.problem_type().map(str::to_owned);
+                if problem.as_deref() == Some(NO_ACCOUNT) {
+                    self.account = None;
+                    self.fresh_account = true;
+                }
+                let retry_after = self
+                    .http
+                    .take_retry_after()
+                    .and_then(|t| t.duration_since(now).ok())
+                    .or_else(|| {
+                        (problem.as_deref() == Some(RATE_LIMITED)).then_some(self.tuning.rate_limited)
+                    });
+                let wait = plan::backoff(
+                    state.failures,
+                    self.tuning.backoff_initial,
+                    self.tuning.backoff_max,
+                    retry_after,
+                );
+                state.next = Some(now + wait);
+                tracing::warn!(
+                    host,
+                    error = %e,
+                    failures = state.failures,
+                    retry_in = %humantime::format_duration(Duration::from_secs(wait.as_secs())),
+                    "certificate order failed; the current certificate (if any) is still served"
+                );
+            }
+        }
+    }
+
+    async fn attempt(&mut self, host: &str) -> Result<certfile::Leaf, Error> {
+        let poll = poll_policy(self.tuning.order_timeout / 2);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let account = match &self.account {
+                Some(a) => a.clone(),
+                None => {
+                    let a = order::account(&self.http, &self.acme, &self.certs_dir, self.fresh_account)
+                        .await?;
+                    self.fresh_account = false;
+                    self.account = Some(a.clone());
+                    a
+                }
+            };
+            match order::issue(&account, host, &self.challenges, &poll).await {
+                Ok(issued) => {
+                    return install(
+                        &self.certs_dir,
+                        host,
+                        &self.acme.directory,
+                        &issued.chain_pem,
+                        &issued.key_pem,
+                    );
+                }
+                // instant-acme retries a rejected nonce three times per
+                // request; pebble rejects 5% of them, so once in a while
+                // all three fail. Start the order again at once.
+                Err(e) if e.problem_type() == Some(BAD_NONCE) && tries < 3 => {
+                    tracing::debug!(host, error = %e, "bad nonce; ordering again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_must_be_https() {
+        assert!(check_directory("https://acme-v02.api.letsencrypt.org/directory").is_ok());
+        assert!(check_directory("http://ca/dir").is_err());
+        assert!(check_directory("not a url").is_err());
+    }
+
+    #[test]
+    fn off_unless_enabled() {
+        let config = HostConfig::default();
+        assert!(start(&config, Challenges::new()).expect("ok").is_none());
+    }
+}

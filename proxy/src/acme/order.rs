@@ -1,0 +1,183 @@
+//! One ACME order for one host with HTTP-01, and the account it is made
+//! with (created once, kept in CERTS_DIR/acme/account.json).
+
+use std::path::Path;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use serde::{Deserialize, Serialize};
+use sotolito_config::host::Acme;
+
+use super::certfile::{account_path, ensure_dir, write_private};
+use super::challenge::Challenges;
+use super::client::AcmeHttp;
+use super::Error;
+
+/// account.json: the credentials and the directory they belong to, so a
+/// change of `[acme] directory` (staging -> production) registers anew.
+#[derive(Serialize, Deserialize)]
+struct AccountFile {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+/// The account for `acme.directory`: restored from account.json, or
+/// registered and saved there (0600) when missing, made for another
+/// directory, or `fresh` (the CA forgot it).
+pub(crate) async fn account(
+    http: &AcmeHttp,
+    acme: &Acme,
+    certs_dir: &Path,
+    fresh: bool,
+) -> Result<Account, Error> {
+    let path = account_path(certs_dir);
+    if !fresh {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: AccountFile = serde_json::from_slice(&bytes)
+                    .map_err(|source| Error::AccountFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if file.directory == acme.directory {
+                    return Ok(Account::builder_with_http(Box::new(http.clone()))
+                        .from_credentials(file.credentials)
+                        .await?);
+                }
+                tracing::info!(
+                    old = %file.directory,
+                    new = %acme.directory,
+                    "ACME directory changed; registering a new account"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Read { path, source }),
+        }
+    }
+    let contact = format!("mailto:{}", acme.email);
+    let contacts: Vec<&str> = if acme.email.is_empty() {
+        Vec::new()
+    } else {
+        vec![contact.as_str()]
+    };
+    let (account, credentials) = Account::builder_with_http(Box::new(http.clone()))
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            acme.directory.clone(),
+            None,
+        )
+        .await?;
+    let file = AccountFile {
+        directory: acme.directory.clone(),
+        credentials,
+    };
+    let json = serde_json::to_vec_pretty(&file).map_err(|source| Error::AccountFile {
+        path: path.clone(),
+        source,
+    })?;
+    if let Some(dir) = path.parent() {
+        ensure_dir(dir)?;
+    }
+    write_private(&path, &json)?;
+    tracing::info!(id = %account.id(), path = %path.display(), "ACME account registered");
+    Ok(account)
+}
+
+/// A certificate chain and its private key, both PEM.
+pub(crate) struct Issued {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// How order and certificate readiness are polled.
+pub(crate) fn poll_policy(timeout: Duration) -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(timeout)
+}
+
+/// Orders a certificate for `host`, publishing the HTTP-01 key
+/// authorizations in `challenges` while the CA validates.
+pub(crate) async fn issue(
+    account: &Account,
+    host: &str,
+    challenges: &Challenges,
+    poll: &RetryPolicy,
+) -> Result<Issued, Error> {
+    let order_err = |message: String| Error::Order {
+        host: host.to_owned(),
+        message,
+    };
+    let identifiers = [Identifier::Dns(host.to_owned())];
+    let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+    let mut guards = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => return Err(order_err(format!("authorization is {other:?}"))),
+        }
+        let mut challenge = authz
+            .challenge(ChallengeType::Http01)
+            .ok_or_else(|| order_err("the CA offers no http-01 challenge".into()))?;
+        guards.push(challenges.insert(&challenge.token, challenge.key_authorization().as_str()));
+        challenge.set_ready().await?;
+    }
+    let status = order.poll_ready(poll).await?;
+    if status != OrderStatus::Ready {
+        let mut why = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(mut authz)) = authorizations.next().await {
+            if let Ok(state) = authz.refresh().await {
+                why.extend(
+                    state
+                        .challenges
+                        .iter()
+                        .filter_map(|c| c.error.as_ref())
+                        .map(|p| p.to_string()),
+                );
+            }
+        }
+        return Err(order_err(format!(
+            "order is {status:?}: {}",
+            if why.is_empty() {
+                "the CA gave no reason".to_owned()
+            } else {
+                why.join("; ")
+            }
+        )));
+    }
+    drop(guards);
+    let key = rcgen::KeyPair::generate().map_err(|source| Error::Key {
+        host: host.to_owned(),
+        source,
+    })?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(|source| Error::Key {
+            host: host.to_owned(),
+            source,
+        })?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|source| Error::Key {
+            host: host.to_owned(),
+            source,
+        })?;
+    order.finalize_csr(csr.der()).await?;
+    let chain_pem = order.poll_certificate(poll).await?;
+    Ok(Issued {
+        chain_pem,
+        key_pem: key.serialize_pem(),
+    })
+}
