@@ -289,6 +289,19 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 
 async fn proxy(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host: &str) -> Outcome {
     let settings = &shared.settings;
+    // ACME HTTP-01 (RFC 8555 8.3): our pending tokens only; any other
+    // /.well-known/acme-challenge/ request goes on to the tenant.
+    if !ctx.tls {
+        let answer = |b| ResBody::Full(Some(b));
+        let challenges = &settings.acme_challenges;
+        if let Some(resp) = crate::acme::challenge_response(challenges, req.uri().path(), answer) {
+            return Outcome {
+                resp,
+                tenant: None,
+                upstream: Duration::ZERO,
+            };
+        }
+    }
     let route = {
         let routes = shared.routes.load();
         let Some(route) = routes.lookup(host) else {

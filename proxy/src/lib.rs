@@ -93,6 +93,8 @@ pub struct Settings {
     pub certs_dir: Option<PathBuf>,
     /// How often the certificate directory is checked for changes.
     pub cert_poll: Duration,
+    /// Pending ACME HTTP-01 challenges, answered on plain HTTP before routing.
+    pub acme_challenges: acme::Challenges,
 }
 
 impl Default for Settings {
@@ -114,6 +116,7 @@ impl Default for Settings {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             certs_dir: None,
             cert_poll: Duration::from_secs(1),
+            acme_challenges: acme::Challenges::default(),
         }
     }
 }

@@ -87,7 +87,10 @@ pub(crate) fn parse_leaf(pem: &[u8]) -> Result<Leaf, String> {
 }
 
 /// The facts about HOST's certificate files: `None` when there is none.
-pub(crate) fn read_facts(certs_dir: &Path, host: &str) -> Option<Result<(CertFacts, Leaf), String>> {
+pub(crate) fn read_facts(
+    certs_dir: &Path,
+    host: &str,
+) -> Option<Result<(CertFacts, Leaf), String>> {
     let dir = host_dir(certs_dir, host);
     let chain = match fs::read(dir.join("fullchain.pem")) {
         Ok(c) => c,
@@ -366,8 +369,14 @@ mod tests {
     fn install_writes_0600_and_marks_ours() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (chain, key) = self_signed("shop.sotolito.internal", 90);
-        let leaf = install(dir.path(), "shop.sotolito.internal", "https://ca/dir", &chain, &key)
-            .expect("install");
+        let leaf = install(
+            dir.path(),
+            "shop.sotolito.internal",
+            "https://ca/dir",
+            &chain,
+            &key,
+        )
+        .expect("install");
         assert_eq!(leaf.dns_names, vec!["shop.sotolito.internal".to_owned()]);
         let hd = dir.path().join("shop.sotolito.internal");
         for f in ["fullchain.pem", "privkey.pem", "acme.json"] {
@@ -380,7 +389,11 @@ mod tests {
         assert!(facts.ours && facts.key_present && facts.covers_host);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_577_836_800); // 2020-01-01
         assert_eq!(
-            need(dir.path(), "shop.sotolito.internal", t0 + Duration::from_secs(86400)),
+            need(
+                dir.path(),
+                "shop.sotolito.internal",
+                t0 + Duration::from_secs(86400)
+            ),
             Need::Fine {
                 renew_at: t0 + Duration::from_secs(60 * 86400)
             }
@@ -390,7 +403,11 @@ mod tests {
         write_private(&hd.join("fullchain.pem"), other.as_bytes()).expect("write");
         write_private(&hd.join("privkey.pem"), key2.as_bytes()).expect("write");
         assert_eq!(
-            need(dir.path(), "shop.sotolito.internal", t0 + Duration::from_secs(80 * 86400)),
+            need(
+                dir.path(),
+                "shop.sotolito.internal",
+                t0 + Duration::from_secs(80 * 86400)
+            ),
             Need::Manual
         );
         // Garbage is replaced.

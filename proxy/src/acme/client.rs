@@ -98,7 +98,10 @@ impl AcmeHttp {
         if uri.scheme_str() != Some("https") {
             return Err(format!("{uri}: only https URLs are used for ACME"));
         }
-        let host = uri.host().ok_or_else(|| format!("{uri}: no host"))?.to_owned();
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("{uri}: no host"))?
+            .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -119,7 +122,10 @@ impl AcmeHttp {
         let conn = tokio::spawn(conn);
 
         let (mut parts, body) = req.into_parts();
-        let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or(host);
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or(host);
         parts.uri = uri
             .path_and_query()
             .map(|p| p.as_str())

@@ -239,7 +239,8 @@ impl Manager {
                     .take_retry_after()
                     .and_then(|t| t.duration_since(now).ok())
                     .or_else(|| {
-                        (problem.as_deref() == Some(RATE_LIMITED)).then_some(self.tuning.rate_limited)
+                        (problem.as_deref() == Some(RATE_LIMITED))
+                            .then_some(self.tuning.rate_limited)
                     });
                 let wait = plan::backoff(
                     state.failures,
@@ -267,8 +268,9 @@ impl Manager {
             let account = match &self.account {
                 Some(a) => a.clone(),
                 None => {
-                    let a = order::account(&self.http, &self.acme, &self.certs_dir, self.fresh_account)
-                        .await?;
+                    let a =
+                        order::account(&self.http, &self.acme, &self.certs_dir, self.fresh_account)
+                            .await?;
                     self.fresh_account = false;
                     self.account = Some(a.clone());
                     a

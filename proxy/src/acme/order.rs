@@ -37,8 +37,8 @@ pub(crate) async fn account(
     if !fresh {
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let file: AccountFile = serde_json::from_slice(&bytes)
-                    .map_err(|source| Error::AccountFile {
+                let file: AccountFile =
+                    serde_json::from_slice(&bytes).map_err(|source| Error::AccountFile {
                         path: path.clone(),
                         source,
                     })?;

@@ -240,7 +240,10 @@ mod tests {
             assess(Some(Ok(facts.clone())), t0 + Duration::from_secs(10)),
             Need::Fine { renew_at: at }
         );
-        assert!(matches!(assess(Some(Ok(facts.clone())), at), Need::Order(_)));
+        assert!(matches!(
+            assess(Some(Ok(facts.clone())), at),
+            Need::Order(_)
+        ));
         assert!(matches!(
             assess(Some(Ok(facts.clone())), t0 + Duration::from_secs(100)),
             Need::Order(r) if r.contains("expired")
@@ -260,7 +263,10 @@ mod tests {
         };
         assert!(matches!(assess(Some(Ok(other)), t0), Need::Order(_)));
         assert!(matches!(assess(None, t0), Need::Order(_)));
-        assert!(matches!(assess(Some(Err("bad".into())), t0), Need::Order(_)));
+        assert!(matches!(
+            assess(Some(Err("bad".into())), t0),
+            Need::Order(_)
+        ));
     }
 
     #[test]
