@@ -61,13 +61,24 @@ pub enum Command {
     /// Tenant networking: reconcile, show, and the runc hooks attach/detach.
     #[command(subcommand)]
     Net(crate::cmd::net::NetCommand),
+    /// The edge proxy: routes HTTP/HTTPS by Host and SNI to tenants (foreground).
+    Proxy(crate::cmd::proxy::ProxyArgs),
+    /// The whole flow in a sandbox: two tenants, the proxy, DNAT, proven by itself.
+    Demo {
+        /// Use a Debian image with systemd and sshd (debootstrap; cached).
+        #[arg(long)]
+        debian: bool,
+        /// Prove the flow, clean up and exit 0 or 1 (for scripts and CI).
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 impl Command {
     /// Commands log at warn by default; long-running services at info.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Run { .. } => "info",
+            Command::Run { .. } | Command::Proxy(_) => "info",
             _ => "warn",
         }
     }

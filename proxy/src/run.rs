@@ -31,6 +31,9 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         proxy_protocol: config.proxy.proxy_protocol,
         redirect_https: config.proxy.redirect_https,
         certs_dir: Some(config.certs_dir()),
+        upstream_timeout: config.proxy.upstream_timeout,
+        header_read_timeout: config.proxy.header_read_timeout,
+        idle_timeout: config.proxy.idle_timeout,
         ..Settings::default()
     };
     let listen = Listen {

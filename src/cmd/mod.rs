@@ -1,10 +1,12 @@
 //! Dispatch: one module per command group, each thin.
 
+mod demo;
 pub(crate) mod image;
 mod init;
 pub(crate) mod lifecycle;
 pub(crate) mod net;
 pub(crate) mod provision;
+pub(crate) mod proxy;
 mod tenants;
 pub(crate) mod units;
 
@@ -14,6 +16,15 @@ use crate::cli::{Cli, Command};
 use crate::context::Context;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The demo makes its own config and state; it never reads the host's.
+    if let Command::Demo { debian, check } = cli.command {
+        let ok = demo::run(demo::Options { debian, check })?;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let ctx = Context::load(&cli.global)?;
     match cli.command {
         Command::Init => init::run(&ctx),
@@ -30,6 +41,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => return lifecycle::exec(&ctx, &args),
         Command::Units(cmd) => units::run(&ctx, cmd),
         Command::Net(cmd) => net::run(&ctx, cmd),
+        Command::Proxy(args) => proxy::run(&ctx, args),
+        Command::Demo { .. } => unreachable!("handled before the config is loaded"),
     }?;
     Ok(ExitCode::SUCCESS)
 }

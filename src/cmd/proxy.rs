@@ -1,0 +1,33 @@
+//! `vpsctl proxy`: the edge proxy, routes from the registry, until SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+
+use crate::context::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// Plain HTTP listen address [default: config proxy.http, 0.0.0.0:80]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// HTTPS listen address [default: config proxy.https, 0.0.0.0:443]
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<SocketAddr>,
+    /// Admin address for /metrics; keep it private [default: config proxy.admin]
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+}
+
+pub fn run(ctx: &Context, args: ProxyArgs) -> anyhow::Result<()> {
+    super::init::ensure_layout(ctx).context("failed to start the proxy")?;
+    sotolito_proxy::run(
+        &ctx.loaded,
+        sotolito_proxy::RunOptions {
+            http: args.http,
+            https: args.https,
+            admin: args.admin,
+        },
+    )
+    .context("proxy failed")
+}

@@ -1,0 +1,285 @@
+//! A throwaway VPS host for root tests: a "host" network namespace with its
+//! own config, state dir and runc root, a "client" namespace acting as the
+//! internet, and vpsctl run inside the host namespace. Everything it made is
+//! removed on drop, containers first.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Address of the host on the sandbox link (RFC 2544 benchmarking range).
+pub const HOST_ADDR: &str = "198.18.0.1";
+pub const CLIENT_ADDR: &str = "198.18.0.2";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Fails the test (never skips it) when the machine cannot run root tests.
+pub fn require_root_and_tools() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "root tests need root: run the suite with sudo (scripts/test)"
+    );
+    for tool in ["runc", "nft", "ip", "nsenter", "curl", "nc"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(found, "{tool} is missing: run scripts/install-deps");
+    }
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+}
+
+pub struct Host {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub config: PathBuf,
+    pub ns: String,
+    pub client_ns: String,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let o = cmd.stdin(Stdio::null()).output().expect("spawn");
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+impl Host {
+    pub fn new(extra_config: &str) -> Host {
+        require_root_and_tools();
+        let tmp = tempfile::Builder::new()
+            .prefix("sotolito-test-")
+            .tempdir()
+            .unwrap();
+        let root = tmp.path().to_owned();
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let ns = format!("sotolito-t-host-{id}");
+        let client_ns = format!("sotolito-t-client-{id}");
+        let config = root.join("sotolito.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[paths]\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\nconfig_dir = \"{d}/etc\"\nsystemd_dir = \"{d}/systemd\"\n\
+                 [runtime]\ncgroup_manager = \"cgroupfs\"\n{extra_config}",
+                d = root.display()
+            ),
+        )
+        .unwrap();
+        let host = Host {
+            _tmp: tmp,
+            root,
+            config,
+            ns,
+            client_ns,
+        };
+        run(Command::new("ip").args(["netns", "add", &host.ns]));
+        run(Command::new("ip").args(["netns", "add", &host.client_ns]));
+        for n in [&host.ns, &host.client_ns] {
+            run(Command::new("ip").args(["-n", n, "link", "set", "lo", "up"]));
+        }
+        run(Command::new("ip").args([
+            "-n",
+            &host.ns,
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &host.client_ns,
+        ]));
+        run(Command::new("ip").args([
+            "-n",
+            &host.ns,
+            "addr",
+            "add",
+            &format!("{HOST_ADDR}/24"),
+            "dev",
+            "uplink",
+        ]));
+        run(Command::new("ip").args(["-n", &host.ns, "link", "set", "uplink", "up"]));
+        run(Command::new("ip").args([
+            "-n",
+            &host.client_ns,
+            "addr",
+            "add",
+            &format!("{CLIENT_ADDR}/24"),
+            "dev",
+            "eth0",
+        ]));
+        run(Command::new("ip").args(["-n", &host.client_ns, "link", "set", "eth0", "up"]));
+        host
+    }
+
+    /// A command whose network is the host namespace's; the mount namespace
+    /// stays the real one, so overlay mounts persist between commands.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    pub fn vpsctl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd(env!("CARGO_BIN_EXE_vpsctl"));
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("SOTOLITO_CONFIG")
+            .env_remove("SOTOLITO_STATE_DIR")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn vpsctl(&self, args: &[&str]) -> Output {
+        self.vpsctl_cmd(args).output().expect("spawn vpsctl")
+    }
+
+    /// Runs vpsctl and fails the test with its stderr if it fails.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let o = self.vpsctl(args);
+        assert!(
+            o.status.success(),
+            "vpsctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.ok(&a);
+        serde_json::from_slice(&o.stdout).expect("vpsctl printed JSON")
+    }
+
+    pub fn in_client(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client_ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn in client netns")
+    }
+
+    pub fn in_host(&self, args: &[&str]) -> Output {
+        self.cmd(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn in host netns")
+    }
+
+    /// Imports a busybox image named `busybox` (HTTP on 80 says
+    /// "hello from NAME", port 22 prints an SSH-style banner).
+    pub fn busybox_image(&self) {
+        let rootfs = self.root.join("busybox-rootfs");
+        if !rootfs.exists() {
+            sotolito_provisioner::busybox::busybox_rootfs(&rootfs).unwrap();
+        }
+        self.ok(&["image", "import", "busybox", rootfs.to_str().unwrap()]);
+    }
+
+    pub fn write_key(&self) -> PathBuf {
+        let p = self.root.join("key.pub");
+        std::fs::write(&p, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3Qta2V5LW5vdC1yZWFsLWF0LWFsbC0wMDAwMDAw test@sotolito\n").unwrap();
+        p
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    pub fn runc_ids(&self) -> Vec<String> {
+        let o = Command::new("runc")
+            .arg("--root")
+            .arg(self.root.join("run/runc"))
+            .args(["list", "-q"])
+            .output()
+            .expect("runc list");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Containers first (they hold mounts and cgroups), then mounts under
+        // our temp dir, then the namespaces.
+        let runc_root = self.root.join("run/runc");
+        for id in self.runc_ids() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "-f", &id])
+                .output();
+        }
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| Path::new(m).starts_with(&self.root))
+                .collect();
+            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in ours {
+                let _ = Command::new("umount").args(["-l", m]).output();
+            }
+        }
+        for n in [&self.ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Every file under `dir` with its contents (directories with none):
+/// "state before equals state after".
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                out.push((p.clone(), Vec::new()));
+                stack.push(p);
+            } else if meta.is_symlink() {
+                out.push((
+                    p.clone(),
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,274 @@
+//! HTTP abuse against `vpsctl proxy` on loopback: slow headers, oversized
+//! headers, ambiguous requests. Tenants are records whose address is a
+//! loopback backend that counts every byte it receives.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sotolito_config::{
+    CpuWeight, Desired, HostName, ImageName, Limits, MemorySize, Registry, SshPort, Tenant,
+    TenantName,
+};
+
+struct Backend {
+    addr: SocketAddr,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// A backend answering every request with 200 "ok from NAME", counting bytes.
+fn backend(ip: &str, name: &'static str) -> Backend {
+    let l = TcpListener::bind((ip, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let b = bytes.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = [0u8; 8192];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    b.fetch_add(n, Ordering::SeqCst);
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let body = format!("ok from {name}");
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                }
+            });
+        }
+    });
+    Backend { addr, bytes }
+}
+
+fn record(name: &str, addr: SocketAddr, host: &str, port: u64) -> Tenant {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        unreachable!()
+    };
+    Tenant {
+        version: 1,
+        name: TenantName::new(name).unwrap(),
+        image: ImageName::new("busybox").unwrap(),
+        ip,
+        ssh_port: SshPort::new(port).unwrap(),
+        http_port: addr.port(),
+        hosts: vec![HostName::new(host).unwrap()],
+        ssh_keys: vec![],
+        created: SystemTime::now(),
+        desired: Desired::Running,
+        acme_opt_out: vec![],
+        limits: Limits {
+            memory: MemorySize::new("512M").unwrap(),
+            cpu_weight: CpuWeight::new(100).unwrap(),
+            pids: 4096,
+        },
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proxy {
+    child: Child,
+    http: SocketAddr,
+    _tmp: tempfile::TempDir,
+    alpha: Backend,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The proxy in this (root) network namespace, on loopback only; the
+/// "subnet" is loopback so that tenant records can point at test backends.
+fn proxy() -> Proxy {
+    crate::common::require_root_and_tools();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let config = d.join("sotolito.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nstate_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\nconfig_dir = \"{0}/etc\"\nsystemd_dir = \"{0}/systemd\"\n\
+             [network]\nsubnet = \"127.0.0.0/24\"\n\
+             [proxy]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let alpha = backend("127.0.0.2", "alpha");
+    let reg = Registry::new(d.join("state/registry"));
+    let lock = reg.lock().unwrap();
+    reg.put(&lock, &record("alpha", alpha.addr, "alpha.test", 2201))
+        .unwrap();
+    drop(lock);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+        .arg("--config")
+        .arg(&config)
+        .arg("proxy")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let p = Proxy {
+        child,
+        http,
+        _tmp: tmp,
+        alpha,
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while send(
+        p.http,
+        b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+    )
+    .1 != 200
+    {
+        assert!(Instant::now() < deadline, "the proxy did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p
+}
+
+/// Sends raw bytes; returns the response text and its status (0 if none).
+fn send(addr: SocketAddr, raw: &[u8]) -> (String, u16) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (String::new(), 0);
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if s.write_all(raw).is_err() {
+        return (String::new(), 0);
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (text, code)
+}
+
+#[test]
+fn slow_headers_do_not_starve_a_normal_client() {
+    let p = proxy();
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        // The attacker has an address of its own, as it would in life.
+        let sock = socket2_connect("127.0.0.3", p.http);
+        if let Some(mut s) = sock {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: alpha.te");
+            slow.push(s);
+        }
+    }
+    assert!(
+        slow.len() >= 100,
+        "could not open slow connections: {}",
+        slow.len()
+    );
+    let started = Instant::now();
+    let (text, code) = send(
+        p.http,
+        b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200, "{text}");
+    assert!(text.ends_with("ok from alpha"), "{text}");
+    eprintln!(
+        "normal client served in {:?} beside {} slow connections",
+        started.elapsed(),
+        slow.len()
+    );
+}
+
+/// Connects from a chosen loopback source address.
+fn socket2_connect(src: &str, dst: SocketAddr) -> Option<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    let src: SocketAddr = format!("{src}:0").parse().ok()?;
+    sock.bind(&src.into()).ok()?;
+    sock.connect_timeout(&dst.into(), Duration::from_secs(2))
+        .ok()?;
+    Some(sock.into())
+}
+
+#[test]
+fn oversized_headers_get_431() {
+    let p = proxy();
+    let before = p.alpha.bytes.load(Ordering::SeqCst);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: alpha.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(128 * 1024)
+    );
+    let (text, code) = send(p.http, big.as_bytes());
+    assert_eq!(code, 431, "{text}");
+    let many: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let req = format!("GET / HTTP/1.1\r\nHost: alpha.test\r\n{many}Connection: close\r\n\r\n");
+    let (text, code) = send(p.http, req.as_bytes());
+    assert_eq!(code, 431, "{text}");
+    assert_eq!(
+        p.alpha.bytes.load(Ordering::SeqCst),
+        before,
+        "the tenant saw an oversized request"
+    );
+}
+
+#[test]
+fn ambiguous_requests_get_400_and_never_reach_the_tenant() {
+    let p = proxy();
+    let cases: &[(&str, &[u8])] = &[
+        ("CL and TE", b"POST / HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("two different CL", b"POST / HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde"),
+        ("bad chunk size", b"POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: alpha.test\r\nX-A: 1\r\n  folded\r\n\r\n"),
+        ("bare LF in header", b"GET / HTTP/1.1\r\nHost: alpha.test\r\nX-A: 1\nX-B: 2\r\n\r\n"),
+        ("bare CR in header", b"GET / HTTP/1.1\r\nHost: alpha.test\r\nX-A: 1\rX-B: 2\r\n\r\n"),
+        ("absolute-form disagreeing with Host", b"GET http://other.test/ HTTP/1.1\r\nHost: alpha.test\r\n\r\n"),
+        ("two Host headers", b"GET / HTTP/1.1\r\nHost: alpha.test\r\nHost: other.test\r\n\r\n"),
+        ("TE not chunked", b"POST / HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: gzip\r\n\r\nabc"),
+    ];
+    let mut failures = Vec::new();
+    for (what, raw) in cases {
+        let before = p.alpha.bytes.load(Ordering::SeqCst);
+        let (text, code) = send(p.http, raw);
+        std::thread::sleep(Duration::from_millis(50));
+        let seen = p.alpha.bytes.load(Ordering::SeqCst) - before;
+        if code != 400 || seen != 0 {
+            failures.push(format!(
+                "{what}: status {code}, tenant saw {seen} bytes: {}",
+                text.lines().next().unwrap_or("")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
