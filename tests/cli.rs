@@ -71,7 +71,9 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
@@ -103,7 +105,9 @@ fn init_is_idempotent_and_creates_the_layout() {
         assert!(i.root.join(d).exists(), "{d} missing");
     }
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(i.root.join("state/certs")).unwrap().permissions(),
+        &std::fs::metadata(i.root.join("state/certs"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o700, "certs dir holds private keys");
     let before = snapshot(&i.root);
@@ -119,10 +123,18 @@ fn list_and_status_json_shapes() {
     let i = Instance::new();
     let o = i.vpsctl(&["list", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap(),
+        serde_json::json!([])
+    );
 
     i.write_record("beta", "172.18.0.3", 2201, &["beta.example.com"]);
-    i.write_record("alpha", "172.18.0.2", 2200, &["alpha.example.com", "*.alpha.example.com"]);
+    i.write_record(
+        "alpha",
+        "172.18.0.2",
+        2200,
+        &["alpha.example.com", "*.alpha.example.com"],
+    );
     // Global flags before and after the subcommand.
     for args in [&["--json", "list"][..], &["list", "--json"][..]] {
         let o = i.vpsctl(args);
@@ -143,7 +155,10 @@ fn list_and_status_json_shapes() {
     assert_eq!(v["ip"], "172.18.0.2");
     assert_eq!(v["ssh_port"], 2200);
     assert_eq!(v["http_port"], 8080);
-    assert_eq!(v["hosts"], serde_json::json!(["alpha.example.com", "*.alpha.example.com"]));
+    assert_eq!(
+        v["hosts"],
+        serde_json::json!(["alpha.example.com", "*.alpha.example.com"])
+    );
     assert_eq!(v["image"], "busybox");
     assert_eq!(v["started_at"], serde_json::Value::Null);
 
@@ -162,13 +177,41 @@ fn errors_are_one_line_with_the_right_exit_code() {
     let before = snapshot(&i.root);
     // (args, exit code, expected stderr start) — usage errors are clap's (2).
     let cases: &[(&[&str], i32, &str)] = &[
-        (&["status", "../x"], 2, "error: invalid value '../x' for '<NAME>': tenant name \"../x\" contains '.'"),
-        (&["status", "A"], 2, "error: invalid value 'A' for '<NAME>': tenant name \"A\" has uppercase letters"),
-        (&["status"], 2, "error: the following required arguments were not provided"),
-        (&["frobnicate"], 2, "error: unrecognized subcommand 'frobnicate'"),
-        (&["list", "--jsn"], 2, "error: unexpected argument '--jsn' found"),
-        (&["status", "nope"], 1, "vpsctl: failed to show tenant nope: tenant nope does not exist (see vpsctl list)"),
-        (&["status", "nope", "--json"], 1, "vpsctl: failed to show tenant nope: tenant nope does not exist (see vpsctl list)"),
+        (
+            &["status", "../x"],
+            2,
+            "error: invalid value '../x' for '<NAME>': tenant name \"../x\" contains '.'",
+        ),
+        (
+            &["status", "A"],
+            2,
+            "error: invalid value 'A' for '<NAME>': tenant name \"A\" has uppercase letters",
+        ),
+        (
+            &["status"],
+            2,
+            "error: the following required arguments were not provided",
+        ),
+        (
+            &["frobnicate"],
+            2,
+            "error: unrecognized subcommand 'frobnicate'",
+        ),
+        (
+            &["list", "--jsn"],
+            2,
+            "error: unexpected argument '--jsn' found",
+        ),
+        (
+            &["status", "nope"],
+            1,
+            "vpsctl: failed to show tenant nope: tenant nope does not exist (see vpsctl list)",
+        ),
+        (
+            &["status", "nope", "--json"],
+            1,
+            "vpsctl: failed to show tenant nope: tenant nope does not exist (see vpsctl list)",
+        ),
     ];
     for (args, code, want) in cases {
         let o = i.vpsctl(args);
@@ -188,10 +231,22 @@ fn config_errors_name_file_key_and_line() {
     let i = Instance::new();
     let bad = i.root.join("bad.toml");
     let cases: &[(&str, &str)] = &[
-        ("[paths]\nstate_dir = \"/x\"\nstatedir = \"/y\"\n", "line 3: paths.statedir: unknown key"),
-        ("[defaults]\nmemory = \"lots\"\n", "line 2: defaults.memory: memory size \"lots\" is not a size"),
-        ("[network]\nssh_ports = \"3000-2000\"\n", "line 2: network.ssh_ports: port range \"3000-2000\" is out of range"),
-        ("[proxy]\nadmin = \"localhost\"\n", "line 2: proxy.admin: invalid socket address syntax"),
+        (
+            "[paths]\nstate_dir = \"/x\"\nstatedir = \"/y\"\n",
+            "line 3: paths.statedir: unknown key",
+        ),
+        (
+            "[defaults]\nmemory = \"lots\"\n",
+            "line 2: defaults.memory: memory size \"lots\" is not a size",
+        ),
+        (
+            "[network]\nssh_ports = \"3000-2000\"\n",
+            "line 2: network.ssh_ports: port range \"3000-2000\" is out of range",
+        ),
+        (
+            "[proxy]\nadmin = \"localhost\"\n",
+            "line 2: proxy.admin: invalid socket address syntax",
+        ),
     ];
     for (text, want) in cases {
         std::fs::write(&bad, text).unwrap();
@@ -204,7 +259,10 @@ fn config_errors_name_file_key_and_line() {
         let err = stderr(&o);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
-            err.starts_with(&format!("vpsctl: failed to load config: config {}", bad.display())),
+            err.starts_with(&format!(
+                "vpsctl: failed to load config: config {}",
+                bad.display()
+            )),
             "{err}"
         );
         assert!(err.contains(want), "{err}");
@@ -236,15 +294,24 @@ fn state_dir_flag_and_environment_override_the_file() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(env_dir.join("registry/tenants").is_dir());
-    assert!(!i.root.join("state").exists(), "the file's state_dir was used");
+    assert!(
+        !i.root.join("state").exists(),
+        "the file's state_dir was used"
+    );
 }
 
 #[test]
 fn version_and_help() {
-    let o = Command::new(env!("CARGO_BIN_EXE_vpsctl")).arg("--version").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(o.status.success());
     assert!(stdout(&o).starts_with("vpsctl "));
-    let o = Command::new(env!("CARGO_BIN_EXE_vpsctl")).arg("--help").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(o.status.success());
     for cmd in ["init", "list", "status"] {
         assert!(stdout(&o).contains(cmd));

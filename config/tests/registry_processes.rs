@@ -39,7 +39,12 @@ fn tenant(name: &str, ip: Ipv4Addr, port: u16, host: &str, keys: usize) -> Tenan
 
 fn spawn_writer(dir: &Path, job: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "writer_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "writer_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROLE, job)
         .env("SOTOLITO_TEST_DIR", dir)
         .stdout(Stdio::null())
@@ -58,7 +63,13 @@ fn writer_process() {
     match parts[0] {
         // put,NAME,IP,PORT,HOST: one locked put; exit 0 on success, 3 on conflict.
         "put" => {
-            let t = tenant(parts[1], parts[2].parse().unwrap(), parts[3].parse().unwrap(), parts[4], 1);
+            let t = tenant(
+                parts[1],
+                parts[2].parse().unwrap(),
+                parts[3].parse().unwrap(),
+                parts[4],
+                1,
+            );
             let lock = reg.lock().unwrap();
             match reg.put(&lock, &t) {
                 Ok(()) => std::process::exit(0),
@@ -87,7 +98,12 @@ fn sixteen_concurrent_writers_keep_every_invariant() {
     // 16 writers: t0..t9 are distinct; t10..t15 form three conflicting
     // pairs (same IP, same port, same host) of which one each must win.
     let mut jobs: Vec<(String, &str)> = (0..10)
-        .map(|i| (format!("put,t{i},172.18.1.{},{},t{i}.example", i + 2, 2300 + i), "free"))
+        .map(|i| {
+            (
+                format!("put,t{i},172.18.1.{},{},t{i}.example", i + 2, 2300 + i),
+                "free",
+            )
+        })
         .collect();
     jobs.push(("put,c-ip1,172.18.9.9,2401,ip1.example".into(), "ip"));
     jobs.push(("put,c-ip2,172.18.9.9,2402,ip2.example".into(), "ip"));
@@ -146,11 +162,17 @@ fn writer_killed_mid_write_leaves_old_or_new_record() {
         child.kill().unwrap();
         child.wait().unwrap();
         let got = reg.get(&a.name).unwrap().expect("record survives SIGKILL");
-        assert!(got == a || got == b, "record after SIGKILL is neither old nor new");
+        assert!(
+            got == a || got == b,
+            "record after SIGKILL is neither old nor new"
+        );
         seen_b |= got == b;
         // The next writer takes the lock again: a killed holder released it.
         let lock = reg.lock().unwrap();
         reg.put(&lock, &a).unwrap();
     }
-    assert!(seen_b, "the writer never completed a write: the test proved nothing");
+    assert!(
+        seen_b,
+        "the writer never completed a write: the test proved nothing"
+    );
 }
