@@ -1,0 +1,178 @@
+//! ACME against Debian's pebble in a throwaway network namespace (root).
+//! Run: `cargo test -p sotolito-proxy --test acme` as root with pebble,
+//! dnsmasq-base and curl installed; without them the tests fail and say so.
+
+mod env;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use env::{log_lines, tenant, wait_for, Env};
+use sotolito_proxy::acme::{list_certs, CertStatus};
+
+const SHOP: &str = "shop.sotolito.internal";
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A tenant with a host gets a certificate that validates against pebble's
+/// root, served at once; reserved, opted-out and unknown names never cause
+/// an order; the tenant's own challenge paths still reach it.
+#[test]
+fn issues_certificates_for_registry_hosts_only() {
+    let shop_opt_out = "legacy.sotolito.internal";
+    let env = Env::start(
+        "issue",
+        0,
+        &[tenant(
+            "shop",
+            &[SHOP, "shop.test", shop_opt_out],
+            &[shop_opt_out],
+        )],
+    );
+    let certs = env.certs_dir();
+    let chain = certs.join(SHOP).join("fullchain.pem");
+    let root = env.pebble.root_pem(&env.ns);
+    let served = wait_for(Duration::from_secs(90), || {
+        env.served_cert(SHOP, &root).ok()
+    });
+    assert!(
+        served.is_some(),
+        "no valid certificate served for {SHOP}:\n{}",
+        env.diagnostics()
+    );
+    assert_eq!(mode(&chain), 0o600);
+    assert_eq!(mode(&certs.join(SHOP).join("privkey.pem")), 0o600);
+    assert_eq!(mode(&certs.join("acme").join("account.json")), 0o600);
+
+    // curl over TLS trusting only pebble's root reaches the tenant.
+    let root_file = env.dir.path().join("pebble-root.pem");
+    std::fs::write(&root_file, &root).expect("write root");
+    let (ok, body) = env.ns.curl(&[
+        "--cacert",
+        root_file.to_str().expect("utf-8"),
+        "--resolve",
+        &format!("{SHOP}:443:127.0.0.1"),
+        &format!("https://{SHOP}/hello"),
+    ]);
+    assert!(ok && body.contains("tenant saw /hello"), "{body}");
+
+    // A tenant's own ACME client: tokens we did not publish reach it.
+    let (ok, body) = env.ns.curl(&[
+        "-H",
+        &format!("Host: {SHOP}"),
+        "http://127.0.0.1/.well-known/acme-challenge/tenant-own-token",
+    ]);
+    assert!(
+        ok && body.contains("tenant saw /.well-known/acme-challenge/tenant-own-token"),
+        "{body}"
+    );
+
+    // An arbitrary SNI or Host never triggers an order, though DNS resolves it.
+    let stranger = "stranger.sotolito.internal";
+    assert!(env.served_cert(stranger, &root).is_err());
+    let (_, body) = env.ns.curl(&[
+        "-H",
+        &format!("Host: {stranger}"),
+        "http://127.0.0.1/.well-known/acme-challenge/x",
+    ]);
+    assert!(!body.contains("tenant saw"), "{body}");
+    std::thread::sleep(Duration::from_secs(3));
+    for never in [stranger, "shop.test", shop_opt_out] {
+        assert!(!certs.join(never).exists(), "{never} got a certificate dir");
+        assert!(
+            log_lines(never).iter().all(|l| !l.contains("ordering")),
+            "{never} was ordered:\n{}",
+            env.diagnostics()
+        );
+    }
+
+    // `vpsctl certs list`.
+    let list = list_certs(&env.config).expect("list_certs");
+    let shop = list.iter().find(|c| c.host == SHOP).expect("shop listed");
+    assert_eq!(shop.status, CertStatus::Valid, "{shop:?}");
+    assert_eq!(shop.source, "acme");
+    assert_eq!(shop.tenant.as_deref(), Some("shop"));
+    assert!(
+        shop.issuer.as_deref().unwrap_or("").contains("Pebble"),
+        "{shop:?}"
+    );
+    assert!(shop.not_after.is_some() && shop.renew_at.is_some());
+    let test = list.iter().find(|c| c.host == "shop.test").expect("listed");
+    assert_eq!(test.status, CertStatus::Missing);
+    assert!(test.acme.contains(".test"), "{test:?}");
+    let legacy = list
+        .iter()
+        .find(|c| c.host == shop_opt_out)
+        .expect("listed");
+    assert!(legacy.acme.contains("opted out"), "{legacy:?}");
+    let json = serde_json::to_string(&list).expect("serialize");
+    assert!(json.contains("\"status\":\"valid\""), "{json}");
+}
+
+/// Short-lived certificates are renewed at two thirds of their lifetime;
+/// with pebble down the proxy keeps serving HTTP and the current
+/// certificate, logs why the order failed and retries; when a (new) CA is
+/// back it registers again and gets a new certificate.
+#[test]
+fn renews_and_rides_out_a_ca_outage() {
+    let host = "renew.sotolito.internal";
+    let mut env = Env::start("renew", 45, &[tenant("renew", &[host], &[])]);
+    let root = env.pebble.root_pem(&env.ns);
+    let first = wait_for(Duration::from_secs(90), || {
+        env.served_cert(host, &root).ok()
+    })
+    .unwrap_or_else(|| panic!("no first certificate:\n{}", env.diagnostics()));
+    // Due after 30 s of 45.
+    let second = wait_for(Duration::from_secs(75), || {
+        env.served_cert(host, &root).ok().filter(|c| c.0 != first.0)
+    })
+    .unwrap_or_else(|| panic!("not renewed:\n{}", env.diagnostics()));
+    assert!(
+        log_lines(host).iter().any(|l| l.contains("two thirds")),
+        "renewal reason not logged:\n{}",
+        env.diagnostics()
+    );
+
+    env.pebble.stop();
+    let failed_before = log_lines(host)
+        .iter()
+        .filter(|l| l.contains("order failed"))
+        .count();
+    let failures = wait_for(Duration::from_secs(60), || {
+        let lines: Vec<String> = log_lines(host)
+            .into_iter()
+            .filter(|l| l.contains("order failed"))
+            .collect();
+        (lines.len() >= failed_before + 2).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("no failed retries logged:\n{}", env.diagnostics()));
+    let last = failures.last().expect("a line");
+    assert!(
+        last.contains("127.0.0.1:14000") && last.contains("retry_in"),
+        "the log does not say why or when: {last}"
+    );
+    // Still serving: the current certificate and plain HTTP.
+    let now = env
+        .served_cert(host, &root)
+        .expect("current certificate still served");
+    assert_eq!(now.0, second.0);
+    let (ok, body) = env
+        .ns
+        .curl(&["-H", &format!("Host: {host}"), "http://127.0.0.1/up"]);
+    assert!(ok && body.contains("tenant saw /up"), "{body}");
+
+    // A new pebble: new root, our account unknown to it.
+    env.pebble.restart(&env.ns);
+    let new_root = env.pebble.root_pem(&env.ns);
+    assert_ne!(new_root, root);
+    wait_for(Duration::from_secs(60), || {
+        env.served_cert(host, &new_root).ok()
+    })
+    .unwrap_or_else(|| panic!("no certificate from the new CA:\n{}", env.diagnostics()));
+}
