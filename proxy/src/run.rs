@@ -26,6 +26,7 @@ pub struct RunOptions {
 /// SIGINT, then drains. Builds its own runtimes; call it from a plain thread.
 pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
     let config = &loaded.config;
+    let challenges = crate::acme::Challenges::new();
     let settings = Settings {
         trusted_proxies: config.proxy.trusted_proxies.clone(),
         proxy_protocol: config.proxy.proxy_protocol,
@@ -34,6 +35,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         upstream_timeout: config.proxy.upstream_timeout,
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
+        acme_challenges: challenges.clone(),
         ..Settings::default()
     };
     let listen = Listen {
@@ -57,6 +59,12 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         admin = ?proxy.admin_addr(),
         "proxy listening"
     );
+    // Automatic HTTPS when [acme] enabled; a broken [acme] section leaves
+    // the proxy serving without it. The manager stops when dropped.
+    let _acme = crate::acme::start(config, challenges).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "automatic HTTPS is off");
+        None
+    });
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
