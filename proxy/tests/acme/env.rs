@@ -236,7 +236,7 @@ fn listener_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 pub struct Pebble {
     proc: Proc,
     config: PathBuf,
-    listener_ca: PathBuf,
+    pub listener_ca: PathBuf,
 }
 
 impl Pebble {
@@ -388,8 +388,9 @@ pub struct Env {
 }
 
 impl Env {
-    /// Starts everything; `tenants` are TOML records (see [`tenant`]).
-    pub fn start(tag: &str, validity: u64, tenants: &[Tenant]) -> Env {
+    /// Starts the namespace, dnsmasq, pebble, the tenant backend and a
+    /// registry holding `tenants` (see [`tenant`]); no proxy yet.
+    pub fn world(tag: &str, validity: u64, tenants: &[Tenant]) -> Env {
         require_root_and_tools();
         logs();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -427,7 +428,7 @@ impl Env {
         }
         drop(lock);
 
-        let mut env = Env {
+        Env {
             acme: None,
             proxy: None,
             _backend: backend,
@@ -436,7 +437,12 @@ impl Env {
             ns,
             config,
             dir,
-        };
+        }
+    }
+
+    /// [`Env::world`] plus the proxy and its manager in this process.
+    pub fn start(tag: &str, validity: u64, tenants: &[Tenant]) -> Env {
+        let mut env = Env::world(tag, validity, tenants);
         env.start_proxy();
         env
     }

@@ -176,3 +176,85 @@ fn renews_and_rides_out_a_ca_outage() {
     })
     .unwrap_or_else(|| panic!("no certificate from the new CA:\n{}", env.diagnostics()));
 }
+
+const CHILD_CONFIG: &str = "SOTOLITO_ACME_TEST_CONFIG";
+
+/// `sotolito_proxy::run` (what `vpsctl proxy` calls) started from a config
+/// file with `[acme] enabled`, in its own process inside the namespace,
+/// obtains a certificate with the default timing, and stops on SIGTERM.
+#[test]
+fn run_entry_point_obtains_certificates() {
+    let host = "run.sotolito.internal";
+    let env = Env::world("run", 0, &[tenant("run", &[host], &[])]);
+    let c = &env.config;
+    let config_file = env.dir.path().join("sotolito.toml");
+    let text = format!(
+        "[paths]\nstate_dir = {:?}\nrun_dir = {:?}\nconfig_dir = {:?}\n\
+         [proxy]\nhttp = \"127.0.0.1:80\"\nhttps = \"127.0.0.1:443\"\nadmin = \"127.0.0.1:9180\"\n\
+         [acme]\nenabled = true\ndirectory = {:?}\nemail = \"ops@sotolito.internal\"\nca_roots = [{:?}]\n",
+        c.paths.state_dir,
+        c.paths.run_dir,
+        c.paths.config_dir,
+        env::DIRECTORY,
+        env.pebble.listener_ca,
+    );
+    std::fs::write(&config_file, text).expect("write config");
+    let exe = std::env::current_exe().expect("test binary");
+    let log = env.dir.path().join("run.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = env
+        .ns
+        .command(exe.to_str().expect("utf-8"))
+        .args(["--exact", "run_child", "--include-ignored", "--nocapture"])
+        .env(CHILD_CONFIG, &config_file)
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn the proxy process");
+    let root = env.pebble.root_pem(&env.ns);
+    let served = wait_for(Duration::from_secs(90), || {
+        env.served_cert(host, &root).ok()
+    });
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let exited = wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        served.is_some(),
+        "run() obtained no certificate:\n{text}\n{}",
+        env.pebble.log_text()
+    );
+    assert!(
+        text.contains("automatic HTTPS on"),
+        "manager not started:\n{text}"
+    );
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the proxy did not stop cleanly on SIGTERM: {exited:?}\n{text}"
+    );
+}
+
+/// The proxy process of `run_entry_point_obtains_certificates`; does
+/// nothing unless that test started it.
+#[test]
+#[ignore = "child process of run_entry_point_obtains_certificates"]
+fn run_child() {
+    let Some(path) = std::env::var_os(CHILD_CONFIG) else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let text = std::fs::read_to_string(&path).expect("config");
+    let config = sotolito_config::HostConfig::parse(&text, &path).expect("parse config");
+    let loaded = sotolito_config::Loaded { config, path };
+    sotolito_proxy::run(&loaded, sotolito_proxy::RunOptions::default()).expect("run");
+}
