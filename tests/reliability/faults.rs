@@ -86,6 +86,13 @@ fn http(h: &Host, host: &str) -> Result<(u16, String), String> {
         .trim()
         .parse()
         .map_err(|_| format!("curl: {}", String::from_utf8_lossy(&o.stderr)))?;
+    if code == 0 {
+        // curl prints 000 when no response came at all.
+        return Err(format!(
+            "no response: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
     Ok((code, body.to_owned()))
 }
 
@@ -207,7 +214,7 @@ fn hanging_backend_gets_504_while_others_are_served() {
         "--",
         "sh",
         "-c",
-        "sleep 600 </dev/null 2>/dev/null | nc -lk -p 8081 >/dev/null 2>&1 &",
+        "sleep 600 </dev/null 2>/dev/null | nc -l -p 8081 >/dev/null 2>&1 &",
     ]);
     let _proxy = Proxy::start(&h);
     let (code, _) = eventually(Duration::from_secs(15), || http(&h, "alpha.test")).unwrap();

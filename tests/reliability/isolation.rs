@@ -41,10 +41,11 @@ fn tenants_cannot_reach_each_other_or_the_admin_address() {
             "--start",
         ]);
     }
+    let log = std::fs::File::create(h.root.join("proxy.log")).unwrap();
     let mut proxy = h
         .vpsctl_cmd(&["proxy"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let beta_ip = h.json(&["status", "beta"])["ip"]
@@ -53,14 +54,16 @@ fn tenants_cannot_reach_each_other_or_the_admin_address() {
         .to_owned();
     let gw = "172.18.0.1";
     let get = |host: &str, addr: &str, port: u16| {
+        let path = if port == 9180 { "/metrics" } else { "/" };
         format!(
-            "printf 'GET /metrics HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | nc -w 2 {addr} {port}"
+            // busybox nc quits at the end of its input: keep it open a while.
+            "(printf 'GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n'; sleep 1) | nc -w 2 {addr} {port}"
         )
     };
 
     // Controls first: without them a broken setup would pass as "isolated".
     let mut reached = false;
-    for _ in 0..50 {
+    for _ in 0..10 {
         if exec_ok(&h, "alpha", &get("beta.test", gw, 80))
             .1
             .contains("hello from beta")
@@ -72,7 +75,8 @@ fn tenants_cannot_reach_each_other_or_the_admin_address() {
     }
     assert!(
         reached,
-        "alpha cannot reach beta's site through the proxy's public port"
+        "alpha cannot reach beta's site through the proxy's public port; proxy log: {}",
+        std::fs::read_to_string(h.root.join("proxy.log")).unwrap_or_default()
     );
     let admin = h.in_host(&[
         "curl",
