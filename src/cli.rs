@@ -63,6 +63,9 @@ pub enum Command {
     Net(crate::cmd::net::NetCommand),
     /// The edge proxy: routes HTTP/HTTPS by Host and SNI to tenants (foreground).
     Proxy(crate::cmd::proxy::ProxyArgs),
+    /// TLS certificates: what the proxy serves and ACME manages.
+    #[command(subcommand)]
+    Certs(crate::cmd::certs::CertsCommand),
     /// The whole flow in a sandbox: two tenants, the proxy, DNAT, proven by itself.
     Demo {
         /// Use a Debian image with systemd and sshd (debootstrap; cached).

@@ -72,7 +72,6 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
 }
 
 pub fn print_table(views: &[TenantView]) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
     let rows: Vec<[String; 7]> = views
         .iter()
         .map(|v| {
@@ -91,14 +90,23 @@ pub fn print_table(views: &[TenantView]) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    let header = ["NAME", "STATE", "DESIRED", "IP", "SSH", "IMAGE", "HOSTS"].map(String::from);
+    print_rows(
+        ["NAME", "STATE", "DESIRED", "IP", "SSH", "IMAGE", "HOSTS"],
+        &rows,
+    )
+}
+
+/// A plain aligned table: a header and rows of the same width.
+pub fn print_rows<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let header = header.map(String::from);
     let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
         }
     }
-    for r in std::iter::once(&header).chain(&rows) {
+    for r in std::iter::once(&header).chain(rows) {
         let line: Vec<String> = r
             .iter()
             .zip(widths)

@@ -317,3 +317,37 @@ fn version_and_help() {
         assert!(stdout(&o).contains(cmd));
     }
 }
+
+#[test]
+fn certs_list_shows_every_routed_host() {
+    let i = Instance::new();
+    i.write_record(
+        "alpha",
+        "172.18.0.2",
+        2200,
+        &["shop.example.com", "alpha.localhost"],
+    );
+    let mut config = std::fs::read_to_string(&i.config).unwrap();
+    config.push_str("[acme]\nenabled = true\n");
+    std::fs::write(&i.config, config).unwrap();
+    let o = i.vpsctl(&["certs", "list", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = v.as_array().unwrap();
+    let shop = rows
+        .iter()
+        .find(|r| r["host"] == "shop.example.com")
+        .expect("shop row");
+    assert_eq!(shop["tenant"], "alpha");
+    assert_eq!(shop["status"], "missing");
+    let local = rows
+        .iter()
+        .find(|r| r["host"] == "alpha.localhost")
+        .expect("localhost row");
+    assert_ne!(
+        local["acme"], shop["acme"],
+        "a .localhost name is never sent to ACME"
+    );
+    let o = i.vpsctl(&["certs", "list"]);
+    assert!(stdout(&o).starts_with("HOST"), "{}", stdout(&o));
+}

@@ -1,5 +1,6 @@
 //! Dispatch: one module per command group, each thin.
 
+pub(crate) mod certs;
 mod demo;
 pub(crate) mod image;
 mod init;
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Units(cmd) => units::run(&ctx, cmd),
         Command::Net(cmd) => net::run(&ctx, cmd),
         Command::Proxy(args) => proxy::run(&ctx, args),
+        Command::Certs(cmd) => certs::run(&ctx, cmd),
         Command::Demo { .. } => unreachable!("handled before the config is loaded"),
     }?;
     Ok(ExitCode::SUCCESS)
