@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Load benchmark: our proxy vs HAProxy vs nginx-as-proxy, all routing by
+# Host to one nginx backend serving a small static file, all on loopback.
+#
+#   benches/load/run.sh            wrk -t2 -c64, 10 s rounds, 3 interleaved rounds
+#   benches/load/run.sh --smoke    1 s rounds, 2 rounds (what CI runs)
+#
+# Needs: nginx, haproxy, wrk (Debian packages), cargo. Every server runs as
+# a foreground child of this script, stopped by PID at exit.
+set -euo pipefail
+
+DURATION=10s
+ROUNDS=3
+if [[ "${1:-}" == "--smoke" ]]; then
+    DURATION=1s
+    ROUNDS=2
+fi
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+TMP=$(mktemp -d /tmp/sotolito-load.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+for tool in nginx haproxy wrk cargo; do
+    command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 1; }
+done
+
+BACKEND=127.0.0.1:18080
+OURS=127.0.0.1:18081
+OURS10K=127.0.0.1:18082
+HAPROXY=127.0.0.1:18083
+NGINXP=127.0.0.1:18084
+HOST=bench.test
+
+echo "building proxy-bench (release)..." >&2
+(cd "$ROOT" && cargo build --release -q -p sotolito-proxy --bin proxy-bench)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/proxy-bench"
+
+USER_LINE=""
+[[ $(id -u) == 0 ]] && USER_LINE="user root;"
+mkdir -p "$TMP/www" "$TMP/nginx-tmp"
+head -c 128 /dev/zero | tr '\0' 'x' >"$TMP/www/index.html"
+
+nginx_common() {
+    cat <<EOF
+$USER_LINE
+daemon off;
+pid $TMP/$1.pid;
+error_log $TMP/$1.err warn;
+worker_processes 2;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx-tmp/$1-body;
+    proxy_temp_path $TMP/nginx-tmp/$1-proxy;
+    fastcgi_temp_path $TMP/nginx-tmp/$1-fcgi;
+    uwsgi_temp_path $TMP/nginx-tmp/$1-uwsgi;
+    scgi_temp_path $TMP/nginx-tmp/$1-scgi;
+EOF
+}
+
+{
+    nginx_common backend
+    cat <<EOF
+    server {
+        listen $BACKEND;
+        location / { root $TMP/www; }
+    }
+}
+EOF
+} >"$TMP/backend.conf"
+
+{
+    nginx_common nginxp
+    cat <<EOF
+    upstream tenant { server $BACKEND; keepalive 128; }
+    server {
+        listen $NGINXP default_server;
+        return 404;
+    }
+    server {
+        listen $NGINXP;
+        server_name $HOST;
+        location / {
+            proxy_pass http://tenant;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+} >"$TMP/nginxp.conf"
+
+echo "$HOST tenant" >"$TMP/hosts.map"
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 2
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend edge
+    bind $HAPROXY
+    option forwardfor
+    use_backend %[req.hdr(host),lower,map($TMP/hosts.map)]
+backend tenant
+    http-reuse always
+    server t1 $BACKEND
+EOF
+
+nginx -c "$TMP/backend.conf" -e "$TMP/backend.err" &
+PIDS+=($!); BACKEND_PID=$!
+nginx -c "$TMP/nginxp.conf" -e "$TMP/nginxp.err" &
+PIDS+=($!); NGINXP_PID=$!
+haproxy -f "$TMP/haproxy.cfg" -db &
+PIDS+=($!); HAPROXY_PID=$!
+"$BIN" --listen $OURS --route $HOST=$BACKEND --workers 2 2>"$TMP/ours.err" &
+PIDS+=($!); OURS_PID=$!
+"$BIN" --listen $OURS10K --route $HOST=$BACKEND --extra-routes 10000 --workers 2 2>"$TMP/ours10k.err" &
+PIDS+=($!); OURS10K_PID=$!
+
+# Wait until every target answers.
+for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP; do
+    for _ in $(seq 100); do
+        if curl -s -o /dev/null -H "Host: $HOST" "http://$addr/index.html"; then break; fi
+        sleep 0.1
+    done
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "http://$addr/index.html")
+    [[ $code == 200 ]] || { echo "run.sh: $addr answered $code" >&2; exit 1; }
+done
+
+# CPU ticks (user + system) of a process and its children threads/processes.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        [[ -r /proc/$pid/stat ]] || continue
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+    done
+    echo $total
+}
+HZ=$(getconf CLK_TCK)
+
+target_addr() { case $1 in direct) echo $BACKEND ;; ours) echo $OURS ;; ours-10k) echo $OURS10K ;; haproxy) echo $HAPROXY ;; nginx) echo $NGINXP ;; esac; }
+target_pid() { case $1 in direct) echo $BACKEND_PID ;; ours) echo $OURS_PID ;; ours-10k) echo $OURS10K_PID ;; haproxy) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
+
+# Latency in wrk's units -> milliseconds.
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+
+RESULTS="$TMP/results.tsv"
+: >"$RESULTS"
+TARGETS=(direct ours ours-10k haproxy nginx)
+echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS interleaved rounds" >&2
+for round in $(seq "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+        addr=$(target_addr $t)
+        pid=$(target_pid $t)
+        before=$(cpu_ticks "$pid")
+        out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "Host: $HOST" "http://$addr/index.html")
+        after=$(cpu_ticks "$pid")
+        rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
+        reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+        errors=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
+        p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
+        p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+        cpu_us=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$round" "$rps" "$p50" "$p99" "$cpu_us" >>"$RESULTS"
+        printf '  round %s %-9s %10s req/s  p50 %7s ms  p99 %7s ms  cpu %6s us/req %s\n' \
+            "$round" "$t" "$rps" "$p50" "$p99" "$cpu_us" "$errors" >&2
+    done
+done
+
+# Medians per target, then ratios to HAProxy.
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col() { awk -F'\t' -v t="$1" -v c="$2" '$1 == t { print $c }' "$RESULTS" | median; }
+H_RPS=$(col haproxy 3); H_P99=$(col haproxy 5); H_CPU=$(col haproxy 6)
+echo
+echo "medians of $ROUNDS interleaved rounds, wrk -t$THREADS -c$CONNS -d$DURATION, Host: $HOST -> nginx static file"
+printf '%-10s %12s %9s %9s %12s %9s %9s %9s\n' target req/s p50_ms p99_ms cpu_us/req rps/hap p99/hap cpu/hap
+for t in "${TARGETS[@]}"; do
+    rps=$(col $t 3); p50=$(col $t 4); p99=$(col $t 5); cpu=$(col $t 6)
+    awk -v t=$t -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v hr="$H_RPS" -v hp="$H_P99" -v hc="$H_CPU" \
+        'BEGIN { printf "%-10s %12.0f %9.3f %9.3f %12.2f %9.3f %9.3f %9.3f\n", t, rps, p50, p99, cpu, rps / hr, p99 / hp, (t == "direct" ? 0 : cpu / hc) }'
+done
+O1=$(col ours 3); O10=$(col ours-10k 3)
+awk -v a="$O1" -v b="$O10" 'BEGIN { printf "\nours with 10,000 routes vs 1 route: %.3fx req/s\n", b / a }'
+echo "(direct: wrk straight at the backend; its cpu column is the backend's own)"

@@ -1,0 +1,93 @@
+//! The proxy with a route table from the command line, for the load
+//! benchmark (benches/load/run.sh); `vpsctl proxy` is the real entry point.
+//!
+//! proxy-bench --listen ADDR --route HOST=ADDR... [--extra-routes N]
+//!             [--workers N] [--admin ADDR]
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use sotolito_proxy::{Listen, ProxyHandle, RouteTable, Settings};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxy-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut listen = None;
+    let mut admin = None;
+    let mut routes: Vec<(String, SocketAddr)> = Vec::new();
+    let mut extra = 0usize;
+    let mut settings = Settings::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => listen = Some(parse_addr(&value()?)?),
+            "--admin" => admin = Some(parse_addr(&value()?)?),
+            "--route" => {
+                let v = value()?;
+                let (host, addr) = v.split_once('=').ok_or("--route takes HOST=ADDR")?;
+                routes.push((host.to_owned(), parse_addr(addr)?));
+            }
+            "--extra-routes" => {
+                extra = value()?
+                    .parse()
+                    .map_err(|_| "--extra-routes takes a number")?
+            }
+            "--workers" => {
+                settings.workers = value()?.parse().map_err(|_| "--workers takes a number")?
+            }
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    let listen = listen.ok_or("--listen is required")?;
+    // Extra hosts that no request names: the table grows, lookups must not.
+    let filler: Vec<(String, SocketAddr)> = (0..extra)
+        .map(|i| {
+            (
+                format!("filler{i}.bench.test"),
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+            )
+        })
+        .collect();
+    let table = RouteTable::from_routes(
+        routes
+            .iter()
+            .chain(filler.iter())
+            .map(|(h, a)| (h.as_str(), "bench", *a)),
+    )
+    .map_err(|e| e.to_string())?;
+    let proxy = ProxyHandle::start(
+        settings,
+        Listen {
+            http: Some(listen),
+            https: None,
+            admin,
+        },
+        table,
+    )
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "proxy-bench: listening on {listen} with {} routes",
+        routes.len() + extra
+    );
+    // Runs until killed; the benchmark script stops it by PID.
+    loop {
+        std::thread::park();
+        if proxy.http_addr().is_none() {
+            return Ok(());
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:8080"))
+}
