@@ -408,8 +408,18 @@ impl Env {
             "--user=root",
             "--address=/sotolito.internal/127.0.0.1",
             "--log-facility=-",
+            "--log-queries",
+            // No shared /run/dnsmasq/dnsmasq.pid between parallel tests.
+            "--pid-file",
         ]);
         let dns = Proc::spawn(dns_cmd, dir.path().join("dnsmasq.log"));
+        // dnsmasq answers on TCP too: ready once that port accepts.
+        let up = wait_for(Duration::from_secs(10), || {
+            ns.run(|| {
+                TcpStream::connect_timeout(&DNS.parse().expect("addr"), Duration::from_secs(1)).ok()
+            })
+        });
+        assert!(up.is_some(), "dnsmasq did not start:\n{}", dns.log_text());
         let pebble = Pebble::start(&ns, dir.path(), validity);
         let backend = Backend::start(&ns);
 
@@ -496,8 +506,9 @@ impl Env {
         let text =
             String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
         format!(
-            "--- proxy/acme log ---\n{text}\n--- pebble log ---\n{}",
-            self.pebble.log_text()
+            "--- proxy/acme log ---\n{text}\n--- pebble log ---\n{}\n--- dnsmasq log ---\n{}",
+            self.pebble.log_text(),
+            self._dns.log_text()
         )
     }
 
