@@ -43,6 +43,12 @@ pub fn ensure(config: &HostConfig) -> Result<(), Error> {
     Ok(())
 }
 
+/// The host ends of all tenant veths that exist (names from
+/// [`host_veth_name`]), listed in one netlink dump.
+pub fn host_veths() -> Result<std::collections::BTreeSet<String>, Error> {
+    link::host_veths()
+}
+
 /// Whether the host end of the tenant's veth exists.
 pub fn veth_present(name: &TenantName) -> Result<bool, Error> {
     link::veth_present(name)

@@ -278,6 +278,29 @@ pub fn detach(name: &TenantName) -> Result<(), Error> {
     })
 }
 
+/// The names of all tenant veths (host ends) in this namespace: one dump,
+/// for `net show` with many tenants.
+pub fn host_veths() -> Result<std::collections::BTreeSet<String>, Error> {
+    with_handle(|h| async move {
+        let mut out = std::collections::BTreeSet::new();
+        let mut links = h.link().get().execute();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(nl("list links".to_owned()))?
+        {
+            for attr in &link.attributes {
+                if let LinkAttribute::IfName(name) = attr {
+                    if name.starts_with(VETH_PREFIX) {
+                        out.insert(name.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Whether the host end of the tenant's veth exists (for `net show`).
 pub fn veth_present(name: &TenantName) -> Result<bool, Error> {
     let veth = host_veth_name(name);

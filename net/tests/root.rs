@@ -370,6 +370,11 @@ fn tenant_traffic() {
     inside(&host.path(), || sotolito_net::attach(&c, &b, cb.pid()));
     // Idempotent: a second attach converges without breaking anything.
     inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    let veths = inside(&host.path(), sotolito_net::host_veths);
+    assert_eq!(
+        veths.into_iter().collect::<Vec<_>>(),
+        vec!["sv-alpha", "sv-beta"]
+    );
     let port = host.exec(&["bridge", "-d", "link", "show", "dev", "sv-alpha"]);
     assert!(port.contains("isolated on"), "{port}");
     assert!(ca
@@ -420,6 +425,18 @@ fn tenant_traffic() {
         assert_eq!(
             talk(&ca.ns_path(), addr(CLIENT, 8080), None).as_deref(),
             Ok("internet 10.99.0.1"),
+            "{stage}"
+        );
+        // A reaches its own port through the host (hairpin to itself), and
+        // the proxy on the host's public address (sites by name).
+        assert!(
+            talk(&ca.ns_path(), addr(HOST_PUBLIC, 2201), None)
+                .is_ok_and(|s| s.starts_with("alpha ")),
+            "{stage}"
+        );
+        assert!(
+            talk(&ca.ns_path(), addr(HOST_PUBLIC, 80), None)
+                .is_ok_and(|s| s.starts_with("proxy-http ")),
             "{stage}"
         );
         // The proxy's public port on the gateway: yes.

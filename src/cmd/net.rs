@@ -86,6 +86,7 @@ fn show(ctx: &Context) -> anyhow::Result<()> {
         .list()
         .context("failed to read the registry")?;
     let live = sotolito_net::live_forwards(config).context("failed to read the nft map")?;
+    let veths = sotolito_net::host_veths().context("failed to list links")?;
     let mut views = Vec::with_capacity(tenants.len());
     for t in &tenants {
         let present = live.as_ref().and_then(|m| m.get(&t.ssh_port.get()));
@@ -94,7 +95,7 @@ fn show(ctx: &Context) -> anyhow::Result<()> {
             ip: t.ip.to_string(),
             ssh_port: t.ssh_port.get(),
             veth: sotolito_net::host_veth_name(&t.name),
-            veth_present: sotolito_net::veth_present(&t.name).context("failed to read links")?,
+            veth_present: veths.contains(&sotolito_net::host_veth_name(&t.name)),
             forward_present: present
                 .is_some_and(|f| f.ip == t.ip && f.port == sotolito_net::ruleset::TENANT_SSH_PORT),
         });
