@@ -245,8 +245,12 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
         crate::cmd::net::ensure_network(ctx)?;
         let runc = ctx.runc();
         match runc.state(name.as_str())?.map(|s| s.status) {
+            // Left by a `run` that was killed (its container lives in a
+            // cgroup of its own): stop it rather than fail on every
+            // Restart=always.
             Some(ContainerStatus::Running) | Some(ContainerStatus::Paused) => {
-                bail!("it is already running (stop it with vpsctl stop {name} first)")
+                tracing::warn!(tenant = %name, "a container of a previous run is still running; stopping it");
+                supervise::stop(&runc, name.as_str(), img.meta.stop_signal, DEFAULT_STOP_TIMEOUT)?;
             }
             Some(_) => runc.delete(name.as_str(), true)?,
             None => {}

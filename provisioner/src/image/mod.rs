@@ -290,3 +290,83 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rootfs(dir: &Path) -> PathBuf {
+        let r = dir.join("src");
+        fs::create_dir_all(r.join("sbin")).unwrap();
+        fs::write(r.join("sbin/init"), "#!/bin/sh\n").unwrap();
+        fs::write(r.join("big"), vec![0u8; 1000]).unwrap();
+        r
+    }
+
+    #[test]
+    fn import_list_and_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = rootfs(tmp.path());
+        let store = ImageStore::new(tmp.path().join("images"));
+        let name = ImageName::new("base").unwrap();
+        let opts = ImportOptions {
+            stop_signal: None,
+            progress: false,
+        };
+        let img = store.import(&name, &src, &opts).unwrap();
+        assert_eq!(img.meta.stop_signal, crate::signal::DEFAULT_STOP_SIGNAL);
+        assert_eq!(img.meta.format, "rootfs-dir");
+        assert!(img.meta.size >= 1000);
+        assert!(img.rootfs().join("sbin/init").is_file());
+        assert!(matches!(
+            store.import(&name, &src, &opts),
+            Err(Error::ImageExists(_))
+        ));
+
+        // A failed import leaves nothing, not even its staging dir.
+        let other = ImageName::new("other").unwrap();
+        assert!(store
+            .import(&other, &tmp.path().join("missing"), &opts)
+            .is_err());
+        let names: Vec<_> = fs::read_dir(&store.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["base"]);
+
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].meta, img.meta);
+        assert!(matches!(
+            store.remove(&name, &["acme".into()]),
+            Err(Error::ImageInUse { .. })
+        ));
+        store.remove(&name, &[]).unwrap();
+        assert!(store.list().unwrap().is_empty());
+        assert!(matches!(
+            store.remove(&name, &[]),
+            Err(Error::ImageNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn stop_signal_flag_applies_when_the_image_names_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = rootfs(tmp.path());
+        let store = ImageStore::new(tmp.path().join("images"));
+        let img = store
+            .import(
+                &ImageName::new("t").unwrap(),
+                &src,
+                &ImportOptions {
+                    stop_signal: Some(15),
+                    progress: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(img.meta.stop_signal, 15);
+        let text = fs::read_to_string(img.dir.join("image.toml")).unwrap();
+        assert!(text.contains("stop_signal = 15"), "{text}");
+    }
+}
