@@ -60,7 +60,11 @@ impl ProxyHandle {
         routes: RouteTable,
     ) -> Result<ProxyHandle, Error> {
         let workers = settings.workers.max(1);
-        let certs = settings.certs_dir.clone().map(CertStore::open);
+        let acme = settings.acme_challenges.clone();
+        let certs = settings
+            .certs_dir
+            .clone()
+            .map(|d| CertStore::open_with_acme(d, acme));
         let tls_config = match (&certs, listen.https) {
             (Some(store), Some(_)) => Some(tls::server_config(store.clone())?),
             _ => None,

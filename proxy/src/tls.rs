@@ -25,6 +25,8 @@ pub struct CertStore {
     dir: PathBuf,
     certs: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     stamps: Mutex<HashMap<String, Stamp>>,
+    /// Pending TLS-ALPN-01 challenge certificates (RFC 8737).
+    acme: crate::acme::Challenges,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -36,10 +38,19 @@ impl std::fmt::Debug for CertStore {
 impl CertStore {
     /// Loads what is there now; a missing directory is an empty store.
     pub fn open(dir: impl Into<PathBuf>) -> Arc<CertStore> {
+        CertStore::open_with_acme(dir, crate::acme::Challenges::default())
+    }
+
+    /// [`CertStore::open`], also answering `acme`'s TLS-ALPN-01 challenges.
+    pub fn open_with_acme(
+        dir: impl Into<PathBuf>,
+        acme: crate::acme::Challenges,
+    ) -> Arc<CertStore> {
         let store = Arc::new(CertStore {
             dir: dir.into(),
             certs: ArcSwap::from_pointee(HashMap::new()),
             stamps: Mutex::new(HashMap::new()),
+            acme,
         });
         store.reload();
         store
@@ -124,6 +135,10 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // ALPN acme-tls/1 gets the challenge certificate or nothing.
+        if let Some(answer) = self.acme.tls_alpn_answer(&hello) {
+            return answer;
+        }
         // No SNI, no certificate: a tenant is chosen by name, never by IP.
         hello.server_name().and_then(|name| self.lookup(name))
     }
@@ -175,6 +190,10 @@ pub(crate) fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, 
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(store);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        crate::acme::ACME_TLS_ALPN.to_vec(),
+    ];
     Ok(Arc::new(config))
 }

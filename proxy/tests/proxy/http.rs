@@ -294,3 +294,48 @@ fn metrics_count_requests_by_tenant_and_status() {
     assert!(text.contains("sotolito_proxy_request_duration_seconds_bucket"));
     assert!(text.contains("sotolito_proxy_open_connections"));
 }
+
+#[test]
+fn proxy_protocol_v2_names_the_real_client_to_the_tenant() {
+    use std::sync::mpsc;
+    // A tenant that expects PROXY v2 before HTTP, as nginx with
+    // `listen ... proxy_protocol` does.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tenant = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut fixed = [0u8; 16];
+        s.read_exact(&mut fixed).unwrap();
+        let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+        let mut addrs = vec![0u8; len];
+        s.read_exact(&mut addrs).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\npp\n")
+            .unwrap();
+        tx.send((fixed, addrs, head)).unwrap();
+    });
+    let p = proxy(&[("a.test", "a", tenant)], |s| s.proxy_protocol = true);
+    let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    let client = s.local_addr().unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s);
+    assert_eq!((r.status, r.text().as_str()), (200, "pp\n"));
+    let (fixed, addrs, head) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(&fixed[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(fixed[12], 0x21, "version 2, PROXY command");
+    assert_eq!(fixed[13], 0x11, "TCP over IPv4");
+    assert_eq!(&addrs[0..4], &[127, 0, 0, 1]);
+    assert_eq!(u16::from_be_bytes([addrs[8], addrs[9]]), client.port());
+    assert_eq!(
+        u16::from_be_bytes([addrs[10], addrs[11]]),
+        p.http_addr().unwrap().port()
+    );
+    assert!(String::from_utf8_lossy(&head).starts_with("GET / HTTP/1.1\r\n"));
+}
