@@ -1,7 +1,6 @@
 //! The one error type of sotolito-net: each variant names the thing and,
 //! where it helps, what to do.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -65,14 +64,6 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
-    },
-    #[error(
-        "tenant {tenant} has address {ip}, outside {subnet} (fix the record or network.subnet)"
-    )]
-    OutsideSubnet {
-        tenant: TenantName,
-        ip: Ipv4Addr,
-        subnet: Ipv4Net,
     },
     #[error(transparent)]
     Config(#[from] sotolito_config::Error),

@@ -129,6 +129,7 @@ fn enable_ip_forward() -> Result<(), Error> {
 
 /// See [`crate::attach`]. The bridge must exist.
 pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Error> {
+    sotolito_config::names::check_tenant_ip(tenant.ip, config.network.subnet)?;
     let veth = host_veth_name(&tenant.name);
     let bridge = config.network.bridge.clone();
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
@@ -308,9 +309,26 @@ pub fn veth_present(name: &TenantName) -> Result<bool, Error> {
 }
 
 /// Runs one netlink conversation on a current-thread runtime, so every
-/// socket is opened in the calling thread's network namespace. Must not be
-/// called from inside a tokio runtime.
+/// socket is opened in the calling thread's network namespace. Called from
+/// inside a tokio runtime, it runs on a scoped thread (which starts in the
+/// caller's network namespace), as a runtime cannot block on another.
 fn with_handle<T, F, Fut>(f: F) -> Result<T, Error>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return std::thread::scope(|s| {
+            s.spawn(|| block_on_handle(f))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+    }
+    block_on_handle(f)
+}
+
+fn block_on_handle<T, F, Fut>(f: F) -> Result<T, Error>
 where
     F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T, Error>>,

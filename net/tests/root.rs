@@ -801,3 +801,19 @@ fn runc_hooks_attach_and_detach() {
     assert!(deleted, "runc delete did not succeed");
     assert!(!host.exec(&["ip", "link"]).contains("sv-alpha"));
 }
+
+#[test]
+fn works_from_inside_a_tokio_runtime() {
+    require_root_and_tools();
+    let ns = Netns::new("tokio");
+    let state = tempfile::tempdir().unwrap();
+    let c = config(state.path());
+    inside(&ns.path(), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async { sotolito_net::reconcile(&c, &[]) })
+    });
+    // In the test's namespace (the helper thread inherits it), not ours.
+    assert!(ns.exec(&["ip", "link"]).contains("sotolito0"));
+}
