@@ -1,21 +1,29 @@
-//! The HTTP-01 challenge store: token -> key authorization, filled while an
-//! order is pending and answered by the proxy's plain-HTTP handler before
-//! routing (RFC 8555 section 8.3).
+//! The challenge store, filled while an order is pending: HTTP-01 token ->
+//! key authorization, answered by the proxy's plain-HTTP handler before
+//! routing (RFC 8555 section 8.3), and TLS-ALPN-01 host -> challenge
+//! certificate, answered by the TLS resolver for ALPN `acme-tls/1`
+//! (RFC 8737).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
+use rustls::server::ClientHello;
+use rustls::sign::CertifiedKey;
 
 /// The path prefix of HTTP-01 requests.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737 section 6.2).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Pending HTTP-01 challenges, shared by the manager and the HTTP workers.
 /// Cheap to clone; every clone sees the same challenges.
 #[derive(Clone, Default)]
 pub struct Challenges {
     tokens: Arc<RwLock<HashMap<String, String>>>,
+    alpn: Arc<RwLock<HashMap<String, Arc<CertifiedKey>>>>,
 }
 
 impl std::fmt::Debug for Challenges {
@@ -40,8 +48,10 @@ impl Challenges {
             .cloned()
     }
 
+    /// Pending challenges of both kinds.
     pub fn len(&self) -> usize {
         self.tokens.read().unwrap_or_else(|p| p.into_inner()).len()
+            + self.alpn.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -56,25 +66,72 @@ impl Challenges {
             .insert(token.to_owned(), key_authorization.to_owned());
         ChallengeGuard {
             challenges: self.clone(),
-            token: token.to_owned(),
+            key: Key::Token(token.to_owned()),
         }
     }
+
+    /// Publishes a TLS-ALPN-01 certificate for `host` until the guard drops.
+    pub fn insert_tls_alpn(&self, host: &str, cert: Arc<CertifiedKey>) -> ChallengeGuard {
+        self.alpn
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_ascii_lowercase(), cert);
+        ChallengeGuard {
+            challenges: self.clone(),
+            key: Key::Host(host.to_ascii_lowercase()),
+        }
+    }
+
+    /// For a ClientHello offering only `acme-tls/1`: `Some(answer)`, the
+    /// pending challenge certificate for its SNI or `None` (no handshake);
+    /// `None` for every other hello, which the resolver serves as usual.
+    pub fn tls_alpn_answer(&self, hello: &ClientHello<'_>) -> Option<Option<Arc<CertifiedKey>>> {
+        let mut alpn = hello.alpn()?;
+        if !(alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none()) {
+            return None;
+        }
+        let host = hello.server_name()?.to_ascii_lowercase();
+        Some(
+            self.alpn
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&host)
+                .cloned(),
+        )
+    }
+}
+
+#[derive(Debug)]
+enum Key {
+    Token(String),
+    Host(String),
 }
 
 /// Removes its challenge when dropped, whatever way the order ended.
 #[derive(Debug)]
 pub struct ChallengeGuard {
     challenges: Challenges,
-    token: String,
+    key: Key,
 }
 
 impl Drop for ChallengeGuard {
     fn drop(&mut self) {
-        self.challenges
-            .tokens
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.token);
+        match &self.key {
+            Key::Token(t) => {
+                self.challenges
+                    .tokens
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(t);
+            }
+            Key::Host(h) => {
+                self.challenges
+                    .alpn
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(h);
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::certfile::{self, install};
 use super::challenge::Challenges;
 use super::client::AcmeHttp;
-use super::order::{self, poll_policy};
+use super::order::{self, poll_policy, ChallengeKind};
 use super::plan::{self, Need};
 use super::Error;
 
@@ -38,6 +38,9 @@ pub struct Tuning {
     pub rate_limited: Duration,
     /// One order, from newOrder to the certificate.
     pub order_timeout: Duration,
+    /// The challenge answered (HTTP-01 unless chosen otherwise; `[acme]`
+    /// has no key for it yet).
+    pub challenge: ChallengeKind,
 }
 
 impl Default for Tuning {
@@ -51,6 +54,7 @@ impl Default for Tuning {
             backoff_max: Duration::from_secs(6 * 3600),
             rate_limited: Duration::from_secs(3600),
             order_timeout: Duration::from_secs(300),
+            challenge: ChallengeKind::Http01,
         }
     }
 }
@@ -276,7 +280,8 @@ impl Manager {
                     a
                 }
             };
-            match order::issue(&account, host, &self.challenges, &poll).await {
+            let kind = self.tuning.challenge;
+            match order::issue(&account, host, kind, &self.challenges, &poll).await {
                 Ok(issued) => {
                     return install(
                         &self.certs_dir,

@@ -1,5 +1,6 @@
 //! Automatic HTTPS: certificates for the registry's hosts from an ACME CA
-//! (RFC 8555) with HTTP-01 answered by the proxy's own :80 listener.
+//! (RFC 8555) with HTTP-01 answered by the proxy's own :80 listener, or
+//! TLS-ALPN-01 (RFC 8737) by its :443 resolver.
 //!
 //! Decided apart from done: [`plan`] says which hosts may be requested and
 //! when a certificate is due (pure), [`certfile`] reads and writes the certs
@@ -17,8 +18,11 @@ pub mod plan;
 use std::path::PathBuf;
 
 pub use certfile::{list_certs, CertInfo, CertStatus};
-pub use challenge::{challenge_response, Challenges, CHALLENGE_PREFIX};
+pub use challenge::{
+    challenge_response, ChallengeGuard, Challenges, ACME_TLS_ALPN, CHALLENGE_PREFIX,
+};
 pub use manager::{start, start_with, AcmeHandle, Tuning};
+pub use order::ChallengeKind;
 
 /// Errors of certificate management; each names the thing and what to do.
 #[derive(Debug, thiserror::Error)]

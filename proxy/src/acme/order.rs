@@ -2,12 +2,14 @@
 //! with (created once, kept in CERTS_DIR/acme/account.json).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, KeyAuthorization,
+    NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use sotolito_config::host::Acme;
 
@@ -90,6 +92,17 @@ pub(crate) async fn account(
     Ok(account)
 }
 
+/// The challenge the proxy answers for the CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChallengeKind {
+    /// A token on :80 (RFC 8555 section 8.3).
+    #[default]
+    Http01,
+    /// A self-signed certificate on :443 for ALPN `acme-tls/1` (RFC 8737),
+    /// for hosts whose port 80 is not reachable.
+    TlsAlpn01,
+}
+
 /// A certificate chain and its private key, both PEM.
 pub(crate) struct Issued {
     pub chain_pem: String,
@@ -104,11 +117,12 @@ pub(crate) fn poll_policy(timeout: Duration) -> RetryPolicy {
         .timeout(timeout)
 }
 
-/// Orders a certificate for `host`, publishing the HTTP-01 key
-/// authorizations in `challenges` while the CA validates.
+/// Orders a certificate for `host`, publishing the challenge answers in
+/// `challenges` while the CA validates.
 pub(crate) async fn issue(
     account: &Account,
     host: &str,
+    kind: ChallengeKind,
     challenges: &Challenges,
     poll: &RetryPolicy,
 ) -> Result<Issued, Error> {
@@ -127,10 +141,20 @@ pub(crate) async fn issue(
             AuthorizationStatus::Valid => continue,
             other => return Err(order_err(format!("authorization is {other:?}"))),
         }
+        let (r#type, name) = match kind {
+            ChallengeKind::Http01 => (ChallengeType::Http01, "http-01"),
+            ChallengeKind::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+        };
         let mut challenge = authz
-            .challenge(ChallengeType::Http01)
-            .ok_or_else(|| order_err("the CA offers no http-01 challenge".into()))?;
-        guards.push(challenges.insert(&challenge.token, challenge.key_authorization().as_str()));
+            .challenge(r#type)
+            .ok_or_else(|| order_err(format!("the CA offers no {name} challenge")))?;
+        let key_auth = challenge.key_authorization();
+        guards.push(match kind {
+            ChallengeKind::Http01 => challenges.insert(&challenge.token, key_auth.as_str()),
+            ChallengeKind::TlsAlpn01 => {
+                challenges.insert_tls_alpn(host, tls_alpn_cert(host, &key_auth)?)
+            }
+        });
         challenge.set_ready().await?;
     }
     let status = order.poll_ready(poll).await?;
@@ -180,4 +204,31 @@ pub(crate) async fn issue(
         chain_pem,
         key_pem: key.serialize_pem(),
     })
+}
+
+/// The TLS-ALPN-01 certificate: self-signed, naming only `host`, carrying
+/// the SHA-256 of the key authorization in the critical acmeIdentifier
+/// extension (RFC 8737 section 3).
+fn tls_alpn_cert(host: &str, key_auth: &KeyAuthorization) -> Result<Arc<CertifiedKey>, Error> {
+    let key_err = |source| Error::Key {
+        host: host.to_owned(),
+        source,
+    };
+    let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(key_err)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
+        key_auth.digest().as_ref(),
+    )];
+    let key = rcgen::KeyPair::generate().map_err(key_err)?;
+    let cert = params.self_signed(&key).map_err(key_err)?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| Error::Order {
+            host: host.to_owned(),
+            message: format!("cannot use the TLS-ALPN-01 key: {e}"),
+        })?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
