@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
 use sotolito_config::{HostConfig, Registry, Tenant};
-use sotolito_proxy::acme::{self, AcmeHandle, Challenges, Tuning};
+use sotolito_proxy::acme::{self, AcmeHandle, ChallengeKind, Challenges, Tuning};
 use sotolito_proxy::{Listen, ProxyHandle, RouteTable, Settings};
 
 pub const DIRECTORY: &str = "https://127.0.0.1:14000/dir";
@@ -450,15 +450,23 @@ impl Env {
         }
     }
 
-    /// [`Env::world`] plus the proxy and its manager in this process.
+    /// [`Env::world`] plus the proxy (on :80 and :443) and its manager
+    /// (HTTP-01) in this process.
     pub fn start(tag: &str, validity: u64, tenants: &[Tenant]) -> Env {
         let mut env = Env::world(tag, validity, tenants);
-        env.start_proxy();
+        env.start_proxy(ChallengeKind::Http01, true);
+        env
+    }
+
+    /// [`Env::start`] answering `kind`, with or without the :80 listener.
+    pub fn start_with(tag: &str, tenants: &[Tenant], kind: ChallengeKind, http: bool) -> Env {
+        let mut env = Env::world(tag, 0, tenants);
+        env.start_proxy(kind, http);
         env
     }
 
     /// The proxy and its manager, wired as `run` wires them.
-    fn start_proxy(&mut self) {
+    fn start_proxy(&mut self, kind: ChallengeKind, http: bool) {
         let config = self.config.clone();
         let (proxy, acme) = self.ns.run(move || {
             let challenges = Challenges::new();
@@ -470,7 +478,7 @@ impl Env {
                 ..Settings::default()
             };
             let listen = Listen {
-                http: Some(SocketAddr::from(([127, 0, 0, 1], 80))),
+                http: http.then(|| SocketAddr::from(([127, 0, 0, 1], 80))),
                 https: Some(SocketAddr::from(([127, 0, 0, 1], 443))),
                 admin: None,
             };
@@ -486,6 +494,7 @@ impl Env {
                 backoff_max: Duration::from_secs(4),
                 rate_limited: Duration::from_secs(5),
                 order_timeout: Duration::from_secs(60),
+                challenge: kind,
             };
             let acme = acme::start_with(&config, challenges, tuning)
                 .expect("acme")

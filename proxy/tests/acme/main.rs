@@ -177,6 +177,35 @@ fn renews_and_rides_out_a_ca_outage() {
     .unwrap_or_else(|| panic!("no certificate from the new CA:\n{}", env.diagnostics()));
 }
 
+/// TLS-ALPN-01 on :443 alone (no :80 listener, so HTTP-01 cannot pass):
+/// pebble validates the acme-tls/1 challenge certificate, and the real
+/// certificate is served afterwards.
+#[test]
+fn tls_alpn_01_on_443() {
+    let host = "alpn.sotolito.internal";
+    let env = Env::start_with(
+        "alpn",
+        &[tenant("alpn", &[host], &[])],
+        sotolito_proxy::acme::ChallengeKind::TlsAlpn01,
+        false,
+    );
+    let root = env.pebble.root_pem(&env.ns);
+    let served = wait_for(Duration::from_secs(90), || {
+        env.served_cert(host, &root).ok()
+    });
+    assert!(
+        served.is_some(),
+        "no certificate via TLS-ALPN-01:\n{}",
+        env.diagnostics()
+    );
+    // Pebble logs HTTP-01 attempts only; there must be none.
+    assert!(
+        !env.pebble.log_text().contains("validate w/ HTTP"),
+        "pebble validated over HTTP:\n{}",
+        env.pebble.log_text()
+    );
+}
+
 const CHILD_CONFIG: &str = "SOTOLITO_ACME_TEST_CONFIG";
 
 /// `sotolito_proxy::run` (what `vpsctl proxy` calls) started from a config
