@@ -134,6 +134,16 @@ fn make_shareable(rootfs: &Path) -> Result<(), Error> {
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink("../sotolito-ssh-keygen.service", &link)
         .map_err(io_err("link", &link))?;
+    // Package lists are ~50 MB that every tenant would copy into its /var
+    // and that are stale by the time it is used: as in Docker's Debian
+    // images, a tenant runs `apt update` before `apt install`.
+    if let Ok(entries) = fs::read_dir(rootfs.join("var/lib/apt/lists")) {
+        for e in entries.flatten() {
+            if e.path().is_file() && e.file_name() != "lock" {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
     // Downloaded .debs are of no use to a tenant.
     if let Ok(entries) = fs::read_dir(rootfs.join("var/cache/apt/archives")) {
         for e in entries.flatten() {
@@ -164,6 +174,39 @@ mod tests {
             Some("http://deb.example/debian")
         );
         assert_eq!(mirror_from_sources(&[]), None);
+    }
+
+    #[test]
+    fn shareable_images_hold_no_per_host_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        for d in ["etc/ssh", "var/lib/apt/lists", "var/cache/apt/archives"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(r.join("etc/machine-id"), "0123456789abcdef\n").unwrap();
+        fs::write(r.join("etc/ssh/ssh_host_ed25519_key"), "secret").unwrap();
+        fs::write(r.join("etc/ssh/sshd_config"), "").unwrap();
+        fs::write(r.join("var/lib/apt/lists/deb_dists_bookworm_Packages"), "x").unwrap();
+        fs::write(r.join("var/cache/apt/archives/x.deb"), "x").unwrap();
+        make_shareable(r).unwrap();
+        make_shareable(r).unwrap();
+        assert_eq!(fs::read_to_string(r.join("etc/machine-id")).unwrap(), "");
+        assert!(!r.join("etc/ssh/ssh_host_ed25519_key").exists());
+        assert!(r.join("etc/ssh/sshd_config").exists());
+        assert!(!r
+            .join("var/lib/apt/lists/deb_dists_bookworm_Packages")
+            .exists());
+        assert!(!r.join("var/cache/apt/archives/x.deb").exists());
+        let unit =
+            fs::read_to_string(r.join("etc/systemd/system/sotolito-ssh-keygen.service")).unwrap();
+        assert!(unit.contains("ExecStart=/usr/bin/ssh-keygen -A"));
+        assert_eq!(
+            fs::read_link(
+                r.join("etc/systemd/system/ssh.service.wants/sotolito-ssh-keygen.service")
+            )
+            .unwrap(),
+            Path::new("../sotolito-ssh-keygen.service")
+        );
     }
 
     #[test]
