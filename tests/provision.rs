@@ -381,7 +381,7 @@ fn busybox_tenant_lifecycle() {
         m
     };
     assert_same(&data_before, &data_after, "deprovision");
-    sb.ok(&[
+    let out = sb.ok(&[
         "provision",
         "acme",
         "--image",
@@ -392,6 +392,7 @@ fn busybox_tenant_lifecycle() {
         "acme.test",
         "--start",
     ]);
+    assert!(out.contains("reusing its kept data"), "{out}");
     assert_eq!(sb.ok(&["exec", "acme", "--", "cat", "/root/f"]), "kept\n");
 
     // --purge stops it and removes everything.

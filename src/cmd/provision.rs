@@ -100,7 +100,7 @@ pub fn write_bundle(ctx: &Context, tenant: &Tenant) -> anyhow::Result<TenantLayo
 pub fn run(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<()> {
     let name = args.name.clone();
     let start = args.start;
-    let tenant =
+    let (tenant, outcome) =
         provision(ctx, args).with_context(|| format!("failed to provision tenant {name}"))?;
     if start {
         lifecycle::start_tenant(ctx, &name)
@@ -110,8 +110,15 @@ pub fn run(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<()> {
     if ctx.json {
         crate::output::print_json(&view)
     } else {
+        let what = match outcome {
+            Outcome::Unchanged => "already provisioned with these settings",
+            Outcome::ReusedData => {
+                "provisioned, reusing its kept data (its /etc, /root and authorized_keys as they were)"
+            }
+            Outcome::New => "provisioned",
+        };
         println!(
-            "provisioned {}: ip {}, ssh port {}, image {}{}",
+            "{} {what}: ip {}, ssh port {}, image {}{}",
             tenant.name,
             tenant.ip,
             tenant.ssh_port,
@@ -122,7 +129,17 @@ pub fn run(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<()> {
     }
 }
 
-fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<Tenant> {
+/// What a provision did, for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    New,
+    /// A new record over data kept by an earlier deprovision.
+    ReusedData,
+    /// The record existed with the same settings.
+    Unchanged,
+}
+
+fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outcome)> {
     crate::cmd::init::ensure_layout(ctx)?;
     let config = ctx.config();
     let mut keys = Vec::new();
@@ -189,15 +206,21 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<Tenant> {
     registry.check_conflicts(&tenant)?;
     // Everything below is idempotent: a rerun after a failure converges,
     // and a rerun with the same settings changes nothing.
-    apply(ctx, &tenant, &image)?;
+    let seeded = apply(ctx, &tenant, &image)?;
     if existing.is_none() {
         registry.put(&lock, &tenant)?;
     }
     sotolito_net::add_forward(config, &tenant)?;
-    Ok(tenant)
+    let outcome = match (existing.is_some(), seeded) {
+        (true, _) => Outcome::Unchanged,
+        (false, true) => Outcome::New,
+        (false, false) => Outcome::ReusedData,
+    };
+    Ok((tenant, outcome))
 }
 
-fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<()> {
+/// Returns whether the data was seeded now.
+fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<bool> {
     let layout = write_bundle(ctx, tenant)?;
     let seed = Seed {
         hostname: tenant.name.to_string(),
@@ -205,10 +228,9 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<()> {
         ssh_keys: tenant.ssh_keys.clone(),
         resolv_conf: data::resolv_conf_for_tenants(),
     };
-    if data::seed(&layout, &image.rootfs(), &seed)? {
+    let seeded = data::seed(&layout, &image.rootfs(), &seed)?;
+    if seeded {
         tracing::info!(tenant = %tenant.name, image = %tenant.image, "data seeded");
-    } else {
-        tracing::info!(tenant = %tenant.name, "reusing the tenant's existing data (keys and /etc untouched)");
     }
     let cfg = cfg_path(ctx, &tenant.name);
     let text = units::render_tenant_cfg(tenant.ip, &ctx.config().network.bridge);
@@ -216,7 +238,7 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<()> {
         write_atomic(&cfg, &text)?;
     }
     units::enable_instance(&ctx.config().paths.systemd_dir, &tenant.name)?;
-    Ok(())
+    Ok(seeded)
 }
 
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
