@@ -5,7 +5,8 @@
 //!   forward isolation between tenants, and what tenants may reach on the
 //!   host itself (input).
 //! - `bridge sotolito`: layer-2 anti-spoofing, a tenant port may only send
-//!   from its own address (a set of `ifname . ipv4_addr`).
+//!   IPv4 and ARP from its own MAC and address (a set of
+//!   `ifname . ether_addr . ipv4_addr`).
 //!
 //! Both are replaced as a whole by one transaction ([`render_ruleset`]) and
 //! edited by element on provision/deprovision ([`render_add_forward`]).
@@ -14,7 +15,7 @@ use std::fmt::Write as _;
 
 use sotolito_config::{HostConfig, Tenant};
 
-use crate::link::{host_veth_name, VETH_PREFIX};
+use crate::link::{container_mac, host_veth_name, VETH_PREFIX};
 
 /// The name of both tables (families `inet` and `bridge`).
 pub const TABLE: &str = "sotolito";
@@ -115,27 +116,27 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
     ports.sort_by(|a, b| a.0.cmp(&b.0));
     let _ = writeln!(s, "table bridge {TABLE} {{");
     let _ = writeln!(s, "\tset {SET_ADDRS} {{");
-    let _ = writeln!(s, "\t\ttype ifname . ipv4_addr");
+    let _ = writeln!(s, "\t\ttype ifname . ether_addr . ipv4_addr");
     if !ports.is_empty() {
-        let elems: Vec<String> = ports
-            .iter()
-            .map(|(veth, t)| format!("\"{veth}\" . {}", t.ip))
-            .collect();
+        let elems: Vec<String> = ports.iter().map(|(_, t)| set_element(t)).collect();
         let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
     }
     let _ = writeln!(s, "\t}}");
     // Frames from tenant ports only: `meta ibrname` is not supported by
-    // this kernel, so tenant ports are known by their name prefix.
+    // this kernel, so tenant ports are known by their name prefix. A port
+    // may send IPv4 and ARP from its own MAC and address, nothing else: a
+    // foreign source MAC would also teach the bridge to send a neighbour's
+    // frames to this port (tenants have CAP_NET_RAW). This hook runs before
+    // the bridge learns. No IPv6: tenants get none.
     chain(
         &mut s,
         "prerouting",
         "type filter hook prerouting priority -300; policy accept;",
         &[
             format!("iifname != \"{VETH_PREFIX}*\" accept"),
-            format!("ether type ip iifname . ip saddr != @{SET_ADDRS} drop"),
-            format!("ether type arp iifname . arp saddr ip != @{SET_ADDRS} drop"),
-            // Tenants get no IPv6; they may not talk it to the host either.
-            "ether type ip6 drop".to_owned(),
+            format!("ether type ip iifname . ether saddr . ip saddr @{SET_ADDRS} accept"),
+            format!("ether type arp iifname . ether saddr . arp saddr ip @{SET_ADDRS} accept"),
+            "drop".to_owned(),
         ],
     );
     let _ = writeln!(s, "}}");
@@ -181,7 +182,16 @@ fn map_element(t: &Tenant) -> String {
 }
 
 fn set_element(t: &Tenant) -> String {
-    format!("\"{}\" . {}", host_veth_name(&t.name), t.ip)
+    let mac: Vec<String> = container_mac(t.ip)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "\"{}\" . {} . {}",
+        host_veth_name(&t.name),
+        mac.join(":"),
+        t.ip
+    )
 }
 
 fn proxy_ports(config: &HostConfig) -> String {
@@ -252,7 +262,7 @@ mod tests {
         assert_eq!(
             render_add_forward(&c, &t),
             "add element inet sotolito ssh_ports { 2201 : 172.18.0.2 . 22 }\n\
-             add element bridge sotolito tenant_addrs { \"sv-acme\" . 172.18.0.2 }\n"
+             add element bridge sotolito tenant_addrs { \"sv-acme\" . 02:73:ac:12:00:02 . 172.18.0.2 }\n"
         );
         assert!(render_remove_forward(&c, &t)
             .contains("delete element inet sotolito ssh_ports { 2201 : 172.18.0.2 . 22 }"));

@@ -475,6 +475,18 @@ fn tenant_traffic() {
     host.exec(&["nft", "delete", "table", "inet", "probe"]);
     assert!(talk(&ca.ns_path(), addr(gw, 80), Some(a.ip)).is_ok());
     ca.exec(&["ip", "addr", "del", "172.18.0.3/32", "dev", "eth0"]);
+    // Nor with B's MAC: the bridge must not learn it on A's port, or the
+    // host's frames for B (its SSH forward) would go to A.
+    let b_mac = "02:73:ac:12:00:03";
+    ca.exec(&["ip", "link", "set", "eth0", "address", b_mac]);
+    assert!(talk(&ca.ns_path(), addr(gw, 80), None).is_err());
+    let fdb = host.exec(&["bridge", "fdb", "show", "dev", "sv-alpha"]);
+    assert!(
+        !fdb.contains(b_mac),
+        "the bridge learned B's MAC on A's port: {fdb}"
+    );
+    assert_eq!(from_client(2202).as_deref(), Ok("beta 10.99.0.2"));
+    ca.exec(&["ip", "link", "set", "eth0", "address", "02:73:ac:12:00:02"]);
     ca.exec(&["ip", "route", "del", "172.18.0.3/32"]);
 
     // One element out and back in.
