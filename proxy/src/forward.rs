@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -23,7 +23,7 @@ use crate::headers::{apply_forwarding, strip_hop_by_hop, ClientSide};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::route::{normalize_host, RouteTable};
 use crate::tls::CertStore;
-use crate::upstream::Client;
+use crate::upstream::{Lease, Pool};
 use crate::Settings;
 
 /// Read before the tenant is contacted, so a body that is malformed from the
@@ -45,7 +45,7 @@ pub(crate) struct ConnCtx {
     /// The TLS server name, normalized.
     pub sni: Option<Box<str>>,
     pub h2: bool,
-    pub client: Client,
+    pub pool: Arc<Pool>,
     pub trusted: bool,
 }
 
@@ -92,7 +92,27 @@ impl Body for ReqBody {
 /// The response body: the tenant's, streamed, or one of ours.
 pub(crate) enum ResBody {
     Full(Option<Bytes>),
-    Upstream(Incoming, Option<Box<AccessLog>>),
+    Upstream {
+        body: Incoming,
+        /// The tenant connection, returned to the pool when the body ends.
+        lease: Option<Lease>,
+        log: Option<Box<AccessLog>>,
+    },
+}
+
+impl ResBody {
+    fn upstream(body: Incoming, lease: Lease) -> ResBody {
+        let mut lease = Some(lease);
+        if body.is_end_stream() {
+            // hyper never polls an empty body: the connection is free now.
+            lease.take().map(Lease::release);
+        }
+        ResBody::Upstream {
+            body,
+            lease,
+            log: None,
+        }
+    }
 }
 
 impl Body for ResBody {
@@ -105,12 +125,24 @@ impl Body for ResBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ResBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResBody::Upstream(body, log) => {
-                let r = Pin::new(body).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&r, log) {
-                    if let Some(data) = frame.data_ref() {
-                        log.bytes += data.len() as u64;
+            ResBody::Upstream { body, lease, log } => {
+                let r = Pin::new(&mut *body).poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(log), Some(data)) = (log, frame.data_ref()) {
+                            log.bytes += data.len() as u64;
+                        }
+                        // hyper stops polling once the body says it ended.
+                        if body.is_end_stream() {
+                            lease.take().map(Lease::release);
+                        }
                     }
+                    Poll::Ready(None) => {
+                        lease.take().map(Lease::release);
+                    }
+                    // A failed body leaves the connection unusable: drop it.
+                    Poll::Ready(Some(Err(_))) => *lease = None,
+                    Poll::Pending => {}
                 }
                 r
             }
@@ -120,7 +152,7 @@ impl Body for ResBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResBody::Full(b) => b.is_none(),
-            ResBody::Upstream(body, _) => body.is_end_stream(),
+            ResBody::Upstream { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -128,7 +160,7 @@ impl Body for ResBody {
         match self {
             ResBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResBody::Full(None) => SizeHint::with_exact(0),
-            ResBody::Upstream(body, _) => body.size_hint(),
+            ResBody::Upstream { body, .. } => body.size_hint(),
         }
     }
 }
@@ -249,7 +281,7 @@ pub(crate) async fn handle(
             peer: ctx.peer,
         });
         match outcome.resp.body_mut() {
-            ResBody::Upstream(_, log) => *log = Some(entry),
+            ResBody::Upstream { log, .. } => *log = Some(entry),
             ResBody::Full(b) => {
                 let mut entry = entry;
                 entry.bytes = b.as_ref().map_or(0, |b| b.len() as u64);
@@ -367,30 +399,27 @@ async fn proxy(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host: &st
             trusted: ctx.trusted,
         },
     );
-    let mut uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(route.authority.clone());
-    uri = match parts.uri.path_and_query() {
-        Some(pq) => uri.path_and_query(pq.clone()),
-        None => uri.path_and_query(PathAndQuery::from_static("/")),
-    };
-    let Ok(uri) = uri.build() else {
-        return Outcome::ours(StatusCode::BAD_REQUEST, true, ctx);
-    };
-    parts.uri = uri;
+    // Origin form: the tenant learns the host from Host.
+    parts.uri = Uri::from(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     parts.version = Version::HTTP_11;
 
     let sent = Instant::now();
     let answer = tokio::time::timeout(
         settings.upstream_timeout,
-        ctx.client.request(Request::from_parts(parts, body)),
+        ctx.pool.send(route.addr, Request::from_parts(parts, body)),
     )
     .await;
     let upstream = sent.elapsed();
-    let mut resp = match answer {
-        Ok(Ok(resp)) => resp,
+    let (mut resp, lease) = match answer {
+        Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
-            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, error = %error_chain(&e), "tenant unreachable");
+            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, error = %e, "tenant unreachable");
             let mut o = Outcome::ours(StatusCode::BAD_GATEWAY, upgrade, ctx);
             o.tenant = Some(route.tenant.clone());
             return o;
@@ -418,8 +447,15 @@ async fn proxy(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host: &st
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let (parts, body) = resp.into_parts();
+    let body = if switched {
+        // The connection now belongs to the tunnel.
+        drop(lease);
+        ResBody::Full(None)
+    } else {
+        ResBody::upstream(body, lease)
+    };
     Outcome {
-        resp: Response::from_parts(parts, ResBody::Upstream(body, None)),
+        resp: Response::from_parts(parts, body),
         tenant: Some(route.tenant.clone()),
         upstream,
     }
@@ -491,15 +527,4 @@ async fn tunnel(client: OnUpgrade, tenant: OnUpgrade) {
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut tenant).await {
         tracing::debug!(error = %e, "upgraded connection ended");
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -8,7 +8,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::uri::Authority;
 use sotolito_config::{HostName, Tenant};
 
 use crate::Error;
@@ -18,19 +17,13 @@ use crate::Error;
 pub struct Route {
     pub tenant: Arc<str>,
     pub addr: SocketAddr,
-    /// `addr` as a URI authority, built once so requests don't format it.
-    pub(crate) authority: Authority,
 }
 
 impl Route {
     pub fn new(tenant: &str, addr: SocketAddr) -> Route {
-        // A SocketAddr always renders as a valid authority.
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .unwrap_or_else(|_| Authority::from_static("invalid"));
         Route {
             tenant: Arc::from(tenant),
             addr,
-            authority,
         }
     }
 }
@@ -293,7 +286,6 @@ pids = 4096
         let r = t.lookup("WWW.acme.example.com").unwrap();
         assert_eq!(&*r.tenant, "acme");
         assert_eq!(r.addr, "172.18.0.2:8080".parse().unwrap());
-        assert_eq!(r.authority.as_str(), "172.18.0.2:8080");
     }
 
     #[test]

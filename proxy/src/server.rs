@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::route::{normalize_host, RouteDiff, RouteTable};
 use crate::stream::{GuardedStream, Timeouts};
 use crate::tls::{self, CertStore};
-use crate::upstream::{self, Client};
+use crate::upstream::{self, Pool};
 use crate::{Error, Settings};
 
 /// Where to listen; `None` leaves that listener out. Port 0 picks a free one.
@@ -292,7 +292,7 @@ impl Worker {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let this = Arc::new(self);
-        let client = upstream::client(&this.shared.settings, None);
+        let pool = Pool::new(this.shared.settings.connect_timeout, None);
         let (token, mut drained) = mpsc::channel::<()>(1);
         for (listener, kind) in listeners {
             let listener = match TcpListener::from_std(listener) {
@@ -305,7 +305,7 @@ impl Worker {
             tokio::spawn(this.clone().accept_loop(
                 listener,
                 kind,
-                client.clone(),
+                pool.clone(),
                 shutdown.clone(),
                 token.clone(),
             ));
@@ -329,7 +329,7 @@ impl Worker {
         self: Arc<Self>,
         listener: TcpListener,
         kind: Kind,
-        client: Client,
+        pool: Arc<Pool>,
         mut shutdown: watch::Receiver<bool>,
         token: DrainToken,
     ) {
@@ -360,7 +360,7 @@ impl Worker {
             let conn = Conn {
                 worker: self.clone(),
                 peer,
-                client: client.clone(),
+                pool: pool.clone(),
                 shutdown: shutdown.clone(),
                 _permit: permit,
                 _token: token.clone(),
@@ -373,7 +373,7 @@ impl Worker {
 struct Conn {
     worker: Arc<Worker>,
     peer: SocketAddr,
-    client: Client,
+    pool: Arc<Pool>,
     shutdown: watch::Receiver<bool>,
     _permit: ConnPermit,
     _token: DrainToken,
@@ -384,11 +384,12 @@ impl Conn {
         let metrics = self.worker.shared.metrics.clone();
         metrics.open_connections.inc();
         let settings = &self.worker.shared.settings;
-        let client = if settings.proxy_protocol {
+        let pool = if settings.proxy_protocol {
             let local = stream.local_addr().unwrap_or(self.peer);
-            upstream::client(settings, Some(upstream::proxy_v2_header(self.peer, local)))
+            let header = upstream::proxy_v2_header(self.peer, local);
+            Pool::new(settings.connect_timeout, Some(header))
         } else {
-            self.client.clone()
+            self.pool.clone()
         };
         let trusted = settings
             .trusted_proxies
@@ -427,7 +428,7 @@ impl Conn {
                     tls: true,
                     sni,
                     h2,
-                    client,
+                    pool: pool.clone(),
                     trusted,
                 };
                 if h2 {
@@ -442,7 +443,7 @@ impl Conn {
                     tls: false,
                     sni: None,
                     h2: false,
-                    client,
+                    pool: pool.clone(),
                     trusted,
                 };
                 self.serve_h1(stream, ctx).await;

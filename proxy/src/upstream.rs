@@ -1,68 +1,146 @@
-//! Connections to tenants: a pooled keep-alive HTTP/1.1 client per worker,
-//! and the PROXY protocol v2 header when the host asks for one.
+//! Connections to tenants: per-worker pools of keep-alive HTTP/1.1
+//! connections, and the PROXY protocol v2 header when the host asks for one.
+//!
+//! A connection is lent to one request and comes back when its response
+//! body has ended, so a worker's requests never wait on another thread's
+//! pool or on a shared lock.
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::forward::ReqBody;
-use crate::Settings;
 
-pub(crate) type Client = hyper_util::client::legacy::Client<Connector, ReqBody>;
+/// Idle connections kept per tenant address; more are closed when returned.
+const MAX_IDLE_PER_ADDR: usize = 512;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("{0}")]
+    Http(hyper::Error),
+}
 
-/// Plain TCP to the tenant, optionally opened with a PROXY v2 header.
-#[derive(Clone)]
-pub(crate) struct Connector {
-    http: HttpConnector,
+/// Keep-alive connections to tenants, by address.
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<ReqBody>>>>,
+    connect_timeout: Duration,
+    /// Sent first on every new connection; a pool with one serves a single
+    /// client connection, since the header names that client.
     proxy_header: Option<Bytes>,
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+/// A connection lent to one request.
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+    sender: SendRequest<ReqBody>,
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.http.call(uri);
-        let header = self.proxy_header.clone();
-        Box::pin(async move {
-            let mut io = connecting.await?;
-            if let Some(header) = header {
-                io.inner_mut().write_all(&header).await?;
-            }
-            Ok(io)
-        })
+impl Lease {
+    /// Back to the pool once the response is over; a connection the tenant
+    /// closed (or will close) is dropped.
+    pub(crate) fn release(self) {
+        if !self.sender.is_closed() {
+            self.pool.put(self.addr, self.sender);
+        }
     }
 }
 
-/// A client whose idle connections are kept for reuse. With a PROXY
-/// header the client must serve one client connection only: the header
-/// names that client.
-pub(crate) fn client(settings: &Settings, proxy_header: Option<Bytes>) -> Client {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(Connector { http, proxy_header })
+impl Pool {
+    pub(crate) fn new(connect_timeout: Duration, proxy_header: Option<Bytes>) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            proxy_header,
+        })
+    }
+
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<ReqBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get_mut(&addr)?.pop()
+    }
+
+    fn put(&self, addr: SocketAddr, sender: SendRequest<ReqBody>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push(sender);
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<ReqBody>, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let mut stream = stream;
+        if let Some(header) = &self.proxy_header {
+            stream
+                .write_all(header)
+                .await
+                .map_err(UpstreamError::Connect)?;
+        }
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %addr, error = %e, "tenant connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` on an idle connection to `addr`, or a new one. A pooled
+    /// connection the tenant closed meanwhile hands the request back unsent
+    /// and the next one is tried.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        while let Some(mut sender) = self.take(addr) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(addr, sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(addr).await?;
+        sender.ready().await.map_err(UpstreamError::Http)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Http)?;
+        Ok((resp, self.lease(addr, sender)))
+    }
+
+    fn lease(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<ReqBody>) -> Lease {
+        Lease {
+            pool: self.clone(),
+            addr,
+            sender,
+        }
+    }
 }
 
 /// The PROXY protocol v2 header for a TCP connection from `src` to `dst`
