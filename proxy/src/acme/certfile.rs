@@ -1,8 +1,11 @@
 //! The certs dir as ACME sees it: CERTS_DIR/HOST/{fullchain,privkey}.pem
 //! (what the TLS resolver serves), CERTS_DIR/HOST/acme.json (the marker
 //! saying which certificate we issued), CERTS_DIR/acme/account.json (the
-//! ACME account). Every file is written to a temp file and renamed, 0600.
+//! ACME account), CERTS_DIR/acme/status.json (the manager's last attempt
+//! per host, for `vpsctl certs list`). Every file is written to a temp file
+//! and renamed, 0600.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -18,6 +21,36 @@ use super::Error;
 pub(crate) const ACCOUNT_DIR: &str = "acme";
 pub(crate) const ACCOUNT_FILE: &str = "account.json";
 pub(crate) const MARKER_FILE: &str = "acme.json";
+pub(crate) const STATUS_FILE: &str = "status.json";
+
+/// The manager's record of its last attempt for one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Attempt {
+    /// Consecutive failures; 0 after a success.
+    pub failures: u32,
+    pub last_error: Option<String>,
+    #[serde(with = "rfc3339")]
+    pub last_attempt: SystemTime,
+    #[serde(with = "rfc3339_opt", default)]
+    pub next_attempt: Option<SystemTime>,
+}
+
+pub(crate) fn read_status(certs_dir: &Path) -> BTreeMap<String, Attempt> {
+    fs::read(certs_dir.join(ACCOUNT_DIR).join(STATUS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+pub(crate) fn write_status(
+    certs_dir: &Path,
+    status: &BTreeMap<String, Attempt>,
+) -> Result<(), Error> {
+    let dir = certs_dir.join(ACCOUNT_DIR);
+    ensure_dir(&dir)?;
+    let json = serde_json::to_vec_pretty(status).unwrap_or_default();
+    write_private(&dir.join(STATUS_FILE), &json)
+}
 
 /// CERTS_DIR/HOST, a wildcard as `_.domain` (the resolver's layout).
 pub(crate) fn host_dir(certs_dir: &Path, host: &str) -> PathBuf {
@@ -229,6 +262,12 @@ pub struct CertInfo {
     pub acme: String,
     /// Why the files are unusable, for `invalid`.
     pub error: Option<String>,
+    /// The manager's last failed order for this host, if the last attempt
+    /// failed, and how many failed in a row.
+    pub last_error: Option<String>,
+    pub failures: u32,
+    /// When the manager tries again (RFC 3339), after a failure.
+    pub next_attempt: Option<String>,
 }
 
 /// Every registry host and every certificate in the certs dir, by host.
@@ -269,10 +308,19 @@ pub fn list_certs(config: &HostConfig) -> Result<Vec<CertInfo>, Error> {
     }
     hosts.sort_by(|a, b| a.0.cmp(&b.0));
     let now = SystemTime::now();
+    let status = read_status(&certs_dir);
     Ok(hosts
         .into_iter()
         .map(|(host, tenant, elig)| {
-            cert_info(&certs_dir, host, tenant, elig, config.acme.enabled, now)
+            let mut info = cert_info(&certs_dir, host, tenant, elig, config.acme.enabled, now);
+            if let Some(a) = status.get(&info.host).filter(|a| a.failures > 0) {
+                info.last_error = a.last_error.clone();
+                info.failures = a.failures;
+                info.next_attempt = a
+                    .next_attempt
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+            }
+            info
         })
         .collect())
 }
@@ -302,6 +350,9 @@ fn cert_info(
         source: "none",
         acme,
         error: None,
+        last_error: None,
+        failures: 0,
+        next_attempt: None,
     };
     match read_facts(certs_dir, &info.host) {
         None => {}
@@ -350,10 +401,55 @@ mod rfc3339 {
     }
 }
 
+mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::rfc3339::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => humantime::parse_rfc3339_weak(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn status_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut status = BTreeMap::new();
+        let t = humantime::parse_rfc3339("2026-11-28T10:00:00Z").expect("time");
+        status.insert(
+            "shop.io".to_owned(),
+            Attempt {
+                failures: 2,
+                last_error: Some("connection refused".into()),
+                last_attempt: t,
+                next_attempt: Some(t),
+            },
+        );
+        write_status(dir.path(), &status).expect("write");
+        assert_eq!(read_status(dir.path()), status);
+        let mode = fs::metadata(dir.path().join("acme/status.json"))
+            .expect("status")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     fn self_signed(host: &str, days: u64) -> (String, String) {
         let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).expect("params");

@@ -2,7 +2,7 @@
 //! and the certs dir, orders certificates for eligible hosts one at a time,
 //! and backs off per host on failure.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -12,7 +12,7 @@ use sotolito_config::host::Acme;
 use sotolito_config::{HostConfig, Registry};
 use tokio::sync::watch;
 
-use super::certfile::{self, install};
+use super::certfile::{self, install, Attempt};
 use super::challenge::Challenges;
 use super::client::AcmeHttp;
 use super::order::{self, poll_policy, ChallengeKind};
@@ -103,6 +103,7 @@ pub fn start_with(
         account: None,
         fresh_account: false,
         hosts: HashMap::new(),
+        status: certfile::read_status(&config.certs_dir()),
     };
     let (stop, stop_rx) = watch::channel(false);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -150,6 +151,8 @@ struct Manager {
     /// The CA forgot our account: register a new one.
     fresh_account: bool,
     hosts: HashMap<String, HostState>,
+    /// What status.json says, kept in step with each attempt.
+    status: BTreeMap<String, Attempt>,
 }
 
 impl Manager {
@@ -168,6 +171,7 @@ impl Manager {
                             .map(|(h, _, _)| h.as_str().to_owned())
                             .collect();
                         self.hosts.retain(|h, _| eligible.contains(h));
+                        self.status.retain(|h, _| eligible.contains(h));
                     }
                     Err(e) => tracing::warn!(error = %e, "ACME: registry unreadable; retrying"),
                 },
@@ -220,6 +224,7 @@ impl Manager {
             });
         let now = SystemTime::now();
         let state = self.hosts.entry(host.to_owned()).or_default();
+        let error = result.as_ref().err().map(|e| e.to_string());
         match result {
             Ok(leaf) => {
                 state.failures = 0;
@@ -261,6 +266,16 @@ impl Manager {
                     "certificate order failed; the current certificate (if any) is still served"
                 );
             }
+        }
+        let attempt = Attempt {
+            failures: state.failures,
+            last_error: error,
+            last_attempt: now,
+            next_attempt: state.next,
+        };
+        self.status.insert(host.to_owned(), attempt);
+        if let Err(e) = certfile::write_status(&self.certs_dir, &self.status) {
+            tracing::warn!(error = %e, "ACME status not saved");
         }
     }
 

@@ -157,6 +157,18 @@ fn renews_and_rides_out_a_ca_outage() {
         last.contains("127.0.0.1:14000") && last.contains("retry_in"),
         "the log does not say why or when: {last}"
     );
+    // `vpsctl certs list` says why and when next.
+    let list = list_certs(&env.config).expect("list_certs");
+    let row = list.iter().find(|c| c.host == host).expect("listed");
+    assert!(row.failures >= 1, "{row:?}");
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("127.0.0.1:14000")
+            && row.next_attempt.is_some(),
+        "{row:?}"
+    );
     // Still serving: the current certificate and plain HTTP.
     let now = env
         .served_cert(host, &root)
