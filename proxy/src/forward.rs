@@ -19,7 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::headers::{apply_forwarding, strip_hop_by_hop, ClientSide};
+use crate::headers::{apply_forwarding, strip_hop_by_hop, ClientSide, PeerValues};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::route::{normalize_host, RouteTable};
 use crate::tls::CertStore;
@@ -46,6 +46,7 @@ pub(crate) struct ConnCtx {
     pub sni: Option<Box<str>>,
     pub h2: bool,
     pub pool: Arc<Pool>,
+    pub peer_values: PeerValues,
     pub trusted: bool,
 }
 
@@ -254,7 +255,7 @@ pub(crate) async fn handle(
             (host, outcome)
         }
         None => (
-            String::new(),
+            HeaderValue::from_static(""),
             Outcome::ours(StatusCode::BAD_REQUEST, true, &ctx),
         ),
     };
@@ -271,7 +272,7 @@ pub(crate) async fn handle(
     if let Some((method, path)) = log {
         let entry = Box::new(AccessLog {
             tenant,
-            host,
+            host: host.to_str().unwrap_or("").to_owned(),
             method,
             path,
             status: status.as_u16(),
@@ -294,19 +295,19 @@ pub(crate) async fn handle(
 /// The Host of a request: the Host header for HTTP/1 (the gate already
 /// checked it is single and agrees with an absolute URI), :authority or
 /// Host for HTTP/2, which must agree when both are sent.
-fn request_host(req: &Request<Incoming>, ctx: &ConnCtx) -> Option<String> {
-    let header = match req.headers().get(header::HOST) {
-        Some(v) => Some(v.to_str().ok()?),
-        None => None,
-    };
+fn request_host(req: &Request<Incoming>, ctx: &ConnCtx) -> Option<HeaderValue> {
+    let header = req.headers().get(header::HOST);
+    if let Some(h) = header {
+        h.to_str().ok()?;
+    }
     let authority = req.uri().authority().map(|a| a.as_str());
-    let host = match (header, authority) {
-        (Some(h), Some(a)) if ctx.h2 && !h.eq_ignore_ascii_case(a) => return None,
-        (Some(h), _) => h,
-        (None, Some(a)) if ctx.h2 => a,
-        _ => return None,
-    };
-    Some(host.to_owned())
+    match (header, authority) {
+        (Some(h), Some(a)) if ctx.h2 && !h.as_bytes().eq_ignore_ascii_case(a.as_bytes()) => None,
+        // A clone shares the request's buffer: no copy.
+        (Some(h), _) => Some(h.clone()),
+        (None, Some(a)) if ctx.h2 => HeaderValue::from_str(a).ok(),
+        _ => None,
+    }
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -319,8 +320,15 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         })
 }
 
-async fn proxy(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host: &str) -> Outcome {
+async fn proxy(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    host_value: &HeaderValue,
+) -> Outcome {
     let settings = &shared.settings;
+    // request_host checked it is text.
+    let host = host_value.to_str().unwrap_or("");
     // ACME HTTP-01 (RFC 8555 8.3): our pending tokens only; any other
     // /.well-known/acme-challenge/ request goes on to the tenant.
     if !ctx.tls {
@@ -386,16 +394,14 @@ async fn proxy(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host: &st
     // The client's 100-continue was answered by this hop.
     headers.remove(header::EXPECT);
     if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, v);
-        }
+        headers.insert(header::HOST, host_value.clone());
     }
     apply_forwarding(
         headers,
         &ClientSide {
-            peer: ctx.peer.ip(),
+            peer: &ctx.peer_values,
             proto: if ctx.tls { "https" } else { "http" },
-            host,
+            host: host_value,
             trusted: ctx.trusted,
         },
     );

@@ -48,41 +48,72 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// What the proxy knows about the client side of one request.
 pub(crate) struct ClientSide<'a> {
-    pub peer: IpAddr,
+    pub peer: &'a PeerValues,
     pub proto: &'static str,
-    pub host: &'a str,
+    pub host: &'a HeaderValue,
     /// The peer is a trusted proxy: its forwarding headers are extended,
     /// not replaced.
     pub trusted: bool,
 }
 
+/// The client's address as the forwarding headers write it, computed once
+/// per connection.
+pub(crate) struct PeerValues {
+    /// For X-Forwarded-For.
+    pub ip: HeaderValue,
+    /// The Forwarded `for=` node (RFC 7239 6: IPv6 quoted and bracketed).
+    pub node: String,
+}
+
+impl PeerValues {
+    pub(crate) fn new(ip: IpAddr) -> PeerValues {
+        let text = ip.to_string();
+        let node = match ip {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        PeerValues {
+            ip: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")),
+            node,
+        }
+    }
+}
+
 /// Sets X-Forwarded-For/-Proto/-Host and Forwarded. From an untrusted peer
 /// any incoming values are lies and are replaced.
 pub(crate) fn apply_forwarding(headers: &mut HeaderMap, client: &ClientSide<'_>) {
-    let peer = client.peer.to_string();
-    let node = match client.peer {
-        IpAddr::V4(_) => peer.clone(),
-        IpAddr::V6(_) => format!("\"[{peer}]\""),
+    let host = client.host.to_str().unwrap_or("");
+    let element = if host.contains(['"', '\\']) {
+        format!(
+            "for={};proto={};host=\"{}\"",
+            client.peer.node,
+            client.proto,
+            host.replace(['"', '\\'], "")
+        )
+    } else {
+        format!(
+            "for={};proto={};host=\"{host}\"",
+            client.peer.node, client.proto
+        )
     };
-    let element = format!(
-        "for={node};proto={};host=\"{}\"",
-        client.proto,
-        client.host.replace(['"', '\\'], "")
-    );
     if client.trusted {
-        append_list(headers, &X_FORWARDED_FOR, &peer);
+        append_list(
+            headers,
+            &X_FORWARDED_FOR,
+            client.peer.ip.to_str().unwrap_or(""),
+        );
         append_list(headers, &header::FORWARDED, &element);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
-            set(headers, &X_FORWARDED_HOST, client.host);
+            headers.insert(&X_FORWARDED_HOST, client.host.clone());
         }
     } else {
-        set(headers, &X_FORWARDED_FOR, &peer);
+        headers.insert(&X_FORWARDED_FOR, client.peer.ip.clone());
         set(headers, &header::FORWARDED, &element);
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-        set(headers, &X_FORWARDED_HOST, client.host);
+        headers.insert(&X_FORWARDED_HOST, client.host.clone());
     }
 }
 
@@ -170,10 +201,12 @@ mod tests {
             ("x-forwarded-host", "evil"),
             ("forwarded", "for=6.6.6.6"),
         ]);
+        let peer = PeerValues::new("192.0.2.7".parse().unwrap());
+        let host = HeaderValue::from_static("acme.test");
         let client = ClientSide {
-            peer: "192.0.2.7".parse().unwrap(),
+            peer: &peer,
             proto: "http",
-            host: "acme.test",
+            host: &host,
             trusted: false,
         };
         apply_forwarding(&mut h, &client);
@@ -195,10 +228,12 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=203.0.113.1"),
         ]);
+        let peer = PeerValues::new("2001:db8::1".parse().unwrap());
+        let host = HeaderValue::from_static("acme.test");
         let client = ClientSide {
-            peer: "2001:db8::1".parse().unwrap(),
+            peer: &peer,
             proto: "http",
-            host: "acme.test",
+            host: &host,
             trusted: true,
         };
         apply_forwarding(&mut h, &client);

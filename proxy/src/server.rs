@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{self, ConnCtx, Shared};
 use crate::gate::Gate;
+use crate::headers::PeerValues;
 use crate::limit::{ConnLimiter, ConnPermit};
 use crate::metrics::Metrics;
 use crate::route::{normalize_host, RouteDiff, RouteTable};
@@ -429,6 +430,7 @@ impl Conn {
                     sni,
                     h2,
                     pool: pool.clone(),
+                    peer_values: PeerValues::new(self.peer.ip()),
                     trusted,
                 };
                 if h2 {
@@ -444,6 +446,7 @@ impl Conn {
                     sni: None,
                     h2: false,
                     pool: pool.clone(),
+                    peer_values: PeerValues::new(self.peer.ip()),
                     trusted,
                 };
                 self.serve_h1(stream, ctx).await;
