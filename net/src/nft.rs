@@ -72,8 +72,9 @@ pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error>
     match run_script(&ruleset::render_remove_forward(config, tenant), &action) {
         Err(Error::Nft { stderr, .. }) if stderr.contains("File exists") => {
             // The port belongs to another address now; not ours to remove.
+            // The tenant's anti-spoofing element still goes.
             tracing::warn!(tenant = %tenant.name, port = %tenant.ssh_port, "ssh port maps elsewhere; left alone");
-            Ok(())
+            run_script(&ruleset::render_remove_port(config, tenant), &action)
         }
         other => other,
     }

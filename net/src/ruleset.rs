@@ -177,6 +177,15 @@ pub fn render_remove_forward(config: &HostConfig, tenant: &Tenant) -> String {
     )
 }
 
+/// Removes only the tenant's anti-spoofing element (its bridge port).
+pub fn render_remove_port(config: &HostConfig, tenant: &Tenant) -> String {
+    let _ = config;
+    let e = set_element(tenant);
+    format!(
+        "add element bridge {TABLE} {SET_ADDRS} {{ {e} }}\ndelete element bridge {TABLE} {SET_ADDRS} {{ {e} }}\n"
+    )
+}
+
 fn map_element(t: &Tenant) -> String {
     format!("{} : {} . {TENANT_SSH_PORT}", t.ssh_port, t.ip)
 }

@@ -421,6 +421,12 @@ fn tenant_traffic() {
             Ok("alpha 172.18.0.1"),
             "{stage}"
         );
+        // The host reaches a tenant's address directly (the proxy's path).
+        assert_eq!(
+            talk(&host.path(), addr(a.ip, 22), None).as_deref(),
+            Ok("alpha 172.18.0.1"),
+            "{stage}"
+        );
         // Egress reaches the internet from the host's address.
         assert_eq!(
             talk(&ca.ns_path(), addr(CLIENT, 8080), None).as_deref(),
@@ -551,10 +557,16 @@ fn add_forward_rebuilds_missing_tables_from_the_registry() {
     inside(&ns.path(), || sotolito_net::add_forward(&c, &moved));
     let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
     assert_eq!(live[&2202].ip, moved.ip);
-    // Removing with the old address leaves the other tenant's element.
+    // Removing with the old address leaves the other tenant's element,
+    // but takes the old address's anti-spoofing element.
     inside(&ns.path(), || sotolito_net::remove_forward(&c, &b));
     let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
     assert_eq!(live[&2202].ip, moved.ip);
+    let set = ns.exec(&["nft", "list", "set", "bridge", "sotolito", "tenant_addrs"]);
+    assert!(
+        !set.contains("172.18.0.3") && set.contains("172.18.0.9"),
+        "{set}"
+    );
 }
 
 #[test]
