@@ -79,13 +79,32 @@ impl HookCommand {
 }
 
 /// runc's cgroupsPath: `slice:prefix:name` for the systemd driver, a path
-/// for cgroupfs.
-pub fn cgroups_path(name: &TenantName, systemd: bool) -> String {
+/// for cgroupfs. The prefix names the instance (see [`cgroup_prefix`]).
+pub fn cgroups_path(layout: &TenantLayout, name: &TenantName, systemd: bool) -> String {
+    let prefix = cgroup_prefix(layout.dir.parent().unwrap_or(Path::new("/")));
     if systemd {
-        format!("machine.slice:sotolito:{name}")
+        format!("machine.slice:{prefix}:{name}")
     } else {
-        format!("/sotolito/{name}")
+        format!("/{prefix}/{name}")
     }
+}
+
+/// `sotolito` for the default tenants dir, else `sotolito-HASH` of it: two
+/// instances on one host (the demo or tests beside a real install) must
+/// never share a tenant's cgroup, or deleting one would kill the other.
+pub fn cgroup_prefix(tenants_dir: &Path) -> String {
+    if tenants_dir == Path::new("/var/lib/sotolito/tenants") {
+        return "sotolito".to_owned();
+    }
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let hash = tenants_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("sotolito-{:08x}", hash as u32)
 }
 
 /// Docker's default capability set: systemd and sshd boot with it and
@@ -251,7 +270,7 @@ pub fn render_spec(
         .build()?;
     let linux = LinuxBuilder::default()
         .resources(resources)
-        .cgroups_path(cgroups_path(&tenant.name, systemd_cgroup))
+        .cgroups_path(cgroups_path(layout, &tenant.name, systemd_cgroup))
         .namespaces(namespaces)
         .masked_paths(
             [
@@ -373,6 +392,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn instances_never_share_a_cgroup() {
+        assert_eq!(
+            cgroup_prefix(Path::new("/var/lib/sotolito/tenants")),
+            "sotolito"
+        );
+        let a = cgroup_prefix(Path::new("/tmp/a/state/tenants"));
+        let b = cgroup_prefix(Path::new("/tmp/b/state/tenants"));
+        assert!(a.starts_with("sotolito-") && b.starts_with("sotolito-"));
+        assert_ne!(a, b);
+        let layout = TenantLayout::new(
+            Path::new("/var/lib/sotolito/tenants"),
+            &TenantName::new("acme").unwrap(),
+        );
+        let name = TenantName::new("acme").unwrap();
+        assert_eq!(cgroups_path(&layout, &name, false), "/sotolito/acme");
+        assert_eq!(
+            cgroups_path(&layout, &name, true),
+            "machine.slice:sotolito:acme"
+        );
+    }
+
     fn rendered(hooks: Option<&HookCommand>) -> Value {
         let layout = TenantLayout::new(
             Path::new("/state/tenants"),
@@ -464,7 +505,10 @@ mod tests {
             CpuWeight::new(100).unwrap().cpu_shares()
         );
         assert_eq!(r["pids"]["limit"], 4096);
-        assert_eq!(s["linux"]["cgroupsPath"], "/sotolito/acme");
+        assert_eq!(
+            s["linux"]["cgroupsPath"],
+            format!("/{}/acme", cgroup_prefix(Path::new("/state/tenants")))
+        );
         let attach = &s["hooks"]["createRuntime"][0];
         assert_eq!(attach["path"], "/usr/bin/vpsctl");
         assert_eq!(
