@@ -71,19 +71,26 @@ pub fn ensure_bridge(config: &HostConfig) -> Result<(), Error> {
                 link.header.index
             }
             None => {
-                h.link()
+                match h
+                    .link()
                     .add(LinkBridge::new(&bridge).build())
                     .execute()
                     .await
-                    .map_err(nl(format!("create bridge {bridge}")))?;
-                tracing::info!(bridge = %bridge, "bridge created");
-                link_by_name(&h, &bridge)
+                {
+                    Ok(()) => tracing::info!(bridge = %bridge, "bridge created"),
+                    // Another hook (tenants start in parallel at boot) won.
+                    Err(e) if errno(&e) == Some(EEXIST) => {}
+                    Err(e) => return Err(nl(format!("create bridge {bridge}"))(e)),
+                }
+                let link = link_by_name(&h, &bridge)
                     .await?
                     .ok_or_else(|| Error::NotABridge {
                         name: bridge.clone(),
-                    })?
-                    .header
-                    .index
+                    })?;
+                if kind(&link) != Some(InfoKind::Bridge) {
+                    return Err(Error::NotABridge { name: bridge });
+                }
+                link.header.index
             }
         };
         let found = ipv4_addrs(&h, index).await?;
@@ -95,11 +102,22 @@ pub fn ensure_bridge(config: &HostConfig) -> Result<(), Error> {
                     want: format!("{gateway}/{prefix}"),
                 });
             }
-            h.address()
+            match h
+                .address()
                 .add(index, IpAddr::V4(gateway), prefix)
                 .execute()
                 .await
-                .map_err(nl(format!("add {gateway}/{prefix} to {bridge}")))?;
+            {
+                Ok(()) => {}
+                // Added meanwhile by a parallel hook: check what it is.
+                Err(e) if errno(&e) == Some(EEXIST) => {
+                    let found = ipv4_addrs(&h, index).await?;
+                    if !found.contains(&(gateway, prefix)) {
+                        return Err(nl(format!("add {gateway}/{prefix} to {bridge}"))(e));
+                    }
+                }
+                Err(e) => return Err(nl(format!("add {gateway}/{prefix} to {bridge}"))(e)),
+            }
         }
         h.link()
             .change(LinkUnspec::new_with_index(index).up().build())
@@ -403,6 +421,9 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 const fn libc_enodev() -> i32 {
     19
 }
+
+/// EEXIST: what the kernel answers for a link or address made meanwhile.
+const EEXIST: i32 = 17;
 
 #[cfg(test)]
 mod tests {

@@ -841,3 +841,32 @@ fn works_from_inside_a_tokio_runtime() {
     // In the test's namespace (the helper thread inherits it), not ours.
     assert!(ns.exec(&["ip", "link"]).contains("sotolito0"));
 }
+
+#[test]
+fn parallel_attach_at_boot_converges() {
+    require_root_and_tools();
+    let host = Netns::new("parallel");
+    let state = tempfile::tempdir().unwrap();
+    let c = config(state.path());
+    let tenants: Vec<Tenant> = (0..6u8)
+        .map(|i| {
+            tenant(
+                &format!("t{i}"),
+                Ipv4Addr::new(172, 18, 1, 10 + i),
+                2300 + u64::from(i),
+            )
+        })
+        .collect();
+    let containers: Vec<Container> = tenants.iter().map(|_| Container::start()).collect();
+    // No bridge and no tables yet: every hook races to make them.
+    std::thread::scope(|s| {
+        for (t, ct) in tenants.iter().zip(&containers) {
+            let (c, path) = (&c, host.path());
+            s.spawn(move || inside(&path, || sotolito_net::attach(c, t, ct.pid())));
+        }
+    });
+    let veths = inside(&host.path(), sotolito_net::host_veths);
+    assert_eq!(veths.len(), 6, "{veths:?}");
+    let addrs = host.exec(&["ip", "-4", "addr", "show", "sotolito0"]);
+    assert_eq!(addrs.matches("inet ").count(), 1, "{addrs}");
+}
