@@ -381,6 +381,16 @@ fn busybox_tenant_lifecycle() {
         m
     };
     assert_same(&data_before, &data_after, "deprovision");
+    // With no tenant on it, the image may be removed and imported again:
+    // the kept data does not change either.
+    sb.ok(&["image", "rm", "bb"]);
+    sb.ok(&["image", "busybox", "bb"]);
+    let data_after = {
+        let mut m = BTreeMap::new();
+        snapshot_into(&t.join("data"), &t, &mut m);
+        m
+    };
+    assert_same(&data_before, &data_after, "image rm + import");
     let out = sb.ok(&[
         "provision",
         "acme",

@@ -55,6 +55,39 @@ struct RawState {
     created: Option<String>,
 }
 
+/// What the supervisor needs of a runtime: runc, or a recording fake in
+/// tests, so the stop logic is tested without root.
+pub trait Runtime {
+    fn state(&self, id: &str) -> Result<Option<ContainerState>, Error>;
+    fn kill(&self, id: &str, signal: i32) -> Result<(), Error>;
+    fn delete(&self, id: &str, force: bool) -> Result<(), Error>;
+    fn create(&self, id: &str, bundle: &Path, console: &Path) -> Result<(), Error>;
+    fn start(&self, id: &str) -> Result<(), Error>;
+    /// For messages.
+    fn name(&self) -> String;
+}
+
+impl Runtime for Runc {
+    fn state(&self, id: &str) -> Result<Option<ContainerState>, Error> {
+        Runc::state(self, id)
+    }
+    fn kill(&self, id: &str, signal: i32) -> Result<(), Error> {
+        Runc::kill(self, id, signal)
+    }
+    fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
+        Runc::delete(self, id, force)
+    }
+    fn create(&self, id: &str, bundle: &Path, console: &Path) -> Result<(), Error> {
+        Runc::create(self, id, bundle, console)
+    }
+    fn start(&self, id: &str) -> Result<(), Error> {
+        Runc::start(self, id)
+    }
+    fn name(&self) -> String {
+        self.binary.clone()
+    }
+}
+
 impl Runc {
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);

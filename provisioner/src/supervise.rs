@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{open_log, ContainerStatus, Runc};
+use crate::runtime::{open_log, ContainerStatus, Runc, Runtime};
 use crate::signal::SIGKILL;
 use crate::Error;
 
@@ -29,7 +29,7 @@ pub enum Stopped {
 
 /// True once runc reports the container stopped or gone, polling until
 /// `deadline`.
-pub fn wait_stopped(runc: &Runc, id: &str, deadline: Instant) -> Result<bool, Error> {
+pub fn wait_stopped(runc: &impl Runtime, id: &str, deadline: Instant) -> Result<bool, Error> {
     loop {
         match runc.state(id)? {
             None => return Ok(true),
@@ -44,7 +44,7 @@ pub fn wait_stopped(runc: &Runc, id: &str, deadline: Instant) -> Result<bool, Er
 }
 
 /// Waits until runc reports the container running.
-pub fn wait_running(runc: &Runc, id: &str, timeout: Duration) -> Result<bool, Error> {
+pub fn wait_running(runc: &impl Runtime, id: &str, timeout: Duration) -> Result<bool, Error> {
     let deadline = Instant::now() + timeout;
     loop {
         if runc
@@ -62,7 +62,12 @@ pub fn wait_running(runc: &Runc, id: &str, timeout: Duration) -> Result<bool, Er
 
 /// Stops a detached container: the stop signal, KILL after `timeout`, then
 /// delete (which runs the poststop hooks).
-pub fn stop(runc: &Runc, id: &str, signal: i32, timeout: Duration) -> Result<Stopped, Error> {
+pub fn stop(
+    runc: &impl Runtime,
+    id: &str,
+    signal: i32,
+    timeout: Duration,
+) -> Result<Stopped, Error> {
     let Some(state) = runc.state(id)? else {
         return Ok(Stopped::NotRunning);
     };
@@ -93,7 +98,12 @@ pub fn stop(runc: &Runc, id: &str, signal: i32, timeout: Duration) -> Result<Sto
 
 /// Creates and starts the container detached, its console appended to
 /// `console`, and waits until it runs.
-pub fn start_detached(runc: &Runc, id: &str, bundle: &Path, console: &Path) -> Result<(), Error> {
+pub fn start_detached(
+    runc: &impl Runtime,
+    id: &str,
+    bundle: &Path,
+    console: &Path,
+) -> Result<(), Error> {
     runc.create(id, bundle, console)?;
     if let Err(e) = runc.start(id) {
         let _ = runc.delete(id, true);
@@ -101,7 +111,7 @@ pub fn start_detached(runc: &Runc, id: &str, bundle: &Path, console: &Path) -> R
     }
     if !wait_running(runc, id, Duration::from_secs(10))? {
         return Err(Error::Command {
-            program: runc.binary.clone(),
+            program: runc.name(),
             action: format!("start {id}"),
             stderr: format!(
                 "the container is not running (its init exited? see {})",
@@ -171,4 +181,113 @@ pub fn run_foreground(
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::runtime::ContainerState;
+    use std::cell::RefCell;
+
+    /// A container whose init exits on `exits_on` (or never), recording
+    /// every call.
+    struct Fake {
+        status: RefCell<Option<ContainerStatus>>,
+        exits_on: Option<i32>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl Fake {
+        fn new(status: Option<ContainerStatus>, exits_on: Option<i32>) -> Fake {
+            Fake {
+                status: RefCell::new(status),
+                exits_on,
+                calls: RefCell::new(Vec::new()),
+            }
+        }
+        fn calls(&self) -> Vec<String> {
+            let mut c = self.calls.borrow().clone();
+            c.dedup();
+            c
+        }
+    }
+
+    impl Runtime for Fake {
+        fn state(&self, _: &str) -> Result<Option<ContainerState>, Error> {
+            self.calls.borrow_mut().push("state".into());
+            Ok(self.status.borrow().map(|status| ContainerState {
+                status,
+                pid: None,
+                created: None,
+            }))
+        }
+        fn kill(&self, _: &str, signal: i32) -> Result<(), Error> {
+            self.calls.borrow_mut().push(format!("kill {signal}"));
+            if signal == SIGKILL || Some(signal) == self.exits_on {
+                *self.status.borrow_mut() = Some(ContainerStatus::Stopped);
+            }
+            Ok(())
+        }
+        fn delete(&self, _: &str, _: bool) -> Result<(), Error> {
+            self.calls.borrow_mut().push("delete".into());
+            *self.status.borrow_mut() = None;
+            Ok(())
+        }
+        fn create(&self, _: &str, _: &Path, _: &Path) -> Result<(), Error> {
+            self.calls.borrow_mut().push("create".into());
+            *self.status.borrow_mut() = Some(ContainerStatus::Created);
+            Ok(())
+        }
+        fn start(&self, _: &str) -> Result<(), Error> {
+            self.calls.borrow_mut().push("start".into());
+            *self.status.borrow_mut() = Some(ContainerStatus::Running);
+            Ok(())
+        }
+        fn name(&self) -> String {
+            "fake".into()
+        }
+    }
+
+    const T: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn stop_signal_then_delete() {
+        let f = Fake::new(Some(ContainerStatus::Running), Some(37));
+        assert_eq!(stop(&f, "acme", 37, T).unwrap(), Stopped::Gracefully);
+        assert_eq!(f.calls(), ["state", "kill 37", "state", "delete"]);
+    }
+
+    #[test]
+    fn kill_after_the_timeout() {
+        let f = Fake::new(Some(ContainerStatus::Running), None);
+        let t0 = Instant::now();
+        assert_eq!(stop(&f, "acme", 37, T).unwrap(), Stopped::Killed);
+        assert!(t0.elapsed() >= T);
+        assert_eq!(
+            f.calls(),
+            ["state", "kill 37", "state", "kill 9", "state", "delete"]
+        );
+    }
+
+    #[test]
+    fn nothing_to_stop() {
+        let f = Fake::new(None, None);
+        assert_eq!(stop(&f, "acme", 37, T).unwrap(), Stopped::NotRunning);
+        assert_eq!(f.calls(), ["state"]);
+        // A stopped container is only deleted; a created one is killed.
+        let f = Fake::new(Some(ContainerStatus::Stopped), None);
+        assert_eq!(stop(&f, "acme", 37, T).unwrap(), Stopped::NotRunning);
+        assert_eq!(f.calls(), ["state", "delete"]);
+        let f = Fake::new(Some(ContainerStatus::Created), None);
+        assert_eq!(stop(&f, "acme", 37, T).unwrap(), Stopped::Killed);
+        assert_eq!(f.calls(), ["state", "kill 9", "state", "delete"]);
+    }
+
+    #[test]
+    fn start_waits_for_running() {
+        let f = Fake::new(None, None);
+        start_detached(&f, "acme", Path::new("/b"), Path::new("/b/console.log")).unwrap();
+        assert_eq!(f.calls(), ["create", "start", "state"]);
+    }
 }
