@@ -85,16 +85,11 @@ pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error>
 /// [`host_veth_name`]) is an isolated port of the bridge and whose peer is
 /// `eth0` in the network namespace of `pid`, with the tenant's address, lo
 /// up and a default route via the gateway. Ensures the bridge first, and
-/// our tables if they are missing. Idempotent.
+/// the tenant's forward (our tables, from the registry, if they are
+/// missing), so a started tenant is always reachable. Idempotent.
 pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Error> {
     link::ensure_bridge(config)?;
-    if !nft::tables_present()? {
-        let mut tenants = registry_tenants(config)?;
-        if !tenants.iter().any(|t| t.name == tenant.name) {
-            tenants.push(tenant.clone());
-        }
-        nft::apply_ruleset(&render_ruleset(config, &tenants))?;
-    }
+    add_forward(config, tenant)?;
     link::attach(config, tenant, pid)
 }
 

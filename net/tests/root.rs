@@ -519,6 +519,11 @@ fn tenant_traffic() {
     inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
     assert_eq!(once, host.exec(&["nft", "list", "ruleset"]));
 
+    // A lost forward comes back when the tenant starts (attach).
+    inside(&host.path(), || sotolito_net::remove_forward(&c, &a));
+    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    assert_eq!(from_client(2201).as_deref(), Ok("alpha 10.99.0.2"));
+
     // Detach removes the host end; twice is fine; attach again works.
     inside(&host.path(), || sotolito_net::detach(&c, &a.name));
     inside(&host.path(), || sotolito_net::detach(&c, &a.name));
