@@ -1,5 +1,8 @@
 //! vpsctl's command line contract: global flags, exit codes, one-line
-//! errors, JSON shapes. No root needed: nothing here touches the network.
+//! errors, JSON shapes. Every vpsctl runs in a network namespace of its own
+//! (`unshare --net`), since `init` sets up the bridge and nft tables of the
+//! namespace it runs in: root is needed, and the host's network is never
+//! touched.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,7 +35,7 @@ impl Instance {
     }
 
     fn vpsctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+        vpsctl_cmd()
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -56,6 +59,17 @@ impl Instance {
         )
         .unwrap();
     }
+}
+
+/// vpsctl in a fresh, empty network namespace.
+fn vpsctl_cmd() -> Command {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests need root (vpsctl init makes a bridge): run them with sudo (scripts/test)"
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--net", "--"]).arg(env!("CARGO_BIN_EXE_vpsctl"));
+    c
 }
 
 fn stdout(o: &Output) -> String {
@@ -250,7 +264,7 @@ fn config_errors_name_file_key_and_line() {
     ];
     for (text, want) in cases {
         std::fs::write(&bad, text).unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+        let o = vpsctl_cmd()
             .args(["list", "--config"])
             .arg(&bad)
             .output()
@@ -268,7 +282,7 @@ fn config_errors_name_file_key_and_line() {
         assert!(err.contains(want), "{err}");
     }
     // A config named explicitly must exist; the environment works as the flag.
-    let o = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+    let o = vpsctl_cmd()
         .arg("list")
         .env("SOTOLITO_CONFIG", i.root.join("missing.toml"))
         .output()
@@ -285,7 +299,7 @@ fn state_dir_flag_and_environment_override_the_file() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(other.join("registry/tenants").is_dir());
     let env_dir = i.root.join("from-env");
-    let o = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+    let o = vpsctl_cmd()
         .args(["--config"])
         .arg(&i.config)
         .arg("init")
@@ -302,13 +316,13 @@ fn state_dir_flag_and_environment_override_the_file() {
 
 #[test]
 fn version_and_help() {
-    let o = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+    let o = vpsctl_cmd()
         .arg("--version")
         .output()
         .unwrap();
     assert!(o.status.success());
     assert!(stdout(&o).starts_with("vpsctl "));
-    let o = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+    let o = vpsctl_cmd()
         .arg("--help")
         .output()
         .unwrap();

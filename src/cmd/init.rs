@@ -11,6 +11,7 @@ use crate::context::Context;
 
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     ensure_layout(ctx).context("failed to initialize")?;
+    crate::cmd::net::ensure_network(ctx).context("failed to initialize")?;
     #[derive(Serialize)]
     struct Out<'a> {
         state_dir: &'a Path,

@@ -41,9 +41,6 @@ pub fn run(ctx: &Context, cmd: NetCommand) -> anyhow::Result<()> {
 
 /// The network part of `vpsctl init`: bridge, ip_forward, our tables when
 /// missing (existing tables are left as they are).
-// Not yet called by `init`: tests/cli.rs runs `init` as root in the real
-// network namespace, where this would create a bridge on the host.
-#[allow(dead_code)]
 pub fn ensure_network(ctx: &Context) -> anyhow::Result<()> {
     sotolito_net::ensure(ctx.config()).context("failed to set up the tenant network")
 }
