@@ -104,6 +104,7 @@ pub fn start_with(
         fresh_account: false,
         hosts: HashMap::new(),
         status: certfile::read_status(&config.certs_dir()),
+        ca_down_until: None,
     };
     let (stop, stop_rx) = watch::channel(false);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -153,6 +154,9 @@ struct Manager {
     hosts: HashMap<String, HostState>,
     /// What status.json says, kept in step with each attempt.
     status: BTreeMap<String, Attempt>,
+    /// The CA could not be reached: no host is tried before this, so an
+    /// outage costs one failed attempt per backoff step, not one per host.
+    ca_down_until: Option<SystemTime>,
 }
 
 impl Manager {
@@ -197,6 +201,10 @@ impl Manager {
                     }
                     Need::Order(reason) => reason,
                 };
+                if let Some(until) = self.ca_down_until.filter(|t| *t > now) {
+                    state.next = Some(until);
+                    continue;
+                }
                 tokio::select! {
                     _ = stop.changed() => return,
                     () = self.obtain(host, &reason) => {}
@@ -227,6 +235,7 @@ impl Manager {
         let error = result.as_ref().err().map(|e| e.to_string());
         match result {
             Ok(leaf) => {
+                self.ca_down_until = None;
                 state.failures = 0;
                 state.next = Some(plan::renew_at(leaf.not_before, leaf.not_after));
                 tracing::info!(
@@ -258,6 +267,9 @@ impl Manager {
                     retry_after,
                 );
                 state.next = Some(now + wait);
+                if e.is_unreachable() {
+                    self.ca_down_until = state.next;
+                }
                 tracing::warn!(
                     host,
                     error = %e,

@@ -76,4 +76,35 @@ impl Error {
             _ => None,
         }
     }
+
+    /// The CA did not answer with an ACME problem (connection refused,
+    /// timeout, TLS failure, garbage): it is down or unreachable, for every
+    /// host alike.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Acme(e) if !matches!(e, instant_acme::Error::Api(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_problems_are_not_outages() {
+        let problem: instant_acme::Problem = serde_json::from_str(
+            r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"slow down","status":429}"#,
+        )
+        .expect("problem");
+        let limited = Error::Acme(instant_acme::Error::Api(problem));
+        assert_eq!(
+            limited.problem_type(),
+            Some("urn:ietf:params:acme:error:rateLimited")
+        );
+        assert!(!limited.is_unreachable());
+        let down = Error::Acme(instant_acme::Error::Other("connection refused".into()));
+        assert!(down.is_unreachable());
+        assert_eq!(down.problem_type(), None);
+        let local = Error::NoRoots;
+        assert!(!local.is_unreachable());
+    }
 }
