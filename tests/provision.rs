@@ -669,51 +669,107 @@ fn debian_tarball() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/sotolito/debian-bookworm.tar.gz"))
 }
 
-fn ssh(sb: &Sandbox, key: &Path, port: &str, cmd: &str) -> Output {
-    sb.in_ns(&[
-        "ssh",
-        "-i",
-        key.to_str().expect("utf-8"),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=3",
-        "-o",
-        "LogLevel=ERROR",
-        "-p",
-        port,
-        // The bridge's gateway address is local to the host namespace:
-        // this goes through the DNAT map like a connection from outside.
-        "root@172.18.0.1",
-        cmd,
-    ])
+/// A "client" namespace acting as the internet: a veth to the host
+/// namespace, 192.0.2.2 here and 192.0.2.1 (the host's "public" address)
+/// there; removed on drop.
+struct Client {
+    ns: String,
 }
 
-fn ssh_ok(sb: &Sandbox, key: &Path, port: &str, cmd: &str) -> String {
-    // Bounded retries: sshd may still be starting.
-    let mut last = String::new();
-    for _ in 0..50 {
-        let out = ssh(sb, key, port, cmd);
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::thread::sleep(std::time::Duration::from_millis(200));
+const PUBLIC: &str = "192.0.2.1";
+
+impl Client {
+    fn new(sb: &Sandbox) -> Client {
+        let ns = format!("{}c", sb.ns);
+        let run = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        run(&["netns", "add", &ns]);
+        let client = Client { ns };
+        run(&[
+            "-n", &sb.ns, "link", "add", "pub0", "type", "veth", "peer", "name", "eth0", "netns",
+            &client.ns,
+        ]);
+        run(&[
+            "-n",
+            &sb.ns,
+            "addr",
+            "add",
+            &format!("{PUBLIC}/24"),
+            "dev",
+            "pub0",
+        ]);
+        run(&["-n", &sb.ns, "link", "set", "pub0", "up"]);
+        run(&[
+            "-n",
+            &client.ns,
+            "addr",
+            "add",
+            "192.0.2.2/24",
+            "dev",
+            "eth0",
+        ]);
+        run(&["-n", &client.ns, "link", "set", "eth0", "up"]);
+        run(&["-n", &client.ns, "link", "set", "lo", "up"]);
+        client
     }
-    panic!("ssh {cmd:?} failed: {last}");
+
+    fn ssh(&self, key: &Path, port: &str, cmd: &str) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args(["ssh", "-i"])
+            .arg(key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=3",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+                port,
+                &format!("root@{PUBLIC}"),
+                cmd,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("ssh (apt-get install openssh-client)")
+    }
+
+    fn ssh_ok(&self, key: &Path, port: &str, cmd: &str) -> String {
+        // Bounded retries: sshd may still be starting.
+        let mut last = String::new();
+        for _ in 0..50 {
+            let out = self.ssh(key, port, cmd);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("ssh {cmd:?} failed: {last}");
+    }
 }
 
-/// A real systemd VPS: boots to `running`, ssh with the key through the
-/// DNAT port, data survives stop/start and deprovision + provision, and
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A real systemd VPS: boots to `running`, ssh with the key from a client
+/// namespace through the DNAT port, data survives stop/start and deprovision + provision, and
 /// --purge removes it. Needs debootstrap (first run only) and openssh-client.
 #[test]
 #[ignore = "end-to-end with a Debian rootfs (debootstrap once, then cached): cargo test --test provision -- --ignored"]
 fn debian_systemd_vps_end_to_end() {
     let sb = Sandbox::new();
+    let client = Client::new(&sb);
     let tarball = debian_tarball();
     if tarball.is_file() {
         sb.ok(&["image", "import", "deb", tarball.to_str().expect("utf-8")]);
@@ -758,7 +814,7 @@ fn debian_systemd_vps_end_to_end() {
     ]))
     .expect("JSON");
     let port = v["ssh_port"].as_u64().expect("port").to_string();
-    assert_eq!(ssh_ok(&sb, &key, &port, "hostname").trim(), "web");
+    assert_eq!(client.ssh_ok(&key, &port, "hostname").trim(), "web");
     eprintln!("provision --start to ssh login: {:?}", t0.elapsed());
 
     let mut state = String::new();
@@ -777,18 +833,13 @@ fn debian_systemd_vps_end_to_end() {
         sb.ok(&["exec", "web", "--", "systemctl", "--failed", "--no-legend"])
     );
 
-    ssh_ok(
-        &sb,
-        &key,
-        &port,
-        "useradd -m alice && echo kept > /home/alice/f",
-    );
+    client.ssh_ok(&key, &port, "useradd -m alice && echo kept > /home/alice/f");
     let t1 = std::time::Instant::now();
     sb.ok(&["stop", "web"]);
     eprintln!("graceful stop (SIGRTMIN+3): {:?}", t1.elapsed());
     sb.ok(&["start", "web"]);
     assert_eq!(
-        ssh_ok(&sb, &key, &port, "id -un alice && cat /home/alice/f"),
+        client.ssh_ok(&key, &port, "id -un alice && cat /home/alice/f"),
         "alice\nkept\n"
     );
 
@@ -807,7 +858,7 @@ fn debian_systemd_vps_end_to_end() {
         "--start",
     ]);
     assert_eq!(
-        ssh_ok(&sb, &key, &port, "id -un alice && cat /home/alice/f"),
+        client.ssh_ok(&key, &port, "id -un alice && cat /home/alice/f"),
         "alice\nkept\n"
     );
 
@@ -826,6 +877,6 @@ fn debian_systemd_vps_end_to_end() {
         .as_u64()
         .expect("port")
         .to_string();
-    let out = ssh_ok(&sb, &key, &port, "id alice 2>&1 || true; ls /home");
+    let out = client.ssh_ok(&key, &port, "id alice 2>&1 || true; ls /home");
     assert!(out.contains("no such user"), "{out}");
 }
