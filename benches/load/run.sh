@@ -5,14 +5,19 @@
 #   benches/load/run.sh            wrk -t2 -c64, 10 s rounds, 3 interleaved rounds
 #   benches/load/run.sh --smoke    1 s rounds, 2 rounds (what CI runs)
 #
-# Needs: nginx, haproxy, wrk (Debian packages), cargo. Every server runs as
-# a foreground child of this script, stopped by PID at exit.
+# Then TLS: a full handshake per request (ECDSA P-256, Connection: close,
+# session resumption off on every server), handshakes per second.
+#
+# Needs: nginx, haproxy, wrk, curl, openssl (Debian packages), cargo. Every
+# server runs as a foreground child of this script, stopped by PID at exit.
 set -euo pipefail
 
 DURATION=10s
+TLS_DURATION=5s
 ROUNDS=3
 if [[ "${1:-}" == "--smoke" ]]; then
     DURATION=1s
+    TLS_DURATION=1s
     ROUNDS=2
 fi
 CONNS=${CONNS:-64}
@@ -33,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in nginx haproxy wrk cargo; do
+for tool in nginx haproxy wrk curl openssl cargo; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 1; }
 done
 
@@ -43,6 +48,14 @@ OURS10K=127.0.0.1:18082
 HAPROXY=127.0.0.1:18083
 NGINXP=127.0.0.1:18084
 HOST=bench.test
+# TLS clients send SNI only for names; wrk takes the name from the URL, so
+# the TLS targets are named localhost and listen where it resolves.
+TLS_HOST=localhost
+TLS_IP=$(getent ahosts localhost | awk 'NR == 1 { print $1 }')
+[[ $TLS_IP == *:* ]] && TLS_IP="[$TLS_IP]"
+TLS_OURS=$TLS_IP:18091
+TLS_HAPROXY=$TLS_IP:18093
+TLS_NGINXP=$TLS_IP:18094
 
 echo "building proxy-bench (release)..." >&2
 (cd "$ROOT" && cargo build --release -q -p sotolito-proxy --bin proxy-bench)
@@ -52,6 +65,11 @@ USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user root;"
 mkdir -p "$TMP/www" "$TMP/nginx-tmp"
 head -c 128 /dev/zero | tr '\0' 'x' >"$TMP/www/index.html"
+mkdir -p "$TMP/certs/$TLS_HOST"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=$TLS_HOST" -addext "subjectAltName=DNS:$TLS_HOST" \
+    -keyout "$TMP/certs/$TLS_HOST/privkey.pem" -out "$TMP/certs/$TLS_HOST/fullchain.pem" 2>/dev/null
+cat "$TMP/certs/$TLS_HOST/fullchain.pem" "$TMP/certs/$TLS_HOST/privkey.pem" >"$TMP/haproxy.pem"
 
 nginx_common() {
     cat <<EOF
@@ -92,6 +110,23 @@ EOF
         return 404;
     }
     server {
+        listen $TLS_NGINXP ssl;
+        server_name $TLS_HOST;
+        ssl_certificate $TMP/certs/$TLS_HOST/fullchain.pem;
+        ssl_certificate_key $TMP/certs/$TLS_HOST/privkey.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / {
+            proxy_pass http://tenant;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+    server {
         listen $NGINXP;
         server_name $HOST;
         location / {
@@ -107,11 +142,13 @@ EOF
 EOF
 } >"$TMP/nginxp.conf"
 
-echo "$HOST tenant" >"$TMP/hosts.map"
+printf '%s tenant\n%s tenant\n' "$HOST" "$TLS_HOST" >"$TMP/hosts.map"
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 2
     maxconn 4000
+    tune.ssl.cachesize 0
+    ssl-default-bind-options no-tls-tickets ssl-min-ver TLSv1.2
 defaults
     mode http
     timeout connect 5s
@@ -119,6 +156,10 @@ defaults
     timeout server 30s
 frontend edge
     bind $HAPROXY
+    option forwardfor
+    use_backend %[req.hdr(host),lower,map($TMP/hosts.map)]
+frontend edge_tls
+    bind $TLS_HAPROXY ssl crt $TMP/haproxy.pem alpn http/1.1
     option forwardfor
     use_backend %[req.hdr(host),lower,map($TMP/hosts.map)]
 backend tenant
@@ -136,6 +177,9 @@ PIDS+=($!); HAPROXY_PID=$!
 PIDS+=($!); OURS_PID=$!
 "$BIN" --listen $OURS10K --route $HOST=$BACKEND --extra-routes 10000 --workers 2 2>"$TMP/ours10k.err" &
 PIDS+=($!); OURS10K_PID=$!
+"$BIN" --listen 127.0.0.1:18090 --https $TLS_OURS --certs "$TMP/certs" --no-resumption \
+    --route $TLS_HOST=$BACKEND --workers 2 2>"$TMP/ours-tls.err" &
+PIDS+=($!); TLS_OURS_PID=$!
 
 # Wait until every target answers.
 for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP; do
@@ -145,6 +189,15 @@ for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP; do
     done
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" "http://$addr/index.html")
     [[ $code == 200 ]] || { echo "run.sh: $addr answered $code" >&2; exit 1; }
+done
+for addr in $TLS_OURS $TLS_HAPROXY $TLS_NGINXP; do
+    port=${addr##*:}
+    for _ in $(seq 100); do
+        code=$(curl -sk -o /dev/null -w "%{http_code}" -H "Host: $TLS_HOST" "https://$TLS_HOST:$port/index.html" || true)
+        [[ $code == 200 ]] && break
+        sleep 0.1
+    done
+    [[ $code == 200 ]] || { echo "run.sh: TLS $addr answered $code" >&2; exit 1; }
 done
 
 # CPU ticks (user + system) of a process and its children threads/processes.
@@ -199,6 +252,35 @@ for t in "${TARGETS[@]}"; do
     awk -v t=$t -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v hr="$H_RPS" -v hp="$H_P99" -v hc="$H_CPU" \
         'BEGIN { printf "%-10s %12.0f %9.3f %9.3f %12.2f %9.3f %9.3f %9.3f\n", t, rps, p50, p99, cpu, rps / hr, p99 / hp, (t == "direct" ? 0 : cpu / hc) }'
 done
+
+# TLS: every request a new connection and a full handshake.
+TLS_RESULTS="$TMP/tls.tsv"
+: >"$TLS_RESULTS"
+echo >&2
+echo "TLS: wrk -t$THREADS -c$CONNS -d$TLS_DURATION, Connection: close, $ROUNDS interleaved rounds" >&2
+for round in $(seq "$ROUNDS"); do
+    for t in ours haproxy nginx; do
+        case $t in ours) addr=$TLS_OURS pid=$TLS_OURS_PID ;; haproxy) addr=$TLS_HAPROXY pid=$HAPROXY_PID ;; nginx) addr=$TLS_NGINXP pid=$NGINXP_PID ;; esac
+        before=$(cpu_ticks "$pid")
+        out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Connection: close" -H "Host: $TLS_HOST" "https://$TLS_HOST:${addr##*:}/index.html")
+        after=$(cpu_ticks "$pid")
+        rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
+        reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+        cpu_us=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')
+        errors=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
+        printf '%s\t%s\t%s\t%s\n' "$t" "$round" "$rps" "$cpu_us" >>"$TLS_RESULTS"
+        printf '  round %s %-8s %9s handshakes/s  cpu %7s us/handshake %s\n' "$round" "$t" "$rps" "$cpu_us" "$errors" >&2
+    done
+done
+tcol() { awk -F'\t' -v t="$1" -v c="$2" '$1 == t { print $c }' "$TLS_RESULTS" | median; }
+TH=$(tcol haproxy 3)
+echo
+echo "TLS full handshakes (ECDSA P-256, new connection per request), medians of $ROUNDS rounds"
+printf '%-10s %14s %14s %9s\n' target handshakes/s cpu_us/hs rate/hap
+for t in ours haproxy nginx; do
+    awk -v t=$t -v r="$(tcol $t 3)" -v c="$(tcol $t 4)" -v h="$TH" 'BEGIN { printf "%-10s %14.0f %14.2f %9.3f\n", t, r, c, r / h }'
+done
+
 O1=$(col ours 3); O10=$(col ours-10k 3)
 awk -v a="$O1" -v b="$O10" 'BEGIN { printf "\nours with 10,000 routes vs 1 route: %.3fx req/s\n", b / a }'
 echo "(direct: wrk straight at the backend; its cpu column is the backend's own)"

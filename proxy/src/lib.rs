@@ -93,6 +93,9 @@ pub struct Settings {
     pub certs_dir: Option<PathBuf>,
     /// How often the certificate directory is checked for changes.
     pub cert_poll: Duration,
+    /// Let TLS clients resume sessions (stateful cache, TLS 1.3 tickets).
+    /// Off only to measure full handshakes.
+    pub tls_resumption: bool,
     /// Pending ACME HTTP-01 challenges, answered on plain HTTP before routing.
     pub acme_challenges: acme::Challenges,
 }
@@ -116,6 +119,7 @@ impl Default for Settings {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             certs_dir: None,
             cert_poll: Duration::from_secs(1),
+            tls_resumption: true,
             acme_challenges: acme::Challenges::default(),
         }
     }

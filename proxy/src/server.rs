@@ -67,7 +67,9 @@ impl ProxyHandle {
             .clone()
             .map(|d| CertStore::open_with_acme(d, acme));
         let tls_config = match (&certs, listen.https) {
-            (Some(store), Some(_)) => Some(tls::server_config(store.clone())?),
+            (Some(store), Some(_)) => {
+                Some(tls::server_config(store.clone(), settings.tls_resumption)?)
+            }
             _ => None,
         };
         let metrics = Metrics::new();

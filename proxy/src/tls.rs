@@ -184,12 +184,19 @@ fn load(dir: &Path, host: &str) -> Result<CertifiedKey, Error> {
 }
 
 /// TLS 1.2 and 1.3 only, ALPN h2 then http/1.1, certificates from `store`.
-pub(crate) fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, Error> {
+pub(crate) fn server_config(
+    store: Arc<CertStore>,
+    resumption: bool,
+) -> Result<Arc<ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(store);
+    if !resumption {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     config.alpn_protocols = vec![
         b"h2".to_vec(),
         b"http/1.1".to_vec(),

@@ -3,6 +3,7 @@
 //!
 //! proxy-bench --listen ADDR --route HOST=ADDR... [--extra-routes N]
 //!             [--workers N] [--admin ADDR]
+//!             [--https ADDR --certs DIR [--no-resumption]]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let mut listen = None;
     let mut admin = None;
+    let mut https = None;
     let mut routes: Vec<(String, SocketAddr)> = Vec::new();
     let mut extra = 0usize;
     let mut settings = Settings::default();
@@ -31,6 +33,9 @@ fn run() -> Result<(), String> {
         match flag.as_str() {
             "--listen" => listen = Some(parse_addr(&value()?)?),
             "--admin" => admin = Some(parse_addr(&value()?)?),
+            "--https" => https = Some(parse_addr(&value()?)?),
+            "--certs" => settings.certs_dir = Some(value()?.into()),
+            "--no-resumption" => settings.tls_resumption = false,
             "--route" => {
                 let v = value()?;
                 let (host, addr) = v.split_once('=').ok_or("--route takes HOST=ADDR")?;
@@ -68,7 +73,7 @@ fn run() -> Result<(), String> {
         settings,
         Listen {
             http: Some(listen),
-            https: None,
+            https,
             admin,
         },
         table,
