@@ -141,6 +141,8 @@ fn open_archive(path: &Path, pb: &ProgressBar) -> Result<Box<dyn Read>, Error> {
     }
 }
 
+const ROOTFS_TOPS: &[&str] = &["bin", "etc", "lib", "sbin", "usr", "var"];
+
 /// The first path component of every entry: tells an OCI layout or a
 /// docker archive from a rootfs tarball.
 fn top_level_names(path: &Path) -> Result<HashSet<String>, Error> {
@@ -155,7 +157,14 @@ fn top_level_names(path: &Path) -> Result<HashSet<String>, Error> {
         if let Some(Component::Normal(first)) =
             p.components().find(|c| matches!(c, Component::Normal(_)))
         {
-            names.insert(first.to_string_lossy().into_owned());
+            let first = first.to_string_lossy().into_owned();
+            // Image archives hold blobs, JSON and layer dirs at the top,
+            // never a filesystem tree: a rootfs is known without reading
+            // (and decompressing) the whole archive twice.
+            if ROOTFS_TOPS.contains(&first.as_str()) {
+                return Ok(names);
+            }
+            names.insert(first);
         }
     }
     Ok(names)
