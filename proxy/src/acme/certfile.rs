@@ -137,15 +137,36 @@ pub(crate) fn read_facts(
     let marker: Option<Marker> = fs::read(dir.join(MARKER_FILE))
         .ok()
         .and_then(|m| serde_json::from_slice(&m).ok());
-    let key_present = fs::metadata(dir.join("privkey.pem")).is_ok_and(|m| m.len() > 0);
+    let key_usable = key_matches(&chain, &dir.join("privkey.pem"));
     let facts = CertFacts {
         not_before: leaf.not_before,
         not_after: leaf.not_after,
         covers_host: leaf.dns_names.iter().any(|n| n == host),
         ours: marker.is_some_and(|m| m.serial == leaf.serial),
-        key_present,
+        key_usable,
     };
     Some(Ok((facts, leaf)))
+}
+
+/// Whether the key file holds the private key of the chain's leaf, as the
+/// TLS resolver checks before serving the pair.
+fn key_matches(chain_pem: &[u8], key_path: &Path) -> bool {
+    let Ok(key_pem) = fs::read(key_path) else {
+        return false;
+    };
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &chain_pem[..])
+        .filter_map(Result::ok)
+        .collect();
+    let Ok(Some(key)) = rustls_pemfile::private_key(&mut &key_pem[..]) else {
+        return false;
+    };
+    let Ok(signer) = rustls::crypto::ring::sign::any_supported_type(&key) else {
+        return false;
+    };
+    !certs.is_empty()
+        && rustls::sign::CertifiedKey::new(certs, signer)
+            .keys_match()
+            .is_ok()
 }
 
 /// Whether HOST needs an order now.
@@ -377,9 +398,9 @@ fn cert_info(
             } else {
                 CertStatus::Valid
             };
-            if !facts.key_present {
+            if !facts.key_usable {
                 info.status = CertStatus::Invalid;
-                info.error = Some("privkey.pem missing or empty".into());
+                info.error = Some("privkey.pem missing or not the certificate's key".into());
             }
         }
     }
@@ -482,7 +503,7 @@ mod tests {
         let (facts, _) = read_facts(dir.path(), "shop.sotolito.internal")
             .expect("some")
             .expect("ok");
-        assert!(facts.ours && facts.key_present && facts.covers_host);
+        assert!(facts.ours && facts.key_usable && facts.covers_host);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_577_836_800); // 2020-01-01
         assert_eq!(
             need(
@@ -494,6 +515,15 @@ mod tests {
                 renew_at: t0 + Duration::from_secs(60 * 86400)
             }
         );
+        // A key that is not the certificate's (an interrupted renewal).
+        let (_, stray_key) = self_signed("shop.sotolito.internal", 90);
+        let good_key = fs::read(hd.join("privkey.pem")).expect("key");
+        write_private(&hd.join("privkey.pem"), stray_key.as_bytes()).expect("write");
+        assert!(matches!(
+            need(dir.path(), "shop.sotolito.internal", t0),
+            Need::Order(r) if r.contains("key")
+        ));
+        write_private(&hd.join("privkey.pem"), &good_key).expect("write");
         // Replaced by the operator: not ours any more.
         let (other, key2) = self_signed("shop.sotolito.internal", 90);
         write_private(&hd.join("fullchain.pem"), other.as_bytes()).expect("write");

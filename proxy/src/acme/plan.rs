@@ -125,7 +125,8 @@ pub struct CertFacts {
     pub covers_host: bool,
     /// Issued by us (the ACME marker matches this certificate).
     pub ours: bool,
-    pub key_present: bool,
+    /// privkey.pem holds the key of this certificate: the pair loads.
+    pub key_usable: bool,
 }
 
 /// Decides from the files' state (`None`: no certificate; `Err`: unreadable
@@ -139,11 +140,13 @@ pub fn assess(facts: Option<Result<CertFacts, String>>, now: SystemTime) -> Need
     if facts.not_after <= now {
         return Need::Order("certificate expired".into());
     }
+    // A pair that cannot be served is replaced, whoever installed it (this
+    // also repairs a renewal interrupted between the two renames).
+    if !facts.key_usable {
+        return Need::Order("private key missing or not the certificate's".into());
+    }
     if !facts.ours {
         return Need::Manual;
-    }
-    if !facts.key_present {
-        return Need::Order("private key missing".into());
     }
     if !facts.covers_host {
         return Need::Order("certificate does not name the host".into());
@@ -233,7 +236,7 @@ mod tests {
             not_after: t0 + Duration::from_secs(90),
             covers_host: true,
             ours: true,
-            key_present: true,
+            key_usable: true,
         };
         let at = t0 + Duration::from_secs(60);
         assert_eq!(
@@ -257,6 +260,12 @@ mod tests {
             assess(Some(Ok(manual)), t0 + Duration::from_secs(100)),
             Need::Order(_)
         ));
+        let broken = CertFacts {
+            key_usable: false,
+            ours: false,
+            ..facts.clone()
+        };
+        assert!(matches!(assess(Some(Ok(broken)), t0), Need::Order(_)));
         let other = CertFacts {
             covers_host: false,
             ..facts
