@@ -91,10 +91,13 @@ pub fn start_with(
     if !config.acme.enabled {
         return Ok(None);
     }
-    check_directory(&config.acme.directory)?;
-    let http = AcmeHttp::new(&config.acme.ca_roots)?;
+    let mut acme = config.acme.clone();
+    acme.directory = directory_url(&acme.directory).to_owned();
+    check_directory(&acme.directory)?;
+    let http = AcmeHttp::new(&acme.ca_roots)?;
+    tracing::info!(directory = %acme.directory, "automatic HTTPS on");
     let manager = Manager {
-        acme: config.acme.clone(),
+        acme,
         certs_dir: config.certs_dir(),
         registry: Registry::new(config.registry_dir()),
         challenges,
@@ -115,11 +118,20 @@ pub fn start_with(
         .name("acme".into())
         .spawn(move || rt.block_on(manager.run(stop_rx)))
         .map_err(Error::Start)?;
-    tracing::info!(directory = %config.acme.directory, "automatic HTTPS on");
     Ok(Some(AcmeHandle {
         stop,
         thread: Some(thread),
     }))
+}
+
+/// `[acme] directory`: a URL, or `letsencrypt` / `letsencrypt-staging`
+/// for Let's Encrypt's production and staging directories.
+pub fn directory_url(directory: &str) -> &str {
+    match directory.trim() {
+        "letsencrypt" => instant_acme::LetsEncrypt::Production.url(),
+        "letsencrypt-staging" => instant_acme::LetsEncrypt::Staging.url(),
+        other => other,
+    }
 }
 
 fn check_directory(url: &str) -> Result<(), Error> {
@@ -339,6 +351,15 @@ mod tests {
         assert!(check_directory("https://acme-v02.api.letsencrypt.org/directory").is_ok());
         assert!(check_directory("http://ca/dir").is_err());
         assert!(check_directory("not a url").is_err());
+        assert_eq!(
+            directory_url("letsencrypt-staging"),
+            "https://acme-staging-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(
+            directory_url("letsencrypt"),
+            "https://acme-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(directory_url("https://ca/dir"), "https://ca/dir");
     }
 
     #[test]

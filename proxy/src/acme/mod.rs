@@ -21,7 +21,7 @@ pub use certfile::{list_certs, CertInfo, CertStatus};
 pub use challenge::{
     challenge_response, ChallengeGuard, Challenges, ACME_TLS_ALPN, CHALLENGE_PREFIX,
 };
-pub use manager::{start, start_with, AcmeHandle, Tuning};
+pub use manager::{directory_url, start, start_with, AcmeHandle, Tuning};
 pub use order::ChallengeKind;
 
 /// Errors of certificate management; each names the thing and what to do.
