@@ -616,6 +616,43 @@ fn parallel_provisions_get_distinct_leases() {
 }
 
 #[test]
+fn concurrent_starts_and_stops_converge() {
+    let sb = Sandbox::new();
+    sb.ok(&["provision", "acme", "--image", "bb"]);
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| sb.vpsctl(&["start", "acme"])))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for out in &outs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(sb.status("acme")["state"], "running");
+    assert_eq!(sb.ok(&["exec", "acme", "--", "hostname"]).trim(), "acme");
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| sb.vpsctl(&["stop", "acme", "--timeout", "1"])))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for out in &outs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(sb.status("acme")["state"], "stopped");
+    sb.ok(&["start", "acme"]);
+    assert_eq!(sb.status("acme")["state"], "running");
+}
+
+#[test]
 fn units_install_and_verify() {
     let sb = Sandbox::new();
     sb.ok(&["units", "install"]);

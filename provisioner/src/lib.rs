@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod busybox;
 pub mod data;
 pub mod image;
+pub mod lock;
 pub mod overlay;
 pub mod runtime;
 pub mod signal;

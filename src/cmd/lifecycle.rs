@@ -77,6 +77,20 @@ pub fn stop_signal(ctx: &Context, tenant: &Tenant) -> i32 {
         })
 }
 
+/// Serializes lifecycle operations on one tenant. Taken after (never
+/// while holding) the registry lock's callers release it, except by
+/// deprovision, which holds the registry lock first: always registry, then
+/// tenant.
+fn lock(
+    ctx: &Context,
+    name: &TenantName,
+) -> anyhow::Result<sotolito_provisioner::lock::TenantLock> {
+    Ok(sotolito_provisioner::lock::lock_tenant(
+        &ctx.config().tenants_dir(),
+        name,
+    )?)
+}
+
 fn set_desired(ctx: &Context, name: &TenantName, desired: Desired) -> anyhow::Result<Tenant> {
     let registry = ctx.registry();
     let lock = registry.lock()?;
@@ -108,6 +122,7 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let _lock = lock(ctx, name)?;
     match runc.state(name.as_str())?.map(|s| s.status) {
         Some(ContainerStatus::Running) | Some(ContainerStatus::Paused) => return Ok(()),
         // Stale: left by a crash or an init that exited on its own.
@@ -120,6 +135,15 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     if let Err(e) =
         supervise::start_detached(&runc, name.as_str(), layout.bundle(), &layout.console_log())
     {
+        // A concurrent start won the race: its container uses the mount.
+        if runc
+            .state(name.as_str())
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.status == ContainerStatus::Running)
+        {
+            return Ok(());
+        }
         let _ = overlay::unmount_root(&layout);
         return Err(e.into());
     }
@@ -137,6 +161,7 @@ pub fn stop_container(
     if systemd_manages(ctx) {
         systemctl("stop", name)?;
     }
+    let _lock = lock(ctx, name)?;
     let outcome = supervise::stop(&ctx.runc(), name.as_str(), signal, timeout)?;
     overlay::unmount_root(&provision::layout(ctx, name))?;
     Ok(outcome)
@@ -244,6 +269,9 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
         // Bridge and tables (if missing); sotolito-net.service reconciles at boot.
         crate::cmd::net::ensure_network(ctx)?;
         let runc = ctx.runc();
+        // Held while preparing, released before the container runs (a
+        // stop must be able to get it).
+        let prep_lock = lock(ctx, name)?;
         match runc.state(name.as_str())?.map(|s| s.status) {
             // Left by a `run` that was killed (its container lives in a
             // cgroup of its own): stop it rather than fail on every
@@ -257,6 +285,7 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
         }
         let layout = provision::write_bundle(ctx, &tenant)?;
         overlay::mount_root(name.as_str(), &img.rootfs(), &layout)?;
+        drop(prep_lock);
         tracing::info!(tenant = %name, console = %layout.console_log().display(), "running");
         let result = supervise::run_foreground(
             &runc,

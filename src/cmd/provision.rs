@@ -339,6 +339,15 @@ fn teardown(ctx: &Context, args: &DeprovisionArgs) -> anyhow::Result<bool> {
         );
     }
     let mut kept = layout.data().exists();
+    if args.purge {
+        note(
+            "lock file",
+            remove_file(&sotolito_provisioner::lock::lock_path(
+                &config.tenants_dir(),
+                name,
+            )),
+        );
+    }
     if args.purge && !overlay::is_mounted(&root) && layout.dir.exists() {
         note(
             "data",

@@ -1,0 +1,54 @@
+//! One lifecycle operation per tenant at a time: start, stop and run's
+//! preparation take an exclusive flock on STATE/tenants/.NAME.lock, so two
+//! concurrent starts cannot delete each other's half-created container or
+//! unmount each other's root.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+use sotolito_config::TenantName;
+
+use crate::{io_err, Error};
+
+/// Held while it lives.
+#[derive(Debug)]
+pub struct TenantLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+pub fn lock_path(tenants_dir: &Path, name: &TenantName) -> PathBuf {
+    tenants_dir.join(format!(".{name}.lock"))
+}
+
+/// Blocks until this process holds the tenant's lock.
+pub fn lock_tenant(tenants_dir: &Path, name: &TenantName) -> Result<TenantLock, Error> {
+    std::fs::create_dir_all(tenants_dir).map_err(io_err("create", tenants_dir))?;
+    let path = lock_path(tenants_dir, name);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    flock(&file, FlockOperation::LockExclusive).map_err(|e| io_err("lock", &path)(e.into()))?;
+    Ok(TenantLock { _file: file, path })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excludes_other_holders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = TenantName::new("acme").unwrap();
+        let held = lock_tenant(tmp.path(), &name).unwrap();
+        let other = File::open(&held.path).unwrap();
+        assert!(flock(&other, FlockOperation::NonBlockingLockExclusive).is_err());
+        drop(held);
+        assert!(flock(&other, FlockOperation::NonBlockingLockExclusive).is_ok());
+    }
+}
