@@ -1,6 +1,8 @@
 //! Route lookup cost with 1 and with 10,000 routes: a hash lookup must not
 //! care how many tenants the host carries.
 
+#![allow(clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 

@@ -106,7 +106,9 @@ impl ResBody {
         let mut lease = Some(lease);
         if body.is_end_stream() {
             // hyper never polls an empty body: the connection is free now.
-            lease.take().map(Lease::release);
+            if let Some(l) = lease.take() {
+                l.release();
+            }
         }
         ResBody::Upstream {
             body,
@@ -135,11 +137,15 @@ impl Body for ResBody {
                         }
                         // hyper stops polling once the body says it ended.
                         if body.is_end_stream() {
-                            lease.take().map(Lease::release);
+                            if let Some(l) = lease.take() {
+                                l.release();
+                            }
                         }
                     }
                     Poll::Ready(None) => {
-                        lease.take().map(Lease::release);
+                        if let Some(l) = lease.take() {
+                            l.release();
+                        }
                     }
                     // A failed body leaves the connection unusable: drop it.
                     Poll::Ready(Some(Err(_))) => *lease = None,

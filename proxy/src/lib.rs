@@ -5,6 +5,8 @@
 //! framing ([`gate`], [`stream`]) -> route ([`route`]) -> upstream
 //! ([`forward`], [`upstream`]). [`run`] is what `vpsctl proxy` calls.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod acme;
 mod admin;
 mod forward;

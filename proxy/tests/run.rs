@@ -3,6 +3,8 @@
 //! READY=1 over NOTIFY_SOCKET, SIGTERM drains and returns. Its own test
 //! binary: it sets the environment and signals the process.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "proxy/common.rs"]
 #[allow(dead_code)]
 mod common;

@@ -1,5 +1,7 @@
 //! End-to-end tests of the proxy on loopback, against real backends.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 mod hardening;
 mod http;
