@@ -653,6 +653,72 @@ fn concurrent_starts_and_stops_converge() {
 }
 
 #[test]
+fn run_in_the_foreground_stops_on_sigterm() {
+    let sb = Sandbox::new();
+    sb.ok(&["provision", "acme", "--image", "bb"]);
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", sb.ns))
+        .arg(env!("CARGO_BIN_EXE_vpsctl"))
+        .arg("--config")
+        .arg(&sb.config)
+        .args(["run", "acme"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vpsctl run");
+    let mut running = false;
+    for _ in 0..50 {
+        if sb.status("acme")["state"] == "running" {
+            running = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !running {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("vpsctl run did not start the container");
+    }
+    assert_eq!(sb.ok(&["exec", "acme", "--", "hostname"]).trim(), "acme");
+    let rootfs = sb.path("state/tenants/acme/rootfs");
+    let mounted = |p: &Path| {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap_or_default()))
+    };
+    assert!(mounted(&rootfs));
+    // nsenter execs vpsctl: the child's pid is vpsctl's.
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    // The image's stop signal, then KILL after 30 s at most: bounded wait.
+    let mut status = None;
+    for _ in 0..400 {
+        if let Some(s) = child.try_wait().expect("wait") {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("vpsctl run did not exit after SIGTERM");
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(sb.status("acme")["state"], "stopped");
+    assert!(
+        !mounted(&rootfs),
+        "run unmounts the root after the container"
+    );
+    assert!(sb.path("state/tenants/acme/console.log").is_file());
+}
+
+#[test]
 fn units_install_and_verify() {
     let sb = Sandbox::new();
     sb.ok(&["units", "install"]);
