@@ -23,6 +23,8 @@ pub enum Error {
         "no free address left in {subnet} ({used} tenants hold one; use a larger network.subnet)"
     )]
     AddressesExhausted { subnet: Ipv4Net, used: usize },
+    #[error("ssh port {port} is the proxy's {what} port (pick another with --ssh-port, or move the proxy)")]
+    ProxyPort { port: u16, what: &'static str },
     #[error("no free ssh port left in {range} ({used} in use; widen network.ssh_ports)")]
     PortsExhausted { range: PortRange, used: usize },
     #[error(

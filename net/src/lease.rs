@@ -59,12 +59,24 @@ pub fn allocate(
         }
     };
 
+    // The DNAT map would take these from the proxy on every local address.
+    let reserved = [
+        ("http", config.proxy.http.port()),
+        ("https", config.proxy.https.port()),
+        ("admin", config.proxy.admin.port()),
+    ];
     let ssh_port = match want_port {
         Some(port) => {
             if !range.contains(port.get()) {
                 return Err(Error::PortOutsideRange {
                     port: port.get(),
                     range,
+                });
+            }
+            if let Some((what, _)) = reserved.iter().find(|(_, p)| *p == port.get()) {
+                return Err(Error::ProxyPort {
+                    port: port.get(),
+                    what,
                 });
             }
             if let Some(owner) = others().find(|t| t.ssh_port == port) {
@@ -77,12 +89,14 @@ pub fn allocate(
             port
         }
         None => {
-            let used: HashSet<u16> = others().map(|t| t.ssh_port.get()).collect();
+            let mut used: HashSet<u16> = others().map(|t| t.ssh_port.get()).collect();
+            let in_use = used.len();
+            used.extend(reserved.iter().map(|(_, p)| *p));
             let port = (range.first..=range.last)
                 .find(|p| !used.contains(p))
                 .ok_or(Error::PortsExhausted {
                     range,
-                    used: used.len(),
+                    used: in_use,
                 })?;
             SshPort::new(u64::from(port))?
         }
@@ -181,6 +195,23 @@ mod tests {
         );
         assert!(err(Some([172, 18, 0, 1]), None).contains("is reserved"));
         assert!(err(Some([172, 18, 255, 255]), None).contains("is reserved"));
+    }
+
+    #[test]
+    fn proxy_ports_are_never_ssh_ports() {
+        let mut c = config();
+        c.network.ssh_ports = "440-450".parse().unwrap();
+        c.proxy.admin = "127.0.0.1:441".parse().unwrap();
+        let ts = vec![tenant("a", [172, 18, 0, 2], 440)];
+        let l = allocate(&c, &ts, &name("b"), None, None).unwrap();
+        assert_eq!(l.ssh_port.get(), 442);
+        let e = allocate(&c, &ts, &name("b"), None, Some(SshPort::new(443).unwrap()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "ssh port 443 is the proxy's https port (pick another with --ssh-port, or move the proxy)"
+        );
     }
 
     #[test]
