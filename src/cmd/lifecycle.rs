@@ -209,7 +209,7 @@ pub fn restart(ctx: &Context, args: &StopArgs) -> anyhow::Result<()> {
 
 pub fn kill(ctx: &Context, args: &KillArgs) -> anyhow::Result<()> {
     let name = &args.name;
-    (|| -> anyhow::Result<()> {
+    let sig = (|| -> anyhow::Result<i32> {
         ctx.registry().require(name)?;
         let sig = args
             .signal
@@ -224,9 +224,11 @@ pub fn kill(ctx: &Context, args: &KillArgs) -> anyhow::Result<()> {
         {
             bail!("tenant {name} is not running");
         }
-        Ok(runc.kill(name.as_str(), sig)?)
+        runc.kill(name.as_str(), sig)?;
+        Ok(sig)
     })()
-    .with_context(|| format!("failed to kill tenant {name}"))
+    .with_context(|| format!("failed to kill tenant {name}"))?;
+    print_state(ctx, name, &format!("sent signal {sig}"))
 }
 
 /// `runc exec` with our stdio; exits with the command's status.
