@@ -588,6 +588,38 @@ mod tests {
     }
 
     #[test]
+    fn picks_this_platform_through_a_nested_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        fs::create_dir(&layout).unwrap();
+        oci_layout(&layout, &[layer(&[("mine", Some("1"))])], None);
+        // Wrap our manifest in a multi-platform index next to another
+        // arch and an attestation, as registries and docker save make.
+        let ours: Value =
+            serde_json::from_str(&fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
+        let ours = &ours["manifests"][0];
+        let other_arch = if host_arch() == "arm64" {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        let theirs = write_blob(&layout, br#"{"schemaVersion":2,"config":{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},"layers":[]}"#);
+        let inner = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": theirs, "platform": {"os": "linux", "architecture": other_arch}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": theirs, "platform": {"os": "unknown", "architecture": "unknown"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": ours["digest"], "platform": {"os": "linux", "architecture": host_arch()}},
+        ]});
+        let inner = write_blob(&layout, inner.to_string().as_bytes());
+        let outer = serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": inner}
+        ]});
+        fs::write(layout.join("index.json"), outer.to_string()).unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        import_into(&layout, &rootfs, tmp.path(), false).unwrap();
+        assert_eq!(fs::read_to_string(rootfs.join("mine")).unwrap(), "1");
+    }
+
+    #[test]
     fn imports_an_oci_layout_and_verifies_digests() {
         let tmp = tempfile::tempdir().unwrap();
         let layout = tmp.path().join("layout");
