@@ -355,6 +355,24 @@ fn busybox_tenant_lifecycle() {
         (s["state"].as_str(), s["desired"].as_str()),
         (Some("stopped"), Some("stopped"))
     );
+    // Stopped stays stopped across a reboot: no boot link; start restores it.
+    let link = sb.path("systemd/sotolito-vps.target.wants/sotolito-vps@acme.service");
+    assert!(fs::symlink_metadata(&link).is_err());
+    let before = sb.snapshot();
+    sb.ok(&[
+        "provision",
+        "acme",
+        "--image",
+        "bb",
+        "--ssh-key",
+        key,
+        "--host",
+        "acme.test",
+    ]);
+    assert_same(&before, &sb.snapshot(), "re-provisioning a stopped tenant");
+    sb.ok(&["start", "acme"]);
+    assert!(fs::symlink_metadata(&link).is_ok());
+    sb.ok(&["stop", "acme", "--timeout", "1"]);
     assert!(s["pid"].is_null());
     assert!(sb
         .fails(&["exec", "acme", "--", "true"])

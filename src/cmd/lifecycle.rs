@@ -110,6 +110,8 @@ pub fn start(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
 pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     crate::cmd::init::ensure_layout(ctx)?;
     let tenant = set_desired(ctx, name, Desired::Running)?;
+    // Started at boot again (see stop).
+    units::enable_instance(&ctx.config().paths.systemd_dir, name)?;
     let runc = ctx.runc();
     if systemd_manages(ctx) {
         systemctl("start", name)?;
@@ -171,6 +173,8 @@ pub fn stop(ctx: &Context, args: &StopArgs) -> anyhow::Result<()> {
     let name = &args.name;
     let outcome = (|| -> anyhow::Result<Stopped> {
         let tenant = set_desired(ctx, name, Desired::Stopped)?;
+        // A stopped tenant stays stopped across a reboot: no boot link.
+        units::disable_instance(&ctx.config().paths.systemd_dir, name)?;
         stop_container(
             ctx,
             name,

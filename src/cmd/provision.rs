@@ -206,7 +206,7 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
     registry.check_conflicts(&tenant)?;
     // Everything below is idempotent: a rerun after a failure converges,
     // and a rerun with the same settings changes nothing.
-    let seeded = apply(ctx, &tenant, &image)?;
+    let seeded = apply(ctx, &tenant, &image, existing.is_none())?;
     if existing.is_none() {
         registry.put(&lock, &tenant)?;
     }
@@ -220,7 +220,10 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
 }
 
 /// Returns whether the data was seeded now.
-fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<bool> {
+/// `new`: no record yet. The boot link of an existing record is `start`'s
+/// and `stop`'s to set (a stopped tenant stays stopped across a reboot);
+/// a new one gets it, as does a running one that lost it.
+fn apply(ctx: &Context, tenant: &Tenant, image: &Image, new: bool) -> anyhow::Result<bool> {
     let layout = write_bundle(ctx, tenant)?;
     let seed = Seed {
         hostname: tenant.name.to_string(),
@@ -237,7 +240,9 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<bool> 
     if fs::read_to_string(&cfg).ok().as_deref() != Some(text.as_str()) {
         write_atomic(&cfg, &text)?;
     }
-    units::enable_instance(&ctx.config().paths.systemd_dir, &tenant.name)?;
+    if new || tenant.desired == Desired::Running {
+        units::enable_instance(&ctx.config().paths.systemd_dir, &tenant.name)?;
+    }
     Ok(seeded)
 }
 
