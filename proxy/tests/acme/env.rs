@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +20,8 @@ use sotolito_proxy::{Listen, ProxyHandle, RouteTable, Settings};
 
 pub const DIRECTORY: &str = "https://127.0.0.1:14000/dir";
 pub const DNS: &str = "127.0.0.1:5353";
-pub const TENANT_ADDR: &str = "127.0.0.2:8080";
+/// Every tenant (127.0.0.N:8080) is this one backend.
+pub const TENANT_ADDR: &str = "0.0.0.0:8080";
 
 /// Root and the tools, or a failure that says what is missing.
 pub fn require_root_and_tools() {
@@ -532,6 +533,9 @@ impl Env {
 
 /// A tenant record named `name` routing `hosts` to the test backend.
 pub fn tenant(name: &str, hosts: &[&str], opt_out: &[&str]) -> Tenant {
+    // A distinct address and SSH port each, as the registry requires.
+    static NEXT: AtomicU16 = AtomicU16::new(2);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let list = |v: &[&str]| {
         v.iter()
             .map(|h| format!("{h:?}"))
@@ -539,9 +543,11 @@ pub fn tenant(name: &str, hosts: &[&str], opt_out: &[&str]) -> Tenant {
             .join(", ")
     };
     let text = format!(
-        "version = 1\nname = {name:?}\nimage = \"debian\"\nip = \"127.0.0.2\"\nssh_port = 2201\n\
+        "version = 1\nname = {name:?}\nimage = \"debian\"\nip = \"127.0.0.{}\"\nssh_port = {}\n\
          http_port = 8080\nhosts = [{}]\nacme_opt_out = [{}]\ncreated = \"2026-11-28T10:00:00Z\"\n\
          desired = \"running\"\n[limits]\nmemory = \"512M\"\ncpu_weight = 100\npids = 4096\n",
+        n % 250 + 2,
+        2200 + n,
         list(hosts),
         list(opt_out),
     );

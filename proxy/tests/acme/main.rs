@@ -256,6 +256,29 @@ fn run_entry_point_obtains_certificates() {
     let served = wait_for(Duration::from_secs(90), || {
         env.served_cert(host, &root).ok()
     });
+    // Provisioned while the proxy runs: picked up from the registry,
+    // certified, routed; curl trusting only pebble's root reaches it.
+    let later = "later.sotolito.internal";
+    let registry = sotolito_config::Registry::new(env.config.registry_dir());
+    let lock = registry.lock().expect("registry lock");
+    registry
+        .put(&lock, &tenant("later", &[later], &[]))
+        .expect("put tenant");
+    drop(lock);
+    let later_served = served.as_ref().and_then(|_| {
+        wait_for(Duration::from_secs(60), || {
+            env.served_cert(later, &root).ok()
+        })
+    });
+    let root_file = env.dir.path().join("pebble-root.pem");
+    std::fs::write(&root_file, &root).expect("write root");
+    let (https_ok, https_body) = env.ns.curl(&[
+        "--cacert",
+        root_file.to_str().expect("utf-8"),
+        "--resolve",
+        &format!("{later}:443:127.0.0.1"),
+        &format!("https://{later}/new"),
+    ]);
     let pid = child.id().to_string();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -274,6 +297,14 @@ fn run_entry_point_obtains_certificates() {
     assert!(
         text.contains("automatic HTTPS on"),
         "manager not started:\n{text}"
+    );
+    assert!(
+        later_served.is_some(),
+        "no certificate for a tenant provisioned while running:\n{text}"
+    );
+    assert!(
+        https_ok && https_body.contains("tenant saw /new"),
+        "{https_body}\n{text}"
     );
     assert!(
         exited.is_some_and(|s| s.success()),
