@@ -262,6 +262,25 @@ pub enum CertStatus {
     Missing,
 }
 
+impl CertStatus {
+    /// The word `--json` prints, for tables too.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertStatus::Valid => "valid",
+            CertStatus::RenewalDue => "renewal-due",
+            CertStatus::Expired => "expired",
+            CertStatus::Invalid => "invalid",
+            CertStatus::Missing => "missing",
+        }
+    }
+}
+
+impl std::fmt::Display for CertStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One row of `vpsctl certs list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertInfo {
@@ -448,6 +467,20 @@ mod rfc3339_opt {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn status_words_match_json() {
+        for st in [
+            CertStatus::Valid,
+            CertStatus::RenewalDue,
+            CertStatus::Expired,
+            CertStatus::Invalid,
+            CertStatus::Missing,
+        ] {
+            let json = serde_json::to_string(&st).expect("json");
+            assert_eq!(json, format!("\"{st}\""));
+        }
+    }
 
     #[test]
     fn status_round_trips() {
