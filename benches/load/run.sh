@@ -6,7 +6,10 @@
 #   benches/load/run.sh --smoke    1 s rounds, 2 rounds (what CI runs)
 #
 # Then TLS: a full handshake per request (ECDSA P-256, Connection: close,
-# session resumption off on every server), handshakes per second.
+# session resumption off on every server), handshakes per second. Then
+# five route reloads under load per proxy, counting failed requests: ours
+# swaps its table in process (SIGHUP to proxy-bench), HAProxy reloads
+# softly (master-worker, USR2), nginx reloads (HUP).
 #
 # Needs: nginx, haproxy, wrk, curl, openssl (Debian packages), cargo. Every
 # server runs as a foreground child of this script, stopped by PID at exit.
@@ -171,7 +174,7 @@ nginx -c "$TMP/backend.conf" -e "$TMP/backend.err" &
 PIDS+=($!); BACKEND_PID=$!
 nginx -c "$TMP/nginxp.conf" -e "$TMP/nginxp.err" &
 PIDS+=($!); NGINXP_PID=$!
-haproxy -f "$TMP/haproxy.cfg" -db &
+haproxy -W -f "$TMP/haproxy.cfg" -db 2>"$TMP/haproxy.err" &
 PIDS+=($!); HAPROXY_PID=$!
 "$BIN" --listen $OURS --route $HOST=$BACKEND --workers 2 2>"$TMP/ours.err" &
 PIDS+=($!); OURS_PID=$!
@@ -279,6 +282,32 @@ echo "TLS full handshakes (ECDSA P-256, new connection per request), medians of 
 printf '%-10s %14s %14s %9s\n' target handshakes/s cpu_us/hs rate/hap
 for t in ours haproxy nginx; do
     awk -v t=$t -v r="$(tcol $t 3)" -v c="$(tcol $t 4)" -v h="$TH" 'BEGIN { printf "%-10s %14.0f %14.2f %9.3f\n", t, r, c, r / h }'
+done
+
+
+# Five reloads in 5 s under load; every non-2xx answer and socket error is
+# a failed request.
+echo >&2
+echo "reloads: wrk -t$THREADS -c$CONNS -d5s, 5 reloads each" >&2
+echo
+echo "five route reloads under load (wrk -t$THREADS -c$CONNS -d5s)"
+printf '%-10s %10s %16s\n' target requests failed
+for t in ours haproxy nginx; do
+    case $t in ours) addr=$OURS pid=$OURS_PID sig=HUP ;; haproxy) addr=$HAPROXY pid=$HAPROXY_PID sig=USR2 ;; nginx) addr=$NGINXP pid=$NGINXP_PID sig=HUP ;; esac
+    wrk -t"$THREADS" -c"$CONNS" -d5s -H "Host: $HOST" "http://$addr/index.html" >"$TMP/reload-$t.txt" &
+    WRK_PID=$!
+    for _ in 1 2 3 4 5; do
+        sleep 0.8
+        kill -"$sig" "$pid"
+    done
+    wait "$WRK_PID"
+    out=$(cat "$TMP/reload-$t.txt")
+    reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ { print $NF }' <<<"$out")
+    sockerr=$(awk -F'[ ,]+' '/Socket errors/ { print $4 + $6 + $8 + $10 }' <<<"$out")
+    printf '%-10s %10s %16s\n' "$t" "$reqs" "$(( ${non2xx:-0} + ${sockerr:-0} ))"
+    # Let the old workers of a soft reload finish before the next target.
+    sleep 1
 done
 
 O1=$(col ours 3); O10=$(col ours-10k 3)

@@ -83,13 +83,39 @@ fn run() -> Result<(), String> {
         "proxy-bench: listening on {listen} with {} routes",
         routes.len() + extra
     );
-    // Runs until killed; the benchmark script stops it by PID.
-    loop {
-        std::thread::park();
-        if proxy.http_addr().is_none() {
-            return Ok(());
+    // SIGHUP swaps in a new table (one more host each time), as a registry
+    // change does; the benchmark counts failed requests across swaps. Runs
+    // until killed; the benchmark script stops it by PID.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| e.to_string())?;
+        let mut generation = 0usize;
+        while hup.recv().await.is_some() {
+            generation += 1;
+            let added: Vec<(String, SocketAddr)> = (0..generation)
+                .map(|i| {
+                    (
+                        format!("reload{i}.bench.test"),
+                        SocketAddr::from(([127, 0, 0, 1], 9)),
+                    )
+                })
+                .collect();
+            let table = RouteTable::from_routes(
+                routes
+                    .iter()
+                    .chain(filler.iter())
+                    .chain(added.iter())
+                    .map(|(h, a)| (h.as_str(), "bench", *a)),
+            )
+            .map_err(|e| e.to_string())?;
+            proxy.set_routes(table);
         }
-    }
+        Ok(())
+    })
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
