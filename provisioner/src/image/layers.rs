@@ -246,6 +246,16 @@ pub fn apply_layer(reader: impl Read, root: &Path) -> std::io::Result<()> {
             }
             continue;
         }
+        // The tar crate would write devices and fifos as empty regular
+        // files; a container gets its /dev from a tmpfs anyway.
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+        ) {
+            tracing::debug!(path = %rel.display(), "skipping a device node or fifo");
+            continue;
+        }
         if let Some(dest) = inside(&root_canon, root, &rel) {
             let entry_is_dir = entry.header().entry_type().is_dir();
             if let Ok(md) = fs::symlink_metadata(&dest) {
@@ -512,6 +522,24 @@ mod tests {
             }
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn device_nodes_are_not_faked_as_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+        h.set_size(0);
+        h.set_mode(0o666);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, "null", &[][..]).unwrap();
+        let data = b.into_inner().unwrap();
+        apply_layer(&data[..], tmp.path()).unwrap();
+        assert!(fs::symlink_metadata(tmp.path().join("null")).is_err());
     }
 
     #[test]
