@@ -81,6 +81,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
             })?;
         notify("READY=1");
         let mut tick = tokio::time::interval(REGISTRY_POLL);
+        let mut last_problem: Option<String> = None;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -88,19 +89,26 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => {}
             }
-            match registry.generation() {
+            // A broken registry is reported once per distinct problem, not
+            // ten times a second; the routes in use stay.
+            let problem = match registry.generation() {
                 Ok(g) if g != generation => match registry.list() {
                     Ok(tenants) => {
                         generation = g;
                         proxy.set_routes(RouteTable::from_tenants(&tenants));
+                        None
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "registry unreadable; keeping the current routes")
-                    }
+                    Err(e) => Some(e.to_string()),
                 },
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "registry generation unreadable"),
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(p) = &problem {
+                if last_problem.as_ref() != Some(p) {
+                    tracing::warn!(error = %p, "registry unreadable; keeping the current routes");
+                }
             }
+            last_problem = problem;
         }
         Ok::<(), Error>(())
     })?;
