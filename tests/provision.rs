@@ -887,7 +887,6 @@ impl Drop for Client {
 /// namespace through the DNAT port, data survives stop/start and deprovision + provision, and
 /// --purge removes it. Needs debootstrap (first run only) and openssh-client.
 #[test]
-#[ignore = "end-to-end with a Debian rootfs (debootstrap once, then cached): cargo test --test provision -- --ignored"]
 fn debian_systemd_vps_end_to_end() {
     let sb = Sandbox::new();
     let client = Client::new(&sb);

@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _};
 const HOST_ADDR: &str = "198.18.0.1";
 const CLIENT_ADDR: &str = "198.18.0.2";
 /// Where `--debian` keeps its debootstrap result between runs.
-const DEBIAN_CACHE: &str = "/var/cache/sotolito/demo-debian-bookworm.tar.gz";
+const DEBIAN_CACHE: &str = "/var/cache/sotolito/debian-bookworm.tar.gz";
 
 pub struct Options {
     pub debian: bool,
