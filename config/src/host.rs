@@ -207,6 +207,18 @@ pub struct Acme {
     pub email: String,
     /// Extra PEM roots to trust for the ACME server (a private CA).
     pub ca_roots: Vec<PathBuf>,
+    /// `http-01` (a token on :80) or `tls-alpn-01` (on :443, for hosts
+    /// whose port 80 is not reachable).
+    pub challenge: AcmeChallenge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 impl Default for Acme {
@@ -216,6 +228,7 @@ impl Default for Acme {
             directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
             email: String::new(),
             ca_roots: Vec::new(),
+            challenge: AcmeChallenge::Http01,
         }
     }
 }
@@ -495,7 +508,7 @@ mod tests {
     #[test]
     fn values_are_read() {
         let c = parse(
-            "[paths]\nstate_dir = \"/tmp/s\"\n[network]\nssh_ports = \"3000-3009\"\n[defaults]\nmemory = \"2G\"\n[runtime]\ncgroup_manager = \"cgroupfs\"\n[proxy]\nupstream_timeout = \"2s 500ms\"\n",
+            "[paths]\nstate_dir = \"/tmp/s\"\n[network]\nssh_ports = \"3000-3009\"\n[defaults]\nmemory = \"2G\"\n[runtime]\ncgroup_manager = \"cgroupfs\"\n[proxy]\nupstream_timeout = \"2s 500ms\"\n[acme]\nchallenge = \"tls-alpn-01\"\n",
         )
         .unwrap();
         assert_eq!(c.paths.state_dir, Path::new("/tmp/s"));
@@ -503,6 +516,7 @@ mod tests {
         assert_eq!(c.defaults.memory.bytes(), 2 << 30);
         assert_eq!(c.runtime.cgroup_manager, CgroupManager::Cgroupfs);
         assert_eq!(c.proxy.upstream_timeout, Duration::from_millis(2500));
+        assert_eq!(c.acme.challenge, AcmeChallenge::TlsAlpn01);
     }
 
     #[test]

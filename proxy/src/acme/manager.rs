@@ -79,7 +79,18 @@ impl Drop for AcmeHandle {
 /// enabled`; `Ok(None)` when it is off. `challenges` is the store the
 /// proxy's HTTP handler answers from.
 pub fn start(config: &HostConfig, challenges: Challenges) -> Result<Option<AcmeHandle>, Error> {
-    start_with(config, challenges, Tuning::default())
+    let challenge = match config.acme.challenge {
+        sotolito_config::host::AcmeChallenge::Http01 => ChallengeKind::Http01,
+        sotolito_config::host::AcmeChallenge::TlsAlpn01 => ChallengeKind::TlsAlpn01,
+    };
+    start_with(
+        config,
+        challenges,
+        Tuning {
+            challenge,
+            ..Tuning::default()
+        },
+    )
 }
 
 /// [`start`] with explicit timing.
