@@ -1,12 +1,9 @@
 //! One request: route it by Host, rewrite headers, forward it to the
 //! tenant, stream the answer back (or tunnel an upgraded connection).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -14,21 +11,17 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::body::{access_log_enabled, read_ahead, AccessLog, ReqBody, ResBody};
 use crate::headers::{apply_forwarding, strip_hop_by_hop, ClientSide, PeerValues};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::route::{normalize_host, RouteTable};
 use crate::tls::CertStore;
-use crate::upstream::{Lease, Pool};
+use crate::upstream::Pool;
 use crate::Settings;
-
-/// Read before the tenant is contacted, so a body that is malformed from the
-/// start never reaches it.
-const PREREAD_LIMIT: usize = 64 * 1024;
 
 /// What every connection of every worker shares.
 pub(crate) struct Shared {
@@ -48,163 +41,6 @@ pub(crate) struct ConnCtx {
     pub pool: Arc<Pool>,
     pub peer_values: PeerValues,
     pub trusted: bool,
-}
-
-/// The request body sent upstream: frames read ahead, then the rest.
-pub(crate) struct ReqBody {
-    read_ahead: VecDeque<Frame<Bytes>>,
-    read_ahead_len: u64,
-    rest: Incoming,
-}
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some(frame) = this.read_ahead.pop_front() {
-            if let Some(data) = frame.data_ref() {
-                this.read_ahead_len -= data.len() as u64;
-            }
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        Pin::new(&mut this.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.read_ahead.is_empty() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let rest = self.rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + self.read_ahead_len);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + self.read_ahead_len);
-        }
-        hint
-    }
-}
-
-/// The response body: the tenant's, streamed, or one of ours.
-pub(crate) enum ResBody {
-    Full(Option<Bytes>),
-    Upstream {
-        body: Incoming,
-        /// The tenant connection, returned to the pool when the body ends.
-        lease: Option<Lease>,
-        log: Option<Box<AccessLog>>,
-    },
-}
-
-impl ResBody {
-    fn upstream(body: Incoming, lease: Lease) -> ResBody {
-        let mut lease = Some(lease);
-        if body.is_end_stream() {
-            // hyper never polls an empty body: the connection is free now.
-            if let Some(l) = lease.take() {
-                l.release();
-            }
-        }
-        ResBody::Upstream {
-            body,
-            lease,
-            log: None,
-        }
-    }
-}
-
-impl Body for ResBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ResBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResBody::Upstream { body, lease, log } => {
-                let r = Pin::new(&mut *body).poll_frame(cx);
-                match &r {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(log), Some(data)) = (log, frame.data_ref()) {
-                            log.bytes += data.len() as u64;
-                        }
-                        // hyper stops polling once the body says it ended.
-                        if body.is_end_stream() {
-                            if let Some(l) = lease.take() {
-                                l.release();
-                            }
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        if let Some(l) = lease.take() {
-                            l.release();
-                        }
-                    }
-                    // A failed body leaves the connection unusable: drop it.
-                    Poll::Ready(Some(Err(_))) => *lease = None,
-                    Poll::Pending => {}
-                }
-                r
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResBody::Full(b) => b.is_none(),
-            ResBody::Upstream { body, .. } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            ResBody::Full(None) => SizeHint::with_exact(0),
-            ResBody::Upstream { body, .. } => body.size_hint(),
-        }
-    }
-}
-
-/// The access log line of one request, written when its response body is
-/// done (or dropped), so it can say how many bytes went out.
-pub(crate) struct AccessLog {
-    tenant: Arc<str>,
-    host: String,
-    method: Method,
-    path: String,
-    status: u16,
-    bytes: u64,
-    start: Instant,
-    upstream: Duration,
-    peer: SocketAddr,
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        tracing::info!(
-            target: "sotolito_proxy::access",
-            client = %self.peer,
-            tenant = %self.tenant,
-            host = %self.host,
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            bytes = self.bytes,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            upstream_ms = self.upstream.as_secs_f64() * 1000.0,
-        );
-    }
-}
-
-fn access_log_enabled() -> bool {
-    tracing::enabled!(target: "sotolito_proxy::access", tracing::Level::INFO)
 }
 
 /// An answer of the proxy's own. `close` ends an HTTP/1 connection after it.
@@ -382,12 +218,8 @@ async fn proxy(
     } else {
         None
     };
-    let mut body = ReqBody {
-        read_ahead: VecDeque::new(),
-        read_ahead_len: 0,
-        rest: incoming,
-    };
-    if !body.rest.is_end_stream()
+    let mut body = ReqBody::new(incoming);
+    if !body.is_empty()
         && read_ahead(&mut body, settings.header_read_timeout)
             .await
             .is_err()
@@ -471,44 +303,6 @@ async fn proxy(
         tenant: Some(route.tenant.clone()),
         upstream,
     }
-}
-
-/// Reads the first body frame (waiting for it), then whatever else has
-/// already arrived, up to [`PREREAD_LIMIT`].
-async fn read_ahead(body: &mut ReqBody, wait: Duration) -> Result<(), ()> {
-    let first = tokio::time::timeout(wait, body.rest.frame()).await;
-    let push = |body: &mut ReqBody, frame: Frame<Bytes>| {
-        if let Some(d) = frame.data_ref() {
-            body.read_ahead_len += d.len() as u64;
-        }
-        body.read_ahead.push_back(frame);
-    };
-    match first {
-        Ok(Some(Ok(frame))) => push(body, frame),
-        Ok(None) => return Ok(()),
-        Ok(Some(Err(_))) | Err(_) => return Err(()),
-    }
-    while body.read_ahead_len < PREREAD_LIMIT as u64 && !body.rest.is_end_stream() {
-        // hyper decodes the next frame only when asked, on the connection's
-        // task: ask, let that task run once, and take what it had buffered.
-        let mut next = body.rest.frame();
-        let polled = match futures::poll!(&mut next) {
-            Poll::Ready(r) => Some(r),
-            Poll::Pending => {
-                tokio::task::yield_now().await;
-                match futures::poll!(&mut next) {
-                    Poll::Ready(r) => Some(r),
-                    Poll::Pending => None,
-                }
-            }
-        };
-        match polled {
-            Some(Some(Ok(frame))) => push(body, frame),
-            Some(Some(Err(_))) => return Err(()),
-            Some(None) | None => break,
-        }
-    }
-    Ok(())
 }
 
 fn redirect(shared: &Shared, host: &str, uri: &Uri) -> Option<Response<ResBody>> {

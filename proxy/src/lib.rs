@@ -3,12 +3,14 @@
 //!
 //! A connection goes accept ([`server`]) -> TLS ([`tls`]) -> strict HTTP/1
 //! framing ([`gate`], [`stream`]) -> route ([`route`]) -> upstream
-//! ([`forward`], [`upstream`]). [`run`] is what `vpsctl proxy` calls.
+//! ([`forward`], [`body`], [`upstream`]). [`run`] is what `vpsctl proxy`
+//! calls.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod acme;
 mod admin;
+mod body;
 mod forward;
 mod gate;
 mod headers;

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::forward::ReqBody;
+use crate::body::ReqBody;
 
 /// Idle connections kept per tenant address; more are closed when returned.
 const MAX_IDLE_PER_ADDR: usize = 512;
