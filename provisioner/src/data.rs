@@ -31,10 +31,11 @@ pub fn is_seeded(layout: &TenantLayout) -> bool {
 /// Seeds the data dirs from `image_rootfs` unless that was done already.
 /// Returns whether it seeded now.
 pub fn seed(layout: &TenantLayout, image_rootfs: &Path, seed: &Seed) -> Result<bool, Error> {
+    let data = layout.data();
+    remove_stale_partials(&data);
     if is_seeded(layout) {
         return Ok(false);
     }
-    let data = layout.data();
     fs::create_dir_all(&data).map_err(io_err("create", &data))?;
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
         .map_err(io_err("chmod", &data))?;
@@ -43,7 +44,13 @@ pub fn seed(layout: &TenantLayout, image_rootfs: &Path, seed: &Seed) -> Result<b
         remove_any(&dest)?;
         let src = image_rootfs.join(d);
         if fs::symlink_metadata(&src).is_ok_and(|m| m.is_dir()) {
-            copy_tree(&src, &dest)?;
+            // `cp` is a child process: a vpsctl killed mid-seed leaves it
+            // running. Copying into a name of this run's own and renaming
+            // keeps such an orphan out of the way of the next run.
+            let partial = data.join(format!(".{d}.partial-{}", std::process::id()));
+            remove_any(&partial)?;
+            copy_tree(&src, &partial)?;
+            fs::rename(&partial, &dest).map_err(io_err("rename", &dest))?;
         } else {
             fs::create_dir(&dest).map_err(io_err("create", &dest))?;
             let mode = if d == "root" { 0o700 } else { 0o755 };
@@ -121,6 +128,21 @@ fn replace_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
     }
     fs::write(path, data).map_err(io_err("write", path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+}
+
+/// Best effort: copies left by killed runs (one may still be written by an
+/// orphaned `cp`; it is removed by a later run).
+fn remove_stale_partials(data: &Path) {
+    let Ok(entries) = fs::read_dir(data) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().contains(".partial-") {
+            if let Err(err) = remove_any(&e.path()) {
+                tracing::debug!(path = %e.path().display(), error = %err, "stale partial copy not removed yet");
+            }
+        }
+    }
 }
 
 fn remove_any(path: &Path) -> Result<(), Error> {
