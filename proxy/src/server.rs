@@ -479,7 +479,10 @@ impl Conn {
             .max_buf_size(s.max_header_bytes.max(8192))
             .max_headers(s.max_headers)
             // GuardedStream times out slow heads and idle connections.
-            .header_read_timeout(None);
+            .header_read_timeout(None)
+            // One flat write per response: measured ~4% less CPU per
+            // request than writev of head and body for small responses.
+            .writev(false);
         let conn = builder
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();

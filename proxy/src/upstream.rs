@@ -94,7 +94,10 @@ impl Pool {
                 .await
                 .map_err(UpstreamError::Connect)?;
         }
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        // Flat writes, as on the client side (see server.rs).
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
         tokio::spawn(async move {
