@@ -136,22 +136,11 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
     );
 
     // SIGTERM: the handler is installed before READY=1 was sent.
-    let rc = kill_self_with_sigterm();
-    assert_eq!(rc, 0);
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM)
+        .unwrap();
     let result = runner.join().unwrap();
     assert!(result.is_ok(), "{result:?}");
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(std::net::TcpStream::connect(http).is_err());
-}
-
-/// Sends SIGTERM to this process through kill(1), keeping the test free of
-/// unsafe code.
-fn kill_self_with_sigterm() -> i32 {
-    std::process::Command::new("kill")
-        .args(["-TERM", &std::process::id().to_string()])
-        .status()
-        .unwrap()
-        .code()
-        .unwrap_or(-1)
 }
