@@ -203,14 +203,16 @@ for addr in $TLS_OURS $TLS_HAPROXY $TLS_NGINXP; do
     [[ $code == 200 ]] || { echo "run.sh: TLS $addr answered $code" >&2; exit 1; }
 done
 
-# CPU ticks (user + system) of a process and its children threads/processes.
+# CPU ticks (user + system) of a process and its direct children (nginx
+# and HAProxy workers), from /proc/PID/stat; comm may hold spaces, so the
+# fields are counted after its closing ") ".
 cpu_ticks() {
-    local total=0 pid
-    for pid in "$1" $(pgrep -P "$1" || true); do
-        [[ -r /proc/$pid/stat ]] || continue
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
-    done
-    echo $total
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '{
+        pid = $1
+        rest = substr($0, index($0, ") ") + 2)
+        split(rest, f, " ")
+        if (pid == p || f[2] == p) total += f[12] + f[13]
+    } END { print total + 0 }'
 }
 HZ=$(getconf CLK_TCK)
 
