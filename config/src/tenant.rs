@@ -110,6 +110,12 @@ impl Tenant {
             h.join(",")
         };
         cmp("hosts", hosts(self), hosts(other));
+        let opt_out = |t: &Tenant| {
+            let mut h: Vec<_> = t.acme_opt_out.iter().map(|h| h.to_string()).collect();
+            h.sort();
+            h.join(",")
+        };
+        cmp("no-acme hosts", opt_out(self), opt_out(other));
         let keys = |t: &Tenant| {
             let mut k = t.ssh_keys.clone();
             k.sort();

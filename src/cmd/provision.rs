@@ -50,6 +50,10 @@ pub struct ProvisionArgs {
     /// Process limit [default: config defaults.pids]
     #[arg(long, value_name = "N", value_parser = parse_pids)]
     pub pids: Option<u32>,
+    /// Never request an ACME certificate for this host (repeatable; one of
+    /// the --host names).
+    #[arg(long = "no-acme", value_name = "HOST")]
+    pub no_acme: Vec<HostName>,
     /// Start it once provisioned.
     #[arg(long)]
     pub start: bool,
@@ -146,6 +150,9 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
     for f in &args.ssh_keys {
         keys.extend(data::read_key_file(f)?);
     }
+    if let Some(h) = args.no_acme.iter().find(|h| !args.hosts.contains(h)) {
+        bail!("--no-acme {h} is not one of the tenant's hosts (add it with --host {h})");
+    }
     let image = image::store(ctx).require(&args.image)?;
     let registry = ctx.registry();
     let lock = registry.lock()?;
@@ -183,10 +190,7 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
             },
             |t| t.desired,
         ),
-        acme_opt_out: existing
-            .as_ref()
-            .map(|t| t.acme_opt_out.clone())
-            .unwrap_or_default(),
+        acme_opt_out: args.no_acme.clone(),
         limits: Limits {
             memory: args.memory.unwrap_or(config.defaults.memory),
             cpu_weight: args.cpu_weight.unwrap_or(config.defaults.cpu_weight),

@@ -110,6 +110,10 @@ fn bad_command_lines_and_configs_change_nothing() {
             "/nonexistent/key.pub",
         ),
         (&["--ssh-key", garbage_key][..], "garbage.pub"),
+        (
+            &["--host", "x.test", "--no-acme", "y.test"][..],
+            "--no-acme y.test",
+        ),
     ] {
         cases.push(Case {
             args: p(extra),
