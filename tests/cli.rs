@@ -316,16 +316,10 @@ fn state_dir_flag_and_environment_override_the_file() {
 
 #[test]
 fn version_and_help() {
-    let o = vpsctl_cmd()
-        .arg("--version")
-        .output()
-        .unwrap();
+    let o = vpsctl_cmd().arg("--version").output().unwrap();
     assert!(o.status.success());
     assert!(stdout(&o).starts_with("vpsctl "));
-    let o = vpsctl_cmd()
-        .arg("--help")
-        .output()
-        .unwrap();
+    let o = vpsctl_cmd().arg("--help").output().unwrap();
     assert!(o.status.success());
     for cmd in ["init", "list", "status"] {
         assert!(stdout(&o).contains(cmd));
