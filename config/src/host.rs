@@ -275,10 +275,14 @@ impl HostConfig {
         let env_state = std::env::var_os(ENV_STATE_DIR)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
-        let (path, required) = match flags.config.clone().or(env_config) {
-            Some(p) => (p, true),
-            None => (PathBuf::from(DEFAULT_CONFIG), false),
-        };
+        // The default file stays optional even when named: units and hooks
+        // name it explicitly, and a host without one runs on defaults.
+        let path = flags
+            .config
+            .clone()
+            .or(env_config)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let required = path != Path::new(DEFAULT_CONFIG);
         let mut config = match std::fs::read_to_string(&path) {
             Ok(text) => HostConfig::parse(&text, &path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
@@ -292,12 +296,18 @@ impl HostConfig {
                 })
             }
         };
-        if let Some(dir) = flags.state_dir.clone().or(env_state) {
-            config.paths.state_dir = dir;
+        let state_dir_override = flags.state_dir.clone().or(env_state);
+        if let Some(dir) = &state_dir_override {
+            config.paths.state_dir = dir.clone();
         }
         config.make_paths_absolute()?;
         let path = std::path::absolute(&path).unwrap_or(path);
-        Ok(Loaded { config, path })
+        let state_dir_override = state_dir_override.map(|_| config.paths.state_dir.clone());
+        Ok(Loaded {
+            config,
+            path,
+            state_dir_override,
+        })
     }
 
     /// Parses config text; `path` only names the file in errors.
@@ -417,6 +427,9 @@ impl HostConfig {
 pub struct Loaded {
     pub config: HostConfig,
     pub path: PathBuf,
+    /// The state dir when a flag or the environment chose it (absolute):
+    /// hooks and units must pass it on, since they get neither.
+    pub state_dir_override: Option<PathBuf>,
 }
 
 fn config_error(text: &str, path: &Path, key: String, e: toml::de::Error) -> Error {
@@ -503,6 +516,31 @@ mod tests {
         assert!(!c.acme.enabled);
         assert_eq!(c.runtime.cgroup_manager, CgroupManager::Auto);
         assert_eq!(c.certs_dir(), Path::new("/var/lib/sotolito/certs"));
+    }
+
+    #[test]
+    fn the_default_file_is_optional_even_when_named() {
+        // Units and hooks pass `--config /etc/sotolito/sotolito.toml`; a
+        // host without that file runs on defaults.
+        let named = Overrides {
+            config: Some(PathBuf::from(DEFAULT_CONFIG)),
+            state_dir: Some(PathBuf::from("/srv/sotolito")),
+        };
+        let loaded = HostConfig::load(&named).expect("the default file is optional");
+        assert_eq!(loaded.path, Path::new(DEFAULT_CONFIG));
+        assert_eq!(loaded.config.paths.state_dir, Path::new("/srv/sotolito"));
+        assert_eq!(
+            loaded.state_dir_override.as_deref(),
+            Some(Path::new("/srv/sotolito"))
+        );
+        let other = Overrides {
+            config: Some(PathBuf::from("/nonexistent/sotolito.toml")),
+            state_dir: None,
+        };
+        assert!(
+            HostConfig::load(&other).is_err(),
+            "any other named file must exist"
+        );
     }
 
     #[test]

@@ -63,18 +63,23 @@ impl TenantLayout {
 pub struct HookCommand {
     pub vpsctl: PathBuf,
     pub config: PathBuf,
+    /// `--state-dir`, when the instance's state dir came from a flag or the
+    /// environment rather than the config file.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl HookCommand {
     fn args(&self, verb: &str, name: &TenantName) -> Vec<String> {
-        vec![
+        let mut a = vec![
             "vpsctl".into(),
             "--config".into(),
             self.config.display().to_string(),
-            "net".into(),
-            verb.into(),
-            name.to_string(),
-        ]
+        ];
+        if let Some(dir) = &self.state_dir {
+            a.extend(["--state-dir".into(), dir.display().to_string()]);
+        }
+        a.extend([String::from("net"), verb.into(), name.to_string()]);
+        a
     }
 }
 
@@ -488,7 +493,22 @@ mod tests {
         let h = HookCommand {
             vpsctl: "/usr/bin/vpsctl".into(),
             config: "/etc/sotolito/sotolito.toml".into(),
+            state_dir: None,
         };
+        let with_state = HookCommand {
+            state_dir: Some("/srv/sotolito".into()),
+            ..h.clone()
+        };
+        assert_eq!(
+            with_state.args("attach", &TenantName::new("acme").unwrap())[1..6],
+            [
+                "--config",
+                "/etc/sotolito/sotolito.toml",
+                "--state-dir",
+                "/srv/sotolito",
+                "net"
+            ]
+        );
         let s = rendered(Some(&h));
         let ns: Vec<&str> = s["linux"]["namespaces"]
             .as_array()

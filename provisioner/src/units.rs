@@ -20,6 +20,8 @@ pub const PROXY_SERVICE: &str = "sotolito-proxy.service";
 pub struct UnitContext {
     pub vpsctl: PathBuf,
     pub config: PathBuf,
+    /// `--state-dir`, when a flag or the environment chose it.
+    pub state_dir: Option<PathBuf>,
     /// CONFIG_DIR/tenants: where NAME.cfg lives.
     pub tenant_cfg_dir: PathBuf,
     /// Seconds `vpsctl run` waits after the stop signal before KILL.
@@ -28,8 +30,13 @@ pub struct UnitContext {
 
 impl UnitContext {
     fn vpsctl(&self, args: &str) -> String {
+        let state_dir = self
+            .state_dir
+            .as_ref()
+            .map(|d| format!(" --state-dir {}", d.display()))
+            .unwrap_or_default();
         format!(
-            "{} --config {} {args}",
+            "{} --config {}{state_dir} {args}",
             self.vpsctl.display(),
             self.config.display()
         )
@@ -208,6 +215,7 @@ mod tests {
         UnitContext {
             vpsctl: "/usr/local/bin/vpsctl".into(),
             config: "/etc/sotolito/sotolito.toml".into(),
+            state_dir: None,
             tenant_cfg_dir: "/etc/sotolito/tenants".into(),
             stop_timeout_secs: 30,
         }

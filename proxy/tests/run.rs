@@ -59,6 +59,7 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
     let loaded = Loaded {
         config,
         path: state.path().join("sotolito.toml"),
+        state_dir_override: None,
     };
     let registry = Registry::new(loaded.config.registry_dir());
     registry.create().unwrap();

@@ -85,6 +85,7 @@ pub fn hook_command(ctx: &Context) -> anyhow::Result<HookCommand> {
     Ok(HookCommand {
         vpsctl: fs::canonicalize(&exe).unwrap_or(exe),
         config: ctx.loaded.path.clone(),
+        state_dir: ctx.loaded.state_dir_override.clone(),
     })
 }
 

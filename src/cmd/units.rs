@@ -28,6 +28,7 @@ fn install(ctx: &Context) -> anyhow::Result<()> {
     let u = UnitContext {
         vpsctl: std::fs::canonicalize(&exe).unwrap_or(exe),
         config: ctx.loaded.path.clone(),
+        state_dir: ctx.loaded.state_dir_override.clone(),
         tenant_cfg_dir: ctx.config().tenant_cfg_dir(),
         stop_timeout_secs: DEFAULT_STOP_TIMEOUT.as_secs(),
     };

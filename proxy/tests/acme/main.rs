@@ -327,6 +327,10 @@ fn run_child() {
         .try_init();
     let text = std::fs::read_to_string(&path).expect("config");
     let config = sotolito_config::HostConfig::parse(&text, &path).expect("parse config");
-    let loaded = sotolito_config::Loaded { config, path };
+    let loaded = sotolito_config::Loaded {
+        config,
+        path,
+        state_dir_override: None,
+    };
     sotolito_proxy::run(&loaded, sotolito_proxy::RunOptions::default()).expect("run");
 }
