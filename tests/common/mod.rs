@@ -199,6 +199,28 @@ impl Host {
         self.ok(&["image", "import", "busybox", rootfs.to_str().unwrap()]);
     }
 
+    /// Provisions busybox tenant `name` with host `NAME.test`, SSH port
+    /// `ssh_port` and the test key; `extra` adds flags (`--start`, ...).
+    pub fn provision_busybox(&self, name: &str, ssh_port: u16, extra: &[&str]) -> Output {
+        let key = self.write_key();
+        let host = format!("{name}.test");
+        let port = ssh_port.to_string();
+        let mut args = vec![
+            "provision",
+            name,
+            "--image",
+            "busybox",
+            "--host",
+            &host,
+            "--ssh-port",
+            &port,
+            "--ssh-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+
     pub fn write_key(&self) -> PathBuf {
         let p = self.root.join("key.pub");
         std::fs::write(&p, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3Qta2V5LW5vdC1yZWFsLWF0LWFsbC0wMDAwMDAw test@sotolito\n").unwrap();

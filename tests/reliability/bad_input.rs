@@ -32,20 +32,9 @@ fn bad_command_lines_and_configs_change_nothing() {
     let h = Host::new("");
     h.ok(&["init"]);
     h.busybox_image();
+    h.provision_busybox("alpha", 2250, &[]);
     let key = h.write_key();
     let key = key.to_str().unwrap();
-    h.ok(&[
-        "provision",
-        "alpha",
-        "--image",
-        "busybox",
-        "--host",
-        "alpha.test",
-        "--ssh-port",
-        "2250",
-        "--ssh-key",
-        key,
-    ]);
     let alpha = h.json(&["status", "alpha"]);
     let alpha_ip = alpha["ip"].as_str().unwrap().to_owned();
     let garbage_key = h.root.join("garbage.pub");

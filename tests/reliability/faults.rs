@@ -9,36 +9,10 @@ use crate::common::{Host, HOST_ADDR};
 fn provision_two(h: &Host, extra_beta: &[&str]) {
     h.ok(&["init"]);
     h.busybox_image();
-    let key = h.write_key();
-    let key = key.to_str().unwrap();
-    h.ok(&[
-        "provision",
-        "alpha",
-        "--image",
-        "busybox",
-        "--host",
-        "alpha.test",
-        "--ssh-port",
-        "2201",
-        "--ssh-key",
-        key,
-        "--start",
-    ]);
-    let mut beta = vec![
-        "provision",
-        "beta",
-        "--image",
-        "busybox",
-        "--host",
-        "beta.test",
-        "--ssh-port",
-        "2202",
-        "--ssh-key",
-        key,
-        "--start",
-    ];
+    h.provision_busybox("alpha", 2201, &["--start"]);
+    let mut beta = vec!["--start"];
     beta.extend_from_slice(extra_beta);
-    h.ok(&beta);
+    h.provision_busybox("beta", 2202, &beta);
 }
 
 /// Retries `f` for a bounded while; returns its last result.

@@ -24,22 +24,8 @@ fn tenants_cannot_reach_each_other_or_the_admin_address() {
     );
     h.ok(&["init"]);
     h.busybox_image();
-    let key = h.write_key();
-    let key = key.to_str().unwrap();
-    for (name, port) in [("alpha", "2201"), ("beta", "2202")] {
-        h.ok(&[
-            "provision",
-            name,
-            "--image",
-            "busybox",
-            "--host",
-            &format!("{name}.test"),
-            "--ssh-port",
-            port,
-            "--ssh-key",
-            key,
-            "--start",
-        ]);
+    for (name, port) in [("alpha", 2201), ("beta", 2202)] {
+        h.provision_busybox(name, port, &["--start"]);
     }
     let log = std::fs::File::create(h.root.join("proxy.log")).unwrap();
     let mut proxy = h

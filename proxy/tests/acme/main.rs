@@ -246,7 +246,7 @@ fn run_entry_point_obtains_certificates() {
     let mut child = env
         .ns
         .command(exe.to_str().expect("utf-8"))
-        .args(["--exact", "run_child", "--include-ignored", "--nocapture"])
+        .args(["--exact", "run_child", "--nocapture"])
         .env(CHILD_CONFIG, &config_file)
         .stdout(out.try_clone().expect("log"))
         .stderr(out)
@@ -315,7 +315,6 @@ fn run_entry_point_obtains_certificates() {
 /// The proxy process of `run_entry_point_obtains_certificates`; does
 /// nothing unless that test started it.
 #[test]
-#[ignore = "child process of run_entry_point_obtains_certificates"]
 fn run_child() {
     let Some(path) = std::env::var_os(CHILD_CONFIG) else {
         return;
