@@ -165,13 +165,23 @@ fn send(addr: SocketAddr, raw: &[u8]) -> (String, u16) {
     }
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
+    let mut error = None;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
         }
-        out.extend_from_slice(&buf[..n]);
     }
-    let text = String::from_utf8_lossy(&out).into_owned();
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    if out.is_empty() {
+        if let Some(e) = error {
+            text = format!("(no response: {e})");
+        }
+    }
     let code = text
         .strip_prefix("HTTP/1.1 ")
         .and_then(|r| r.get(..3))
@@ -260,7 +270,18 @@ fn ambiguous_requests_get_400_and_never_reach_the_tenant() {
     let mut failures = Vec::new();
     for (what, raw) in cases {
         let before = p.alpha.bytes.load(Ordering::SeqCst);
-        let (text, code) = send(p.http, raw);
+        let (mut text, mut code) = send(p.http, raw);
+        // Under the full suite's load a refused connection has (rarely, not
+        // reproduced alone) come back with no response at all: try such a
+        // case twice more. It must still end in a 400, and the tenant must
+        // see nothing on any attempt.
+        for _ in 0..2 {
+            if code != 0 {
+                break;
+            }
+            eprintln!("{what}: no response ({text}); retrying");
+            (text, code) = send(p.http, raw);
+        }
         std::thread::sleep(Duration::from_millis(50));
         let seen = p.alpha.bytes.load(Ordering::SeqCst) - before;
         if code != 400 || seen != 0 {
