@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{access_log_enabled, read_ahead, AccessLog, ReqBody, ResBody};
 use crate::headers::{apply_forwarding, strip_hop_by_hop, ClientSide, PeerValues};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, RequestShard};
 use crate::route::{normalize_host, RouteTable};
 use crate::tls::CertStore;
 use crate::upstream::Pool;
@@ -31,8 +31,14 @@ pub(crate) struct Shared {
     pub certs: Option<Arc<CertStore>>,
 }
 
-/// One client connection, as the requests on it see it.
+/// One client connection, as the requests on it see it. Cloned per request;
+/// everything a request writes to (reference counts, figures) belongs to
+/// its worker alone.
 pub(crate) struct ConnCtx {
+    pub shared: Arc<Shared>,
+    /// The worker's own copy of the route table.
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub stats: Arc<RequestShard>,
     pub peer: SocketAddr,
     pub tls: bool,
     /// The TLS server name, normalized.
@@ -78,10 +84,10 @@ impl Outcome {
 /// The service of every client connection. Never fails: every problem is
 /// an HTTP answer.
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
+    let shared = &*ctx.shared;
     let start = Instant::now();
     let log = access_log_enabled().then(|| {
         (
@@ -93,7 +99,7 @@ pub(crate) async fn handle(
     });
     let (host, mut outcome) = match request_host(&req, &ctx) {
         Some(host) => {
-            let outcome = proxy(&shared, &ctx, req, &host).await;
+            let outcome = proxy(shared, &ctx, req, &host).await;
             (host, outcome)
         }
         None => (
@@ -103,14 +109,8 @@ pub(crate) async fn handle(
     };
     let status = outcome.resp.status();
     let tenant = outcome.tenant.clone().unwrap_or_else(|| Arc::from(""));
-    let m = &shared.metrics;
-    m.latency.observe(start.elapsed().as_secs_f64());
-    m.requests
-        .get_or_create(&RequestLabels {
-            tenant: tenant.clone(),
-            status: status.as_u16(),
-        })
-        .inc();
+    ctx.stats
+        .record(&tenant, status.as_u16(), start.elapsed().as_secs_f64());
     if let Some((method, path)) = log {
         let entry = Box::new(AccessLog {
             tenant,
@@ -185,7 +185,7 @@ async fn proxy(
         }
     }
     let route = {
-        let routes = shared.routes.load();
+        let routes = ctx.routes.load();
         let Some(route) = routes.lookup(host) else {
             return Outcome::ours(StatusCode::NOT_FOUND, false, ctx);
         };

@@ -21,7 +21,7 @@ use crate::forward::{self, ConnCtx, Shared};
 use crate::gate::Gate;
 use crate::headers::PeerValues;
 use crate::limit::{ConnLimiter, ConnPermit};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestShard};
 use crate::route::{normalize_host, RouteDiff, RouteTable};
 use crate::stream::{GuardedStream, Timeouts};
 use crate::tls::{self, CertStore};
@@ -45,6 +45,8 @@ enum Kind {
 /// A running proxy. Dropping it stops it without draining.
 pub struct ProxyHandle {
     shared: Arc<Shared>,
+    /// Each worker's copy of the table, swapped along with the shared one.
+    worker_routes: Vec<Arc<ArcSwap<RouteTable>>>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     http: Option<SocketAddr>,
@@ -138,10 +140,15 @@ impl ProxyHandle {
             shared.settings.max_connections_per_ip,
         );
         let mut threads = Vec::new();
+        let mut worker_routes = Vec::new();
         for (i, listeners) in per_worker.into_iter().enumerate() {
             let rt = runtime()?;
+            let routes = Arc::new(ArcSwap::from_pointee(shared.routes.load().detached()));
+            worker_routes.push(routes.clone());
             let worker = Worker {
                 shared: shared.clone(),
+                routes,
+                stats: shared.metrics.request_shard(),
                 tls: tls_config.as_ref().map(|c| TlsAcceptor::from(c.clone())),
                 limiter: limiter.clone(),
             };
@@ -167,6 +174,7 @@ impl ProxyHandle {
         threads.push(control);
         Ok(ProxyHandle {
             shared,
+            worker_routes,
             shutdown,
             threads,
             http,
@@ -195,6 +203,9 @@ impl ProxyHandle {
     /// connections stay open. Logs and returns what changed.
     pub fn set_routes(&self, table: RouteTable) -> RouteDiff {
         let len = table.len();
+        for worker in &self.worker_routes {
+            worker.store(Arc::new(table.detached()));
+        }
         let old = self.shared.routes.swap(Arc::new(table));
         let diff = self.shared.routes.load().diff(&old);
         let m = &self.shared.metrics;
@@ -281,6 +292,8 @@ async fn control(
 
 struct Worker {
     shared: Arc<Shared>,
+    routes: Arc<ArcSwap<RouteTable>>,
+    stats: Arc<RequestShard>,
     tls: Option<TlsAcceptor>,
     limiter: Arc<ConnLimiter>,
 }
@@ -297,6 +310,10 @@ impl Worker {
         let this = Arc::new(self);
         let pool = Pool::new(this.shared.settings.connect_timeout, None);
         let (token, mut drained) = mpsc::channel::<()>(1);
+        // Connections wait on this worker's own channel: a pending wait is
+        // re-registered (under the channel's lock) on every poll of its
+        // connection, and a lock both workers take bounces between cores.
+        let (local_tx, local_rx) = watch::channel(false);
         for (listener, kind) in listeners {
             let listener = match TcpListener::from_std(listener) {
                 Ok(l) => l,
@@ -309,16 +326,18 @@ impl Worker {
                 listener,
                 kind,
                 pool.clone(),
-                shutdown.clone(),
+                local_rx.clone(),
                 token.clone(),
             ));
         }
         drop(token);
+        drop(local_rx);
         while !*shutdown.borrow_and_update() {
             if shutdown.changed().await.is_err() {
                 break;
             }
         }
+        let _ = local_tx.send(true);
         let deadline = this.shared.settings.drain_timeout;
         if tokio::time::timeout(deadline, drained.recv())
             .await
@@ -427,6 +446,9 @@ impl Conn {
                     .map(|s| s.into_owned().into_boxed_str());
                 let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
                 let ctx = ConnCtx {
+                    shared: self.worker.shared.clone(),
+                    routes: self.worker.routes.clone(),
+                    stats: self.worker.stats.clone(),
                     peer: self.peer,
                     tls: true,
                     sni,
@@ -443,6 +465,9 @@ impl Conn {
             }
             _ => {
                 let ctx = ConnCtx {
+                    shared: self.worker.shared.clone(),
+                    routes: self.worker.routes.clone(),
+                    stats: self.worker.stats.clone(),
                     peer: self.peer,
                     tls: false,
                     sni: None,
@@ -471,9 +496,8 @@ impl Conn {
     {
         let s = &self.worker.shared.settings;
         let io = GuardedStream::new(io, Some(Gate::new(s.max_header_bytes)), self.timeouts());
-        let shared = self.worker.shared.clone();
         let ctx = Arc::new(ctx);
-        let svc = service_fn(move |req| forward::handle(shared.clone(), ctx.clone(), req));
+        let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
         let mut builder = http1::Builder::new();
         builder
             .max_buf_size(s.max_header_bytes.max(8192))
@@ -507,9 +531,8 @@ impl Conn {
     {
         let s = &self.worker.shared.settings;
         let io = GuardedStream::new(io, None, self.timeouts());
-        let shared = self.worker.shared.clone();
         let ctx = Arc::new(ctx);
-        let svc = service_fn(move |req| forward::handle(shared.clone(), ctx.clone(), req));
+        let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
