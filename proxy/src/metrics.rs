@@ -30,12 +30,15 @@ fn bucket_bound(i: usize) -> f64 {
     0.00025 * f64::from(1u32 << i)
 }
 
+/// Tenant -> (status, count).
+type RequestCounts = HashMap<Arc<str>, Vec<(u16, u64)>>;
+
 /// One worker's request figures. Only its worker writes them (plain loads
 /// and stores, no read-modify-write); the scrape reads them.
 #[derive(Debug, Default)]
 pub(crate) struct RequestShard {
-    /// Tenant -> (status, count). The lock is only ever contended by a scrape.
-    requests: Mutex<HashMap<Arc<str>, Vec<(u16, u64)>>>,
+    /// The lock is only ever contended by a scrape.
+    requests: Mutex<RequestCounts>,
     /// Per bucket (not cumulative), the last one +Inf.
     buckets: [AtomicU64; LATENCY_BUCKETS + 1],
     count: AtomicU64,
