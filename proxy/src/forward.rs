@@ -16,7 +16,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{access_log_enabled, read_ahead, AccessLog, ReqBody, ResBody};
-use crate::headers::{apply_forwarding, strip_hop_by_hop, ClientSide, PeerValues};
+use crate::headers::{
+    apply_forwarding, forwarded_element, strip_hop_by_hop, ClientSide, PeerValues,
+};
 use crate::metrics::{Metrics, RequestShard};
 use crate::route::{normalize_host, RouteTable};
 use crate::tls::CertStore;
@@ -47,6 +49,24 @@ pub(crate) struct ConnCtx {
     pub pool: Arc<Pool>,
     pub peer_values: PeerValues,
     pub trusted: bool,
+    /// The last Host and its Forwarded element: a keep-alive connection
+    /// names the same host request after request.
+    pub forwarded: std::sync::Mutex<Option<(HeaderValue, Option<HeaderValue>)>>,
+}
+
+impl ConnCtx {
+    fn forwarded_element(&self, host: &HeaderValue) -> Option<HeaderValue> {
+        let mut cache = self.forwarded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached_host, element)) = &*cache {
+            if cached_host == host {
+                return element.clone();
+            }
+        }
+        let proto = if self.tls { "https" } else { "http" };
+        let element = forwarded_element(&self.peer_values, proto, host);
+        *cache = Some((host.clone(), element.clone()));
+        element
+    }
 }
 
 /// An answer of the proxy's own. `close` ends an HTTP/1 connection after it.
@@ -234,12 +254,14 @@ async fn proxy(
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, host_value.clone());
     }
+    let element = ctx.forwarded_element(host_value);
     apply_forwarding(
         headers,
         &ClientSide {
             peer: &ctx.peer_values,
             proto: if ctx.tls { "https" } else { "http" },
             host: host_value,
+            element: element.as_ref(),
             trusted: ctx.trusted,
         },
     );

@@ -11,11 +11,43 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+const HOP_CONNECTION: u8 = 1;
+const HOP_KEEP_ALIVE: u8 = 1 << 1;
+const HOP_PROXY_CONNECTION: u8 = 1 << 2;
+const HOP_TE: u8 = 1 << 3;
+const HOP_TRAILER: u8 = 1 << 4;
+const HOP_TRANSFER_ENCODING: u8 = 1 << 5;
+const HOP_UPGRADE: u8 = 1 << 6;
+
+fn hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        HOP_CONNECTION
+    } else if name == KEEP_ALIVE {
+        HOP_KEEP_ALIVE
+    } else if name == PROXY_CONNECTION {
+        HOP_PROXY_CONNECTION
+    } else if name == header::TE {
+        HOP_TE
+    } else if name == header::TRAILER {
+        HOP_TRAILER
+    } else if name == header::TRANSFER_ENCODING {
+        HOP_TRANSFER_ENCODING
+    } else if name == header::UPGRADE {
+        HOP_UPGRADE
+    } else {
+        0
+    }
+}
+
 /// Removes the headers that describe one hop, including those the
 /// Connection header names. With `upgrade`, keeps `Upgrade` and sends
 /// `Connection: upgrade` so the protocol switch reaches the next hop.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the names, then removals only of what is there: most
+    // messages carry none of these but Connection, and every removal is a
+    // hash and a probe.
+    let found = headers.keys().fold(0, |found, name| found | hop_bit(name));
+    if found & HOP_CONNECTION != 0 {
         let listed: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -34,14 +66,20 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
+    for (bit, name) in [
+        (HOP_KEEP_ALIVE, &KEEP_ALIVE),
+        (HOP_PROXY_CONNECTION, &PROXY_CONNECTION),
+        (HOP_TE, &header::TE),
+        (HOP_TRAILER, &header::TRAILER),
+        (HOP_TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
+    ] {
+        if found & bit != 0 {
+            headers.remove(name);
+        }
+    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if found & HOP_UPGRADE != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -51,6 +89,9 @@ pub(crate) struct ClientSide<'a> {
     pub peer: &'a PeerValues,
     pub proto: &'static str,
     pub host: &'a HeaderValue,
+    /// This hop's Forwarded element, from [`forwarded_element`]; `None`
+    /// when it cannot be a header value.
+    pub element: Option<&'a HeaderValue>,
     /// The peer is a trusted proxy: its forwarding headers are extended,
     /// not replaced.
     pub trusted: bool,
@@ -79,30 +120,41 @@ impl PeerValues {
     }
 }
 
-/// Sets X-Forwarded-For/-Proto/-Host and Forwarded. From an untrusted peer
-/// any incoming values are lies and are replaced.
-pub(crate) fn apply_forwarding(headers: &mut HeaderMap, client: &ClientSide<'_>) {
-    let host = client.host.to_str().unwrap_or("");
+/// This hop's Forwarded element (RFC 7239 4) for a request to `host`.
+pub(crate) fn forwarded_element(
+    peer: &PeerValues,
+    proto: &str,
+    host: &HeaderValue,
+) -> Option<HeaderValue> {
+    let host = host.to_str().unwrap_or("");
     let element = if host.contains(['"', '\\']) {
         format!(
-            "for={};proto={};host=\"{}\"",
-            client.peer.node,
-            client.proto,
+            "for={};proto={proto};host=\"{}\"",
+            peer.node,
             host.replace(['"', '\\'], "")
         )
     } else {
-        format!(
-            "for={};proto={};host=\"{host}\"",
-            client.peer.node, client.proto
-        )
+        format!("for={};proto={proto};host=\"{host}\"", peer.node)
     };
+    HeaderValue::from_str(&element).ok()
+}
+
+/// Sets X-Forwarded-For/-Proto/-Host and Forwarded. From an untrusted peer
+/// any incoming values are lies and are replaced.
+pub(crate) fn apply_forwarding(headers: &mut HeaderMap, client: &ClientSide<'_>) {
+    headers.reserve(4);
     if client.trusted {
         append_list(
             headers,
             &X_FORWARDED_FOR,
             client.peer.ip.to_str().unwrap_or(""),
         );
-        append_list(headers, &header::FORWARDED, &element);
+        match client.element.and_then(|e| e.to_str().ok()) {
+            Some(element) => append_list(headers, &header::FORWARDED, element),
+            None => {
+                headers.remove(header::FORWARDED);
+            }
+        }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
         }
@@ -111,7 +163,14 @@ pub(crate) fn apply_forwarding(headers: &mut HeaderMap, client: &ClientSide<'_>)
         }
     } else {
         headers.insert(&X_FORWARDED_FOR, client.peer.ip.clone());
-        set(headers, &header::FORWARDED, &element);
+        match client.element {
+            Some(element) => {
+                headers.insert(header::FORWARDED, element.clone());
+            }
+            None => {
+                headers.remove(header::FORWARDED);
+            }
+        }
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
         headers.insert(&X_FORWARDED_HOST, client.host.clone());
     }
@@ -203,10 +262,12 @@ mod tests {
         ]);
         let peer = PeerValues::new("192.0.2.7".parse().unwrap());
         let host = HeaderValue::from_static("acme.test");
+        let element = forwarded_element(&peer, "http", &host);
         let client = ClientSide {
             peer: &peer,
             proto: "http",
             host: &host,
+            element: element.as_ref(),
             trusted: false,
         };
         apply_forwarding(&mut h, &client);
@@ -230,10 +291,12 @@ mod tests {
         ]);
         let peer = PeerValues::new("2001:db8::1".parse().unwrap());
         let host = HeaderValue::from_static("acme.test");
+        let element = forwarded_element(&peer, "http", &host);
         let client = ClientSide {
             peer: &peer,
             proto: "http",
             host: &host,
+            element: element.as_ref(),
             trusted: true,
         };
         apply_forwarding(&mut h, &client);

@@ -456,6 +456,7 @@ impl Conn {
                     pool: pool.clone(),
                     peer_values: PeerValues::new(self.peer.ip()),
                     trusted,
+                    forwarded: Default::default(),
                 };
                 if h2 {
                     self.serve_h2(tls, ctx).await;
@@ -475,6 +476,7 @@ impl Conn {
                     pool: pool.clone(),
                     peer_values: PeerValues::new(self.peer.ip()),
                     trusted,
+                    forwarded: Default::default(),
                 };
                 self.serve_h1(stream, ctx).await;
             }
