@@ -20,9 +20,9 @@ use crate::headers::{
     apply_forwarding, forwarded_element, strip_hop_by_hop, ClientSide, PeerValues,
 };
 use crate::metrics::{Metrics, RequestShard};
-use crate::route::{normalize_host, RouteTable};
+use crate::route::{normalize_host, Route, RouteTable};
 use crate::tls::CertStore;
-use crate::upstream::Pool;
+use crate::upstream::{Lease, Pool};
 use crate::Settings;
 
 /// What every connection of every worker shares.
@@ -182,12 +182,75 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         })
 }
 
+/// A request on its way to a tenant.
+struct Upstream {
+    route: Arc<Route>,
+    parts: http::request::Parts,
+    body: ReqBody,
+    upgrade: bool,
+    client_upgrade: Option<OnUpgrade>,
+}
+
+/// What the proxy does with a request: answer it itself, or forward it.
+enum Plan {
+    Answer(Outcome),
+    Forward(Upstream),
+}
+
+// The request's future is moved several times per request, so its state is
+// kept small: everything but the waiting happens in plain functions.
 async fn proxy(
     shared: &Shared,
     ctx: &ConnCtx,
     req: Request<Incoming>,
     host_value: &HeaderValue,
 ) -> Outcome {
+    let mut up = match plan(shared, ctx, req, host_value) {
+        Plan::Answer(outcome) => return outcome,
+        Plan::Forward(up) => up,
+    };
+    if !up.body.is_empty()
+        // Boxed, as only requests with a body need its state.
+        && Box::pin(read_ahead(&mut up.body, shared.settings.header_read_timeout))
+            .await
+            .is_err()
+    {
+        return Outcome::ours(StatusCode::BAD_REQUEST, true, ctx);
+    }
+    let Upstream {
+        route,
+        parts,
+        body,
+        upgrade,
+        client_upgrade,
+    } = up;
+    let sent = Instant::now();
+    let answer = tokio::time::timeout(
+        shared.settings.upstream_timeout,
+        ctx.pool.send(route.addr, Request::from_parts(parts, body)),
+    )
+    .await;
+    let upstream = sent.elapsed();
+    let answer = match answer {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, error = %e, "tenant unreachable");
+            let mut o = Outcome::ours(StatusCode::BAD_GATEWAY, upgrade, ctx);
+            o.tenant = Some(route.tenant.clone());
+            return o;
+        }
+        Err(_) => {
+            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, timeout = ?shared.settings.upstream_timeout, "tenant too slow");
+            let mut o = Outcome::ours(StatusCode::GATEWAY_TIMEOUT, upgrade, ctx);
+            o.tenant = Some(route.tenant.clone());
+            return o;
+        }
+    };
+    respond(route, upgrade, client_upgrade, answer, upstream)
+}
+
+/// Routes the request and rewrites it for the tenant, or answers it.
+fn plan(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) -> Plan {
     let settings = &shared.settings;
     // request_host checked it is text.
     let host = host_value.to_str().unwrap_or("");
@@ -197,37 +260,37 @@ async fn proxy(
         let answer = |b| ResBody::Full(Some(b));
         let challenges = &settings.acme_challenges;
         if let Some(resp) = crate::acme::challenge_response(challenges, req.uri().path(), answer) {
-            return Outcome {
+            return Plan::Answer(Outcome {
                 resp,
                 tenant: None,
                 upstream: Duration::ZERO,
-            };
+            });
         }
     }
     let route = {
         let routes = ctx.routes.load();
         let Some(route) = routes.lookup(host) else {
-            return Outcome::ours(StatusCode::NOT_FOUND, false, ctx);
+            return Plan::Answer(Outcome::ours(StatusCode::NOT_FOUND, false, ctx));
         };
         if let Some(sni) = &ctx.sni {
             // A certificate for one tenant must not carry another tenant's
             // requests (RFC 9110 7.4: 421 Misdirected Request).
             if routes.lookup(sni).map(|r| &r.tenant) != Some(&route.tenant) {
-                return Outcome::ours(StatusCode::MISDIRECTED_REQUEST, false, ctx);
+                return Plan::Answer(Outcome::ours(StatusCode::MISDIRECTED_REQUEST, false, ctx));
             }
         }
         route.clone()
     };
     if req.method() == Method::CONNECT {
-        return Outcome::ours(StatusCode::METHOD_NOT_ALLOWED, true, ctx);
+        return Plan::Answer(Outcome::ours(StatusCode::METHOD_NOT_ALLOWED, true, ctx));
     }
     if !ctx.tls && settings.redirect_https {
         if let Some(resp) = redirect(shared, host, req.uri()) {
-            return Outcome {
+            return Plan::Answer(Outcome {
                 resp,
                 tenant: Some(route.tenant.clone()),
                 upstream: Duration::ZERO,
-            };
+            });
         }
     }
 
@@ -238,15 +301,6 @@ async fn proxy(
     } else {
         None
     };
-    let mut body = ReqBody::new(incoming);
-    if !body.is_empty()
-        && read_ahead(&mut body, settings.header_read_timeout)
-            .await
-            .is_err()
-    {
-        return Outcome::ours(StatusCode::BAD_REQUEST, true, ctx);
-    }
-
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrade);
     // The client's 100-continue was answered by this hop.
@@ -274,30 +328,23 @@ async fn proxy(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
     parts.version = Version::HTTP_11;
+    Plan::Forward(Upstream {
+        route,
+        parts,
+        body: ReqBody::new(incoming),
+        upgrade,
+        client_upgrade,
+    })
+}
 
-    let sent = Instant::now();
-    let answer = tokio::time::timeout(
-        settings.upstream_timeout,
-        ctx.pool.send(route.addr, Request::from_parts(parts, body)),
-    )
-    .await;
-    let upstream = sent.elapsed();
-    let (mut resp, lease) = match answer {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => {
-            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, error = %e, "tenant unreachable");
-            let mut o = Outcome::ours(StatusCode::BAD_GATEWAY, upgrade, ctx);
-            o.tenant = Some(route.tenant.clone());
-            return o;
-        }
-        Err(_) => {
-            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, timeout = ?settings.upstream_timeout, "tenant too slow");
-            let mut o = Outcome::ours(StatusCode::GATEWAY_TIMEOUT, upgrade, ctx);
-            o.tenant = Some(route.tenant.clone());
-            return o;
-        }
-    };
-
+/// The tenant's answer as the client gets it.
+fn respond(
+    route: Arc<Route>,
+    upgrade: bool,
+    client_upgrade: Option<OnUpgrade>,
+    (mut resp, lease): (Response<Incoming>, Lease),
+    upstream: Duration,
+) -> Outcome {
     let switched = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched {
         let tenant_upgrade = hyper::upgrade::on(&mut resp);

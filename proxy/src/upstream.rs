@@ -128,6 +128,16 @@ impl Pool {
                 },
             }
         }
+        // Boxed: the connect and handshake state would otherwise make every
+        // request's future (moved several times per request) kilobytes larger.
+        Box::pin(self.send_on_new(addr, req)).await
+    }
+
+    async fn send_on_new(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         let mut sender = self.connect(addr).await?;
         sender.ready().await.map_err(UpstreamError::Http)?;
         let resp = sender
