@@ -4,6 +4,7 @@
 //! admin listener and certificate polling.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -141,7 +142,9 @@ impl ProxyHandle {
         );
         let mut threads = Vec::new();
         let mut worker_routes = Vec::new();
+        let (balance, mut inboxes) = Balance::new(per_worker.len());
         for (i, listeners) in per_worker.into_iter().enumerate() {
+            let inbox = inboxes.remove(0);
             let rt = runtime()?;
             let routes = Arc::new(ArcSwap::from_pointee(shared.routes.load().detached()));
             worker_routes.push(routes.clone());
@@ -151,11 +154,13 @@ impl ProxyHandle {
                 stats: shared.metrics.request_shard(),
                 tls: tls_config.as_ref().map(|c| TlsAcceptor::from(c.clone())),
                 limiter: limiter.clone(),
+                index: i,
+                balance: balance.clone(),
             };
             let shutdown = shutdown_rx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
-                .spawn(move || rt.block_on(worker.run(listeners, shutdown)))
+                .spawn(move || rt.block_on(worker.run(listeners, inbox, shutdown)))
                 .map_err(|source| Error::Start {
                     what: "worker thread",
                     source,
@@ -296,15 +301,76 @@ struct Worker {
     stats: Arc<RequestShard>,
     tls: Option<TlsAcceptor>,
     limiter: Arc<ConnLimiter>,
+    index: usize,
+    balance: Arc<Balance>,
 }
 
 /// Held by every connection task; the worker drains until all are gone.
 type DrainToken = mpsc::Sender<()>;
 
+/// A connection accepted by one worker for another to serve.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    permit: ConnPermit,
+}
+
+/// Spreads connections evenly over the workers. The kernel hashes
+/// connections onto the SO_REUSEPORT listeners, which for a few dozen
+/// clients leaves one worker with a quarter more of them than another
+/// (measured): that worker's requests wait longer. A worker that accepts
+/// while holding more connections than another hands the new one over.
+struct Balance {
+    /// Connections each worker serves or is about to.
+    assigned: Vec<AtomicUsize>,
+    inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+impl Balance {
+    fn new(workers: usize) -> (Arc<Balance>, Vec<mpsc::UnboundedReceiver<Handoff>>) {
+        let (senders, receivers) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let balance = Balance {
+            assigned: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes: senders,
+        };
+        (Arc::new(balance), receivers)
+    }
+
+    /// Which worker serves a connection `me` accepted; counts it there.
+    fn pick(&self, me: usize) -> usize {
+        let mine = self.assigned[me].load(Ordering::Relaxed);
+        let (least, count) = self
+            .assigned
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i, a.load(Ordering::Relaxed)))
+            .min_by_key(|&(_, n)| n)
+            .unwrap_or((me, mine));
+        // Ties stay with the accepting worker: no handoff between equals.
+        let target = if count < mine { least } else { me };
+        self.assigned[target].fetch_add(1, Ordering::Relaxed);
+        target
+    }
+}
+
+/// One connection counted on its worker until dropped.
+struct Assigned {
+    balance: Arc<Balance>,
+    worker: usize,
+}
+
+impl Drop for Assigned {
+    fn drop(&mut self) {
+        self.balance.assigned[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Worker {
     async fn run(
         self,
         listeners: Vec<(std::net::TcpListener, Kind)>,
+        inbox: mpsc::UnboundedReceiver<Handoff>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let this = Arc::new(self);
@@ -330,6 +396,12 @@ impl Worker {
                 token.clone(),
             ));
         }
+        tokio::spawn(this.clone().take_handoffs(
+            inbox,
+            pool.clone(),
+            local_rx.clone(),
+            token.clone(),
+        ));
         drop(token);
         drop(local_rx);
         while !*shutdown.borrow_and_update() {
@@ -379,6 +451,24 @@ impl Worker {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let target = self.balance.pick(self.index);
+            if target != self.index {
+                // Leaving this runtime takes the socket out of its epoll set.
+                let sent = stream.into_std().ok().is_some_and(|stream| {
+                    let handoff = Handoff {
+                        stream,
+                        peer,
+                        kind,
+                        permit,
+                    };
+                    self.balance.inboxes[target].send(handoff).is_ok()
+                });
+                if !sent {
+                    // A worker that stopped takes nothing: the connection closes.
+                    self.balance.assigned[target].fetch_sub(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             let conn = Conn {
                 worker: self.clone(),
                 peer,
@@ -386,8 +476,52 @@ impl Worker {
                 shutdown: shutdown.clone(),
                 _permit: permit,
                 _token: token.clone(),
+                _assigned: Assigned {
+                    balance: self.balance.clone(),
+                    worker: self.index,
+                },
             };
             tokio::spawn(conn.serve(stream, kind));
+        }
+    }
+
+    /// Serves the connections other workers handed over.
+    async fn take_handoffs(
+        self: Arc<Self>,
+        mut inbox: mpsc::UnboundedReceiver<Handoff>,
+        pool: Arc<Pool>,
+        mut shutdown: watch::Receiver<bool>,
+        token: DrainToken,
+    ) {
+        loop {
+            let handoff = tokio::select! {
+                h = inbox.recv() => match h {
+                    Some(h) => h,
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            };
+            let assigned = Assigned {
+                balance: self.balance.clone(),
+                worker: self.index,
+            };
+            let stream = match TcpStream::from_std(handoff.stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(client = %handoff.peer, error = %e, "handed-over connection unusable");
+                    continue;
+                }
+            };
+            let conn = Conn {
+                worker: self.clone(),
+                peer: handoff.peer,
+                pool: pool.clone(),
+                shutdown: shutdown.clone(),
+                _permit: handoff.permit,
+                _token: token.clone(),
+                _assigned: assigned,
+            };
+            tokio::spawn(conn.serve(stream, handoff.kind));
         }
     }
 }
@@ -399,6 +533,7 @@ struct Conn {
     shutdown: watch::Receiver<bool>,
     _permit: ConnPermit,
     _token: DrainToken,
+    _assigned: Assigned,
 }
 
 impl Conn {
@@ -554,5 +689,53 @@ impl Conn {
         }
         conn.as_mut().graceful_shutdown();
         let _ = conn.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(b: &Balance) -> Vec<usize> {
+        b.assigned
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    #[test]
+    fn connections_go_to_the_least_loaded_worker() {
+        let (b, _inboxes) = Balance::new(3);
+        // Equal loads: the accepting worker keeps its connection.
+        assert_eq!(b.pick(0), 0);
+        assert_eq!(counts(&b), [1, 0, 0]);
+        assert_eq!(b.pick(0), 1);
+        assert_eq!(counts(&b), [1, 1, 0]);
+        assert_eq!(b.pick(0), 2);
+        assert_eq!(b.pick(0), 0);
+        assert_eq!(counts(&b), [2, 1, 1]);
+        // A burst on one listener spreads evenly.
+        for _ in 0..30 {
+            b.pick(1);
+        }
+        let c = counts(&b);
+        assert_eq!(c.iter().sum::<usize>(), 34);
+        assert!(
+            c.iter().max().unwrap() - c.iter().min().unwrap() <= 1,
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn a_finished_connection_frees_its_place() {
+        let (b, _inboxes) = Balance::new(2);
+        let w = b.pick(1);
+        let assigned = Assigned {
+            balance: b.clone(),
+            worker: w,
+        };
+        assert_eq!(counts(&b), [0, 1]);
+        drop(assigned);
+        assert_eq!(counts(&b), [0, 0]);
     }
 }
