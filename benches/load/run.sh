@@ -3,6 +3,7 @@
 # Host to one nginx backend serving a small static file, all on loopback.
 #
 #   benches/load/run.sh            wrk -t2 -c64, 10 s rounds, 3 interleaved rounds
+#   ROUNDS=5 benches/load/run.sh   more rounds, steadier medians on a noisy machine
 #   benches/load/run.sh --smoke    1 s rounds, 2 rounds (what CI runs)
 #
 # Then TLS: a full handshake per request (ECDSA P-256, Connection: close,
@@ -17,7 +18,7 @@ set -euo pipefail
 
 DURATION=10s
 TLS_DURATION=5s
-ROUNDS=3
+ROUNDS=${ROUNDS:-3}
 if [[ "${1:-}" == "--smoke" ]]; then
     DURATION=1s
     TLS_DURATION=1s
@@ -227,7 +228,10 @@ RESULTS="$TMP/results.tsv"
 TARGETS=(direct ours ours-10k haproxy nginx)
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS interleaved rounds" >&2
 for round in $(seq "$ROUNDS"); do
-    for t in "${TARGETS[@]}"; do
+    # Each round starts one target later, so no target always runs right
+    # after the same neighbour.
+    shift=$(( (round - 1) % ${#TARGETS[@]} ))
+    for t in "${TARGETS[@]:shift}" "${TARGETS[@]:0:shift}"; do
         addr=$(target_addr $t)
         pid=$(target_pid $t)
         before=$(cpu_ticks "$pid")
@@ -263,8 +267,10 @@ TLS_RESULTS="$TMP/tls.tsv"
 : >"$TLS_RESULTS"
 echo >&2
 echo "TLS: wrk -t$THREADS -c$CONNS -d$TLS_DURATION, Connection: close, $ROUNDS interleaved rounds" >&2
+TLS_TARGETS=(ours haproxy nginx)
 for round in $(seq "$ROUNDS"); do
-    for t in ours haproxy nginx; do
+    shift=$(( (round - 1) % ${#TLS_TARGETS[@]} ))
+    for t in "${TLS_TARGETS[@]:shift}" "${TLS_TARGETS[@]:0:shift}"; do
         case $t in ours) addr=$TLS_OURS pid=$TLS_OURS_PID ;; haproxy) addr=$TLS_HAPROXY pid=$HAPROXY_PID ;; nginx) addr=$TLS_NGINXP pid=$NGINXP_PID ;; esac
         before=$(cpu_ticks "$pid")
         out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Connection: close" -H "Host: $TLS_HOST" "https://$TLS_HOST:${addr##*:}/index.html")
