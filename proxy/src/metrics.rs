@@ -160,7 +160,13 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    #[cfg(test)]
     pub(crate) fn new() -> Arc<Metrics> {
+        Metrics::with_collectors(Vec::new())
+    }
+
+    /// With more figures, computed at scrape time by `extra`.
+    pub(crate) fn with_collectors(extra: Vec<Box<dyn Collector>>) -> Arc<Metrics> {
         let requests = Arc::new(RequestCollector::default());
         let open_connections = Gauge::default();
         let refused_connections = Counter::default();
@@ -170,6 +176,9 @@ impl Metrics {
         let routes = Gauge::default();
         let mut registry = Registry::with_prefix("sotolito_proxy");
         registry.register_collector(Box::new(requests.clone()));
+        for c in extra {
+            registry.register_collector(c);
+        }
         registry.register(
             "open_connections",
             "Client connections open now",

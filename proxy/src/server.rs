@@ -12,6 +12,10 @@ use arc_swap::ArcSwap;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,7 +79,8 @@ impl ProxyHandle {
             }
             _ => None,
         };
-        let metrics = Metrics::new();
+        let (balance, mut inboxes) = Balance::new(workers);
+        let metrics = Metrics::with_collectors(vec![Box::new(balance.clone())]);
         metrics.routes.set(routes.len() as i64);
         let shared = Arc::new(Shared {
             routes: ArcSwap::from_pointee(routes),
@@ -142,7 +147,6 @@ impl ProxyHandle {
         );
         let mut threads = Vec::new();
         let mut worker_routes = Vec::new();
-        let (balance, mut inboxes) = Balance::new(per_worker.len());
         for (i, listeners) in per_worker.into_iter().enumerate() {
             let inbox = inboxes.remove(0);
             let rt = runtime()?;
@@ -314,6 +318,34 @@ struct Handoff {
     peer: SocketAddr,
     kind: Kind,
     permit: ConnPermit,
+}
+
+impl std::fmt::Debug for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balance")
+            .field("assigned", &self.assigned)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `worker_connections{worker}`: what each worker serves, so an operator
+/// (and a test) can see the spread.
+impl Collector for Balance {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "worker_connections",
+            "Client connections each worker serves",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, n) in self.assigned.iter().enumerate() {
+            let gauge: Gauge = Gauge::default();
+            gauge.set(i64::try_from(n.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+            let labels = [("worker", i.to_string())];
+            gauge.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Spreads connections evenly over the workers. The kernel hashes

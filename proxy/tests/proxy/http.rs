@@ -296,6 +296,64 @@ fn metrics_count_requests_by_tenant_and_status() {
 }
 
 #[test]
+fn connections_are_spread_evenly_over_the_workers_and_all_served() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |s| s.workers = 2);
+    let addr = p.http_addr().unwrap();
+    // Kept open, each with one answered request behind it: those another
+    // worker took over answer like the rest.
+    let mut open = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut s).status, 200, "connection {i}");
+        open.push(s);
+    }
+    let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();
+    let per_worker: Vec<i64> = ["0", "1"]
+        .iter()
+        .map(|w| {
+            let key = format!("sotolito_proxy_worker_connections{{worker=\"{w}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("no {key:?} in\n{text}"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(per_worker.iter().sum::<i64>(), 20, "{per_worker:?}");
+    assert!((per_worker[0] - per_worker[1]).abs() <= 1, "{per_worker:?}");
+    // A second request on every connection, wherever it is served.
+    for s in &mut open {
+        s.write_all(b"GET /again HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(s).status, 200);
+    }
+    drop(open);
+    // Closed connections leave their worker's count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();
+        let total: i64 = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("sotolito_proxy_worker_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum();
+        // The admin address is served apart from the workers.
+        if total == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still counted: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn proxy_protocol_v2_names_the_real_client_to_the_tenant() {
     use std::sync::mpsc;
     // A tenant that expects PROXY v2 before HTTP, as nginx with
