@@ -584,71 +584,59 @@ impl Conn {
             .trusted_proxies
             .iter()
             .any(|n| n.contains(&self.peer.ip()));
+        let ctx = ConnCtx {
+            shared: self.worker.shared.clone(),
+            routes: self.worker.routes.clone(),
+            stats: self.worker.stats.clone(),
+            peer: self.peer,
+            tls: false,
+            sni: None,
+            h2: false,
+            pool,
+            peer_values: PeerValues::new(self.peer.ip()),
+            trusted,
+            forwarded: Default::default(),
+        };
         match (kind, &self.worker.tls) {
-            (Kind::Https, Some(acceptor)) => {
-                let handshake =
-                    tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream))
-                        .await;
-                let tls = match handshake {
-                    Ok(Ok(tls)) => {
-                        metrics.tls_handshakes.inc();
-                        tls
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
-                        metrics.tls_handshake_failures.inc();
-                        metrics.open_connections.dec();
-                        return;
-                    }
-                    Err(_) => {
-                        metrics.tls_handshake_failures.inc();
-                        metrics.open_connections.dec();
-                        return;
-                    }
-                };
-                let (_, session) = tls.get_ref();
-                let sni = session
-                    .server_name()
-                    .and_then(normalize_host)
-                    .map(|s| s.into_owned().into_boxed_str());
-                let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
-                let ctx = ConnCtx {
-                    shared: self.worker.shared.clone(),
-                    routes: self.worker.routes.clone(),
-                    stats: self.worker.stats.clone(),
-                    peer: self.peer,
-                    tls: true,
-                    sni,
-                    h2,
-                    pool: pool.clone(),
-                    peer_values: PeerValues::new(self.peer.ip()),
-                    trusted,
-                    forwarded: Default::default(),
-                };
-                if h2 {
-                    self.serve_h2(tls, ctx).await;
-                } else {
-                    self.serve_h1(tls, ctx).await;
-                }
-            }
-            _ => {
-                let ctx = ConnCtx {
-                    shared: self.worker.shared.clone(),
-                    routes: self.worker.routes.clone(),
-                    stats: self.worker.stats.clone(),
-                    peer: self.peer,
-                    tls: false,
-                    sni: None,
-                    h2: false,
-                    pool: pool.clone(),
-                    peer_values: PeerValues::new(self.peer.ip()),
-                    trusted,
-                    forwarded: Default::default(),
-                };
-                self.serve_h1(stream, ctx).await;
-            }
+            // Boxed, as the TLS and HTTP/2 states are kilobytes that every
+            // plain connection's task would otherwise carry (and tokio's
+            // spawn copies).
+            (Kind::Https, Some(acceptor)) => Box::pin(self.serve_tls(stream, acceptor, ctx)).await,
+            _ => self.serve_h1(stream, ctx).await,
         }
         metrics.open_connections.dec();
+    }
+
+    async fn serve_tls(&self, stream: TcpStream, acceptor: &TlsAcceptor, mut ctx: ConnCtx) {
+        let metrics = &self.worker.shared.metrics;
+        let timeout = self.worker.shared.settings.header_read_timeout;
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                metrics.tls_handshakes.inc();
+                tls
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
+                metrics.tls_handshake_failures.inc();
+                return;
+            }
+            Err(_) => {
+                metrics.tls_handshake_failures.inc();
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        ctx.tls = true;
+        ctx.sni = session
+            .server_name()
+            .and_then(normalize_host)
+            .map(|s| s.into_owned().into_boxed_str());
+        ctx.h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+        if ctx.h2 {
+            Box::pin(self.serve_h2(tls, ctx)).await;
+        } else {
+            self.serve_h1(tls, ctx).await;
+        }
     }
 
     fn timeouts(&self) -> Timeouts {
