@@ -189,6 +189,17 @@ pub struct Defaults {
     pub pids: u32,
 }
 
+impl Defaults {
+    /// The limits of a tenant provisioned without limit flags.
+    pub fn limits(&self) -> crate::tenant::Limits {
+        crate::tenant::Limits {
+            memory: self.memory,
+            cpu_weight: self.cpu_weight,
+            pids: self.pids,
+        }
+    }
+}
+
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {

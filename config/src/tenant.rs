@@ -64,6 +64,31 @@ impl Desired {
 }
 
 impl Tenant {
+    /// A record as a plain `provision` makes it: HTTP on port 80, no host
+    /// names, keys or ACME opt-outs, meant to run, created now.
+    pub fn new(
+        name: TenantName,
+        image: ImageName,
+        ip: Ipv4Addr,
+        ssh_port: SshPort,
+        limits: Limits,
+    ) -> Tenant {
+        Tenant {
+            version: FORMAT_VERSION,
+            name,
+            image,
+            ip,
+            ssh_port,
+            http_port: default_http_port(),
+            hosts: Vec::new(),
+            ssh_keys: Vec::new(),
+            created: SystemTime::now(),
+            desired: Desired::Running,
+            acme_opt_out: Vec::new(),
+            limits,
+        }
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a tenant record always serializes")
     }
@@ -169,22 +194,17 @@ pub(crate) mod tests {
 
     pub fn sample(name: &str, ip: [u8; 4], port: u64, hosts: &[&str]) -> Tenant {
         Tenant {
-            version: FORMAT_VERSION,
-            name: TenantName::new(name).unwrap(),
-            image: ImageName::new("debian").unwrap(),
-            ip: Ipv4Addr::from(ip),
-            ssh_port: SshPort::new(port).unwrap(),
-            http_port: 80,
             hosts: hosts.iter().map(|h| HostName::new(h).unwrap()).collect(),
             ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey test@example".into()],
+            // Whole seconds, as the record keeps them.
             created: humantime::parse_rfc3339("2026-11-28T10:00:00Z").unwrap(),
-            desired: Desired::Running,
-            acme_opt_out: vec![],
-            limits: Limits {
-                memory: MemorySize::new("512M").unwrap(),
-                cpu_weight: CpuWeight::new(100).unwrap(),
-                pids: 4096,
-            },
+            ..Tenant::new(
+                TenantName::new(name).unwrap(),
+                ImageName::new("debian").unwrap(),
+                Ipv4Addr::from(ip),
+                SshPort::new(port).unwrap(),
+                crate::host::Defaults::default().limits(),
+            )
         }
     }
 

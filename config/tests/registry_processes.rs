@@ -7,33 +7,25 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use sotolito_config::{
-    CpuWeight, Desired, HostName, ImageName, Limits, MemorySize, Registry, SshPort, Tenant,
-    TenantName,
-};
+use sotolito_config::{HostConfig, HostName, ImageName, Registry, SshPort, Tenant, TenantName};
 
 const ROLE: &str = "SOTOLITO_TEST_WRITER";
 
 fn tenant(name: &str, ip: Ipv4Addr, port: u16, host: &str, keys: usize) -> Tenant {
     Tenant {
-        version: 1,
-        name: TenantName::new(name).unwrap(),
-        image: ImageName::new("busybox").unwrap(),
-        ip,
-        ssh_port: SshPort::new(port.into()).unwrap(),
-        http_port: 80,
         hosts: vec![HostName::new(host).unwrap()],
         ssh_keys: (0..keys)
             .map(|i| format!("ssh-ed25519 AAAA{i:0>200} key{i}@{name}"))
             .collect(),
+        // Whole seconds, as the record keeps them.
         created: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        desired: Desired::Running,
-        acme_opt_out: vec![],
-        limits: Limits {
-            memory: MemorySize::new("512M").unwrap(),
-            cpu_weight: CpuWeight::new(100).unwrap(),
-            pids: 4096,
-        },
+        ..Tenant::new(
+            TenantName::new(name).unwrap(),
+            ImageName::new("busybox").unwrap(),
+            ip,
+            SshPort::new(port.into()).unwrap(),
+            HostConfig::default().defaults.limits(),
+        )
     }
 }
 

@@ -4,28 +4,18 @@
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sotolito_config::tenant::{Desired, Limits, FORMAT_VERSION};
-use sotolito_config::{CpuWeight, HostConfig, ImageName, MemorySize, SshPort, Tenant, TenantName};
+use sotolito_config::{HostConfig, ImageName, SshPort, Tenant, TenantName};
 
 fn tenants(n: u32) -> Vec<Tenant> {
     (0..n)
-        .map(|i| Tenant {
-            version: FORMAT_VERSION,
-            name: TenantName::new(&format!("tenant-{i}")).expect("valid name"),
-            image: ImageName::new("debian").expect("valid image"),
-            ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 18, 0, 2)) + i),
-            ssh_port: SshPort::new(20_000 + u64::from(i)).expect("valid port"),
-            http_port: 80,
-            hosts: vec![],
-            ssh_keys: vec![],
-            created: std::time::SystemTime::UNIX_EPOCH,
-            desired: Desired::Running,
-            acme_opt_out: vec![],
-            limits: Limits {
-                memory: MemorySize::new("512M").expect("valid size"),
-                cpu_weight: CpuWeight::new(100).expect("valid weight"),
-                pids: 4096,
-            },
+        .map(|i| {
+            Tenant::new(
+                TenantName::new(&format!("tenant-{i}")).expect("valid name"),
+                ImageName::new("debian").expect("valid image"),
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 18, 0, 2)) + i),
+                SshPort::new(20_000 + u64::from(i)).expect("valid port"),
+                HostConfig::default().defaults.limits(),
+            )
         })
         .collect()
 }

@@ -15,8 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use sotolito_config::tenant::{Desired, Limits, FORMAT_VERSION};
-use sotolito_config::{CpuWeight, HostConfig, ImageName, MemorySize, SshPort, Tenant, TenantName};
+use sotolito_config::{HostConfig, ImageName, SshPort, Tenant, TenantName};
 use sotolito_net::netns::run_in;
 
 const HOST_PUBLIC: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -153,24 +152,13 @@ impl Drop for Container {
 }
 
 fn tenant(name: &str, ip: Ipv4Addr, port: u64) -> Tenant {
-    Tenant {
-        version: FORMAT_VERSION,
-        name: TenantName::new(name).unwrap(),
-        image: ImageName::new("busybox").unwrap(),
+    Tenant::new(
+        TenantName::new(name).unwrap(),
+        ImageName::new("busybox").unwrap(),
         ip,
-        ssh_port: SshPort::new(port).unwrap(),
-        http_port: 80,
-        hosts: vec![],
-        ssh_keys: vec![],
-        created: std::time::SystemTime::UNIX_EPOCH,
-        desired: Desired::Running,
-        acme_opt_out: vec![],
-        limits: Limits {
-            memory: MemorySize::new("512M").unwrap(),
-            cpu_weight: CpuWeight::new(100).unwrap(),
-            pids: 4096,
-        },
-    }
+        SshPort::new(port).unwrap(),
+        HostConfig::default().defaults.limits(),
+    )
 }
 
 fn config(state: &Path) -> HostConfig {

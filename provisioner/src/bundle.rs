@@ -374,27 +374,16 @@ pub fn write_spec(layout: &TenantLayout, spec: &Spec) -> Result<(), Error> {
 mod tests {
     use super::*;
     use serde_json::Value;
-    use sotolito_config::{CpuWeight, Desired, ImageName, Limits, MemorySize, SshPort};
+    use sotolito_config::{CpuWeight, ImageName, SshPort};
 
     fn tenant() -> Tenant {
-        Tenant {
-            version: 1,
-            name: TenantName::new("acme").unwrap(),
-            image: ImageName::new("debian").unwrap(),
-            ip: "172.18.0.2".parse().unwrap(),
-            ssh_port: SshPort::new(2201).unwrap(),
-            http_port: 80,
-            hosts: vec![],
-            ssh_keys: vec![],
-            created: std::time::SystemTime::UNIX_EPOCH,
-            desired: Desired::Running,
-            acme_opt_out: vec![],
-            limits: Limits {
-                memory: MemorySize::new("512M").unwrap(),
-                cpu_weight: CpuWeight::new(100).unwrap(),
-                pids: 4096,
-            },
-        }
+        Tenant::new(
+            TenantName::new("acme").unwrap(),
+            ImageName::new("debian").unwrap(),
+            "172.18.0.2".parse().unwrap(),
+            SshPort::new(2201).unwrap(),
+            sotolito_config::HostConfig::default().defaults.limits(),
+        )
     }
 
     #[test]

@@ -15,29 +15,21 @@ use std::time::{Duration, Instant};
 
 use common::{get, Backend};
 use sotolito_config::{
-    tenant::FORMAT_VERSION, CpuWeight, Desired, HostConfig, HostName, ImageName, Limits, Loaded,
-    MemorySize, Registry, SshPort, Tenant, TenantName,
+    HostConfig, HostName, ImageName, Loaded, Registry, SshPort, Tenant, TenantName,
 };
 use sotolito_proxy::{run, RunOptions};
 
 fn tenant(name: &str, ip: Ipv4Addr, http_port: u16, ssh: u64, host: &str) -> Tenant {
     Tenant {
-        version: FORMAT_VERSION,
-        name: TenantName::new(name).unwrap(),
-        image: ImageName::new("debian").unwrap(),
-        ip,
-        ssh_port: SshPort::new(ssh).unwrap(),
         http_port,
         hosts: vec![HostName::new(host).unwrap()],
-        ssh_keys: vec![],
-        created: std::time::SystemTime::now(),
-        desired: Desired::Running,
-        acme_opt_out: vec![],
-        limits: Limits {
-            memory: MemorySize::new("512M").unwrap(),
-            cpu_weight: CpuWeight::new(100).unwrap(),
-            pids: 4096,
-        },
+        ..Tenant::new(
+            TenantName::new(name).unwrap(),
+            ImageName::new("debian").unwrap(),
+            ip,
+            SshPort::new(ssh).unwrap(),
+            HostConfig::default().defaults.limits(),
+        )
     }
 }
 

@@ -7,12 +7,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use sotolito_config::{
-    CpuWeight, Desired, HostName, ImageName, Limits, MemorySize, Registry, SshPort, Tenant,
-    TenantName,
-};
+use sotolito_config::{HostConfig, HostName, ImageName, Registry, SshPort, Tenant, TenantName};
 
 struct Backend {
     addr: SocketAddr,
@@ -60,22 +57,15 @@ fn record(name: &str, addr: SocketAddr, host: &str, port: u64) -> Tenant {
         unreachable!()
     };
     Tenant {
-        version: 1,
-        name: TenantName::new(name).unwrap(),
-        image: ImageName::new("busybox").unwrap(),
-        ip,
-        ssh_port: SshPort::new(port).unwrap(),
         http_port: addr.port(),
         hosts: vec![HostName::new(host).unwrap()],
-        ssh_keys: vec![],
-        created: SystemTime::now(),
-        desired: Desired::Running,
-        acme_opt_out: vec![],
-        limits: Limits {
-            memory: MemorySize::new("512M").unwrap(),
-            cpu_weight: CpuWeight::new(100).unwrap(),
-            pids: 4096,
-        },
+        ..Tenant::new(
+            TenantName::new(name).unwrap(),
+            ImageName::new("busybox").unwrap(),
+            ip,
+            SshPort::new(port).unwrap(),
+            HostConfig::default().defaults.limits(),
+        )
     }
 }
 
