@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
@@ -121,11 +121,11 @@ impl Collector for RequestCollector {
         let mut sorted: Vec<_> = requests.into_iter().collect();
         sorted.sort_by(|a, b| (&a.0.tenant, a.0.status).cmp(&(&b.0.tenant, b.0.status)));
         for (labels, n) in &sorted {
-            let counter: Counter = Counter::default();
-            counter.inc_by(*n);
-            counter.encode(family.encode_family(labels)?)?;
+            family
+                .encode_family(labels)?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
         }
-        let histogram = encoder.encode_descriptor(
+        let mut histogram = encoder.encode_descriptor(
             "request_duration_seconds",
             "Time from request head to response head",
             None,
@@ -143,7 +143,6 @@ impl Collector for RequestCollector {
                 (bound, n)
             })
             .collect();
-        let mut histogram = histogram;
         histogram.encode_histogram::<NoLabelSet>(sum, count, &bounds, None)
     }
 }

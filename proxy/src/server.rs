@@ -13,8 +13,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -320,34 +319,6 @@ struct Handoff {
     permit: ConnPermit,
 }
 
-impl std::fmt::Debug for Balance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balance")
-            .field("assigned", &self.assigned)
-            .finish_non_exhaustive()
-    }
-}
-
-/// `worker_connections{worker}`: what each worker serves, so an operator
-/// (and a test) can see the spread.
-impl Collector for Balance {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
-            "worker_connections",
-            "Client connections each worker serves",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (i, n) in self.assigned.iter().enumerate() {
-            let gauge: Gauge = Gauge::default();
-            gauge.set(i64::try_from(n.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-            let labels = [("worker", i.to_string())];
-            gauge.encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-}
-
 /// Spreads connections evenly over the workers. The kernel hashes
 /// connections onto the SO_REUSEPORT listeners, which for a few dozen
 /// clients leaves one worker with a quarter more of them than another
@@ -395,6 +366,34 @@ struct Assigned {
 impl Drop for Assigned {
     fn drop(&mut self) {
         self.balance.assigned[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balance")
+            .field("assigned", &self.assigned)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `worker_connections{worker}`: what each worker serves, so an operator
+/// (and a test) can see the spread.
+impl Collector for Balance {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "worker_connections",
+            "Client connections each worker serves",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, n) in self.assigned.iter().enumerate() {
+            let n = i64::try_from(n.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+            family
+                .encode_family(&[("worker", i.to_string())])?
+                .encode_gauge(&n)?;
+        }
+        Ok(())
     }
 }
 
