@@ -541,20 +541,25 @@ fn bad_inputs_change_nothing() {
     assert_same(&before, &sb.snapshot(), "a bad size");
 }
 
+/// A gzipped tarball of the tree at `rootfs`.
+fn tar_rootfs(rootfs: &Path, out: &Path) {
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(out)
+        .arg("-C")
+        .arg(rootfs)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success());
+}
+
 #[test]
 fn image_import_and_list() {
     let sb = Sandbox::new();
     // A rootfs tarball made from the busybox image.
     let tarball = sb.path("bb.tar.gz");
-    let st = Command::new("tar")
-        .arg("-czf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(sb.path("state/images/bb/rootfs"))
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(st.success());
+    tar_rootfs(&sb.path("state/images/bb/rootfs"), &tarball);
     sb.ok(&[
         "image",
         "import",
@@ -633,38 +638,29 @@ fn parallel_provisions_get_distinct_leases() {
     assert_eq!(ips.len(), 10);
 }
 
+/// Runs `args` `n` times at once; every run must succeed.
+fn all_succeed(sb: &Sandbox, n: usize, args: &[&str]) {
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n).map(|_| s.spawn(|| sb.vpsctl(args))).collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for out in &outs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn concurrent_starts_and_stops_converge() {
     let sb = Sandbox::new();
     sb.ok(&["provision", "acme", "--image", "bb"]);
-    let outs: Vec<Output> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| sb.vpsctl(&["start", "acme"])))
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).collect()
-    });
-    for out in &outs {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_succeed(&sb, 4, &["start", "acme"]);
     assert_eq!(sb.status("acme")["state"], "running");
     assert_eq!(sb.ok(&["exec", "acme", "--", "hostname"]).trim(), "acme");
-    let outs: Vec<Output> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| sb.vpsctl(&["stop", "acme", "--timeout", "1"])))
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).collect()
-    });
-    for out in &outs {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    all_succeed(&sb, 3, &["stop", "acme", "--timeout", "1"]);
     assert_eq!(sb.status("acme")["state"], "stopped");
     sb.ok(&["start", "acme"]);
     assert_eq!(sb.status("acme")["state"], "running");
@@ -898,15 +894,7 @@ fn debian_systemd_vps_end_to_end() {
         let dir = tarball.parent().expect("cache dir");
         fs::create_dir_all(dir).expect("cache dir");
         let tmp = tarball.with_extension("tmp");
-        let st = Command::new("tar")
-            .arg("-czf")
-            .arg(&tmp)
-            .arg("-C")
-            .arg(sb.path("state/images/deb/rootfs"))
-            .arg(".")
-            .status()
-            .expect("tar");
-        assert!(st.success());
+        tar_rootfs(&sb.path("state/images/deb/rootfs"), &tmp);
         fs::rename(&tmp, &tarball).expect("cache the rootfs");
     }
     let key = sb.path("id_ed25519");

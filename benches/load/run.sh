@@ -105,6 +105,19 @@ EOF
 EOF
 } >"$TMP/backend.conf"
 
+# The one location both nginx proxy servers (plain and TLS) use.
+NGINX_LOCATION=$(cat <<'EOF'
+        location / {
+            proxy_pass http://tenant;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }
+EOF
+)
+
 {
     nginx_common nginxp
     cat <<EOF
@@ -121,26 +134,12 @@ EOF
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache off;
         ssl_session_tickets off;
-        location / {
-            proxy_pass http://tenant;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
+$NGINX_LOCATION
     }
     server {
         listen $NGINXP;
         server_name $HOST;
-        location / {
-            proxy_pass http://tenant;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-        }
+$NGINX_LOCATION
     }
 }
 EOF

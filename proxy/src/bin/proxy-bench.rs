@@ -54,21 +54,8 @@ fn run() -> Result<(), String> {
     }
     let listen = listen.ok_or("--listen is required")?;
     // Extra hosts that no request names: the table grows, lookups must not.
-    let filler: Vec<(String, SocketAddr)> = (0..extra)
-        .map(|i| {
-            (
-                format!("filler{i}.bench.test"),
-                SocketAddr::from(([127, 0, 0, 1], 9)),
-            )
-        })
-        .collect();
-    let table = RouteTable::from_routes(
-        routes
-            .iter()
-            .chain(filler.iter())
-            .map(|(h, a)| (h.as_str(), "bench", *a)),
-    )
-    .map_err(|e| e.to_string())?;
+    let filler = unused_hosts("filler", extra);
+    let initial = table(&routes, &filler, &[])?;
     let proxy = ProxyHandle::start(
         settings,
         Listen {
@@ -76,7 +63,7 @@ fn run() -> Result<(), String> {
             https,
             admin,
         },
-        table,
+        initial,
     )
     .map_err(|e| e.to_string())?;
     eprintln!(
@@ -96,26 +83,42 @@ fn run() -> Result<(), String> {
         let mut generation = 0usize;
         while hup.recv().await.is_some() {
             generation += 1;
-            let added: Vec<(String, SocketAddr)> = (0..generation)
-                .map(|i| {
-                    (
-                        format!("reload{i}.bench.test"),
-                        SocketAddr::from(([127, 0, 0, 1], 9)),
-                    )
-                })
-                .collect();
-            let table = RouteTable::from_routes(
-                routes
-                    .iter()
-                    .chain(filler.iter())
-                    .chain(added.iter())
-                    .map(|(h, a)| (h.as_str(), "bench", *a)),
-            )
-            .map_err(|e| e.to_string())?;
-            proxy.set_routes(table);
+            proxy.set_routes(table(
+                &routes,
+                &filler,
+                &unused_hosts("reload", generation),
+            )?);
         }
         Ok(())
     })
+}
+
+/// `n` hosts named `{prefix}{i}.bench.test` routed to the discard port.
+fn unused_hosts(prefix: &str, n: usize) -> Vec<(String, SocketAddr)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("{prefix}{i}.bench.test"),
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+            )
+        })
+        .collect()
+}
+
+/// One table of every given host, all of one tenant.
+fn table(
+    routes: &[(String, SocketAddr)],
+    filler: &[(String, SocketAddr)],
+    added: &[(String, SocketAddr)],
+) -> Result<RouteTable, String> {
+    RouteTable::from_routes(
+        routes
+            .iter()
+            .chain(filler)
+            .chain(added)
+            .map(|(h, a)| (h.as_str(), "bench", *a)),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
