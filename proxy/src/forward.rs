@@ -55,6 +55,14 @@ pub(crate) struct ConnCtx {
 }
 
 impl ConnCtx {
+    fn proto(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn forwarded_element(&self, host: &HeaderValue) -> Option<HeaderValue> {
         let mut cache = self.forwarded.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((cached_host, element)) = &*cache {
@@ -62,8 +70,7 @@ impl ConnCtx {
                 return element.clone();
             }
         }
-        let proto = if self.tls { "https" } else { "http" };
-        let element = forwarded_element(&self.peer_values, proto, host);
+        let element = forwarded_element(&self.peer_values, self.proto(), host);
         *cache = Some((host.clone(), element.clone()));
         element
     }
@@ -107,7 +114,6 @@ pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
-    let shared = &*ctx.shared;
     let start = Instant::now();
     let log = access_log_enabled().then(|| {
         (
@@ -119,7 +125,7 @@ pub(crate) async fn handle(
     });
     let (host, mut outcome) = match request_host(&req, &ctx) {
         Some(host) => {
-            let outcome = proxy(shared, &ctx, req, &host).await;
+            let outcome = proxy(&ctx, req, &host).await;
             (host, outcome)
         }
         None => (
@@ -199,19 +205,15 @@ enum Plan {
 
 // The request's future is moved several times per request, so its state is
 // kept small: everything but the waiting happens in plain functions.
-async fn proxy(
-    shared: &Shared,
-    ctx: &ConnCtx,
-    req: Request<Incoming>,
-    host_value: &HeaderValue,
-) -> Outcome {
-    let mut up = match plan(shared, ctx, req, host_value) {
+async fn proxy(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) -> Outcome {
+    let settings = &ctx.shared.settings;
+    let mut up = match plan(ctx, req, host_value) {
         Plan::Answer(outcome) => return outcome,
         Plan::Forward(up) => up,
     };
     if !up.body.is_empty()
         // Boxed, as only requests with a body need its state.
-        && Box::pin(read_ahead(&mut up.body, shared.settings.header_read_timeout))
+        && Box::pin(read_ahead(&mut up.body, settings.header_read_timeout))
             .await
             .is_err()
     {
@@ -226,7 +228,7 @@ async fn proxy(
     } = up;
     let sent = Instant::now();
     let answer = tokio::time::timeout(
-        shared.settings.upstream_timeout,
+        settings.upstream_timeout,
         ctx.pool.send(route.addr, Request::from_parts(parts, body)),
     )
     .await;
@@ -240,7 +242,7 @@ async fn proxy(
             return o;
         }
         Err(_) => {
-            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, timeout = ?shared.settings.upstream_timeout, "tenant too slow");
+            tracing::warn!(tenant = %route.tenant, upstream = %route.addr, timeout = ?settings.upstream_timeout, "tenant too slow");
             let mut o = Outcome::ours(StatusCode::GATEWAY_TIMEOUT, upgrade, ctx);
             o.tenant = Some(route.tenant.clone());
             return o;
@@ -250,8 +252,8 @@ async fn proxy(
 }
 
 /// Routes the request and rewrites it for the tenant, or answers it.
-fn plan(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) -> Plan {
-    let settings = &shared.settings;
+fn plan(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) -> Plan {
+    let settings = &ctx.shared.settings;
     // request_host checked it is text.
     let host = host_value.to_str().unwrap_or("");
     // ACME HTTP-01 (RFC 8555 8.3): our pending tokens only; any other
@@ -285,7 +287,7 @@ fn plan(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host_value: &Hea
         return Plan::Answer(Outcome::ours(StatusCode::METHOD_NOT_ALLOWED, true, ctx));
     }
     if !ctx.tls && settings.redirect_https {
-        if let Some(resp) = redirect(shared, host, req.uri()) {
+        if let Some(resp) = redirect(&ctx.shared, host, req.uri()) {
             return Plan::Answer(Outcome {
                 resp,
                 tenant: Some(route.tenant.clone()),
@@ -313,7 +315,7 @@ fn plan(shared: &Shared, ctx: &ConnCtx, req: Request<Incoming>, host_value: &Hea
         headers,
         &ClientSide {
             peer: &ctx.peer_values,
-            proto: if ctx.tls { "https" } else { "http" },
+            proto: ctx.proto(),
             host: host_value,
             element: element.as_ref(),
             trusted: ctx.trusted,
