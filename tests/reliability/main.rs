@@ -8,5 +8,6 @@ mod common;
 mod bad_input;
 mod crash;
 mod faults;
+mod hostile;
 mod http_abuse;
 mod isolation;

@@ -1,0 +1,1 @@
+//! Hostile tenant, delegated cgroups: limits the tenant cannot lift, checked from the host.

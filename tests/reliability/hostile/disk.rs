@@ -1,0 +1,1 @@
+//! Hostile tenant, disk quotas: a tenant cannot fill the host's disk.

@@ -1,0 +1,1 @@
+//! Hostile tenant, private host paths and symlink-safe host-side writes into tenant trees.

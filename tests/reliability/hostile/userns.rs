@@ -1,0 +1,1 @@
+//! Hostile tenant, user namespaces: tenant root is an unprivileged host user.
