@@ -890,7 +890,21 @@ fn debian_systemd_vps_end_to_end() {
     if tarball.is_file() {
         sb.ok(&["image", "import", "deb", tarball.to_str().expect("utf-8")]);
     } else {
-        sb.ok(&["image", "debootstrap", "deb", "--include", "nginx-light"]);
+        // The sandbox namespace has no route to the mirror: debootstrap runs
+        // in the test's own namespace (it only downloads and writes files).
+        let out = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+            .arg("--config")
+            .arg(&sb.config)
+            .args(["image", "debootstrap", "deb", "--include", "nginx-light"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run vpsctl");
+        assert!(
+            out.status.success(),
+            "vpsctl image debootstrap failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let dir = tarball.parent().expect("cache dir");
         fs::create_dir_all(dir).expect("cache dir");
         let tmp = tarball.with_extension("tmp");
