@@ -3,13 +3,13 @@
 //! swapped in when the files change, without a restart.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -160,17 +160,16 @@ fn load(dir: &Path, host: &str) -> Result<CertifiedKey, Error> {
     };
     let chain_path = dir.join("fullchain.pem");
     let key_path = dir.join("privkey.pem");
-    let file = File::open(&chain_path).map_err(|e| err(&chain_path, e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
-        .collect::<Result<Vec<_>, _>>()
+    let certs = CertificateDer::pem_file_iter(&chain_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| err(&chain_path, e.to_string()))?;
     if certs.is_empty() {
         return Err(err(&chain_path, "no certificate in the file".into()));
     }
-    let file = File::open(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
-    let key = rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| err(&key_path, e.to_string()))?
-        .ok_or_else(|| err(&key_path, "no private key in the file".into()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| match e {
+        pem::Error::NoItemsFound => err(&key_path, "no private key in the file".into()),
+        e => err(&key_path, e.to_string()),
+    })?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| err(&key_path, e.to_string()))?;
     let key = CertifiedKey::new(certs, signer);

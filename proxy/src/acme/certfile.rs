@@ -12,6 +12,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use sotolito_config::{HostConfig, Registry};
 
@@ -154,10 +156,10 @@ fn key_matches(chain_pem: &[u8], key_path: &Path) -> bool {
     let Ok(key_pem) = fs::read(key_path) else {
         return false;
     };
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &chain_pem[..])
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(chain_pem)
         .filter_map(Result::ok)
         .collect();
-    let Ok(Some(key)) = rustls_pemfile::private_key(&mut &key_pem[..]) else {
+    let Ok(key) = PrivateKeyDer::from_pem_slice(&key_pem) else {
         return false;
     };
     let Ok(signer) = rustls::crypto::ring::sign::any_supported_type(&key) else {

@@ -13,6 +13,7 @@ use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
@@ -222,12 +223,8 @@ fn httpdate_parse(value: &str) -> Option<SystemTime> {
 }
 
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let file = std::fs::File::open(path).map_err(|e| Error::Roots {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    rustls_pemfile::certs(&mut std::io::BufReader::new(file))
-        .collect::<Result<Vec<_>, _>>()
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| Error::Roots {
             path: path.to_owned(),
             message: e.to_string(),

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+use rustls::pki_types::pem::PemObject as _;
 use sotolito_config::{HostConfig, Registry, Tenant};
 use sotolito_proxy::acme::{self, AcmeHandle, ChallengeKind, Challenges, Tuning};
 use sotolito_proxy::{Listen, ProxyHandle, RouteTable, Settings};
@@ -556,7 +557,7 @@ pub fn tenant(name: &str, hosts: &[&str], opt_out: &[&str]) -> Tenant {
 
 fn served_cert(host: &str, root_pem: &str) -> Result<(String, SystemTime), String> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots
             .add(c.map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
