@@ -16,6 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{access_log_enabled, read_ahead, AccessLog, ReqBody, ResBody};
+use crate::gate::Switch;
 use crate::headers::{
     apply_forwarding, forwarded_element, strip_hop_by_hop, ClientSide, PeerValues,
 };
@@ -52,6 +53,8 @@ pub(crate) struct ConnCtx {
     /// The last Host and its Forwarded element: a keep-alive connection
     /// names the same host request after request.
     pub forwarded: std::sync::Mutex<Option<(HeaderValue, Option<HeaderValue>)>>,
+    /// HTTP/1: tells the gate the tenant switched protocols.
+    pub switch: Option<Switch>,
 }
 
 impl ConnCtx {
@@ -115,6 +118,9 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResBody>, Infallible> {
     let start = Instant::now();
+    // The gate holds back everything after such a request until a 101.
+    let wants_switch =
+        !ctx.h2 && (req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT);
     let log = access_log_enabled().then(|| {
         (
             req.method().clone(),
@@ -134,6 +140,14 @@ pub(crate) async fn handle(
         ),
     };
     let status = outcome.resp.status();
+    if wants_switch && status != StatusCode::SWITCHING_PROTOCOLS {
+        // Whoever answered (we or the tenant), the connection carries no
+        // further request: it ends here (HAProxy and Envoy do the same).
+        outcome
+            .resp
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let tenant = outcome.tenant.clone().unwrap_or_else(|| Arc::from(""));
     ctx.stats
         .record(&tenant, status.as_u16(), start.elapsed().as_secs_f64());
@@ -248,7 +262,14 @@ async fn proxy(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) 
             return o;
         }
     };
-    respond(route, upgrade, client_upgrade, answer, upstream)
+    respond(
+        route,
+        upgrade,
+        client_upgrade,
+        answer,
+        upstream,
+        ctx.switch.as_ref(),
+    )
 }
 
 /// Routes the request and rewrites it for the tenant, or answers it.
@@ -346,21 +367,19 @@ fn respond(
     client_upgrade: Option<OnUpgrade>,
     (mut resp, lease): (Response<Incoming>, Lease),
     upstream: Duration,
+    switch: Option<&Switch>,
 ) -> Outcome {
     let switched = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched {
         let tenant_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(client_upgrade) = client_upgrade {
+            if let Some(switch) = switch {
+                switch.switched();
+            }
             tokio::spawn(tunnel(client_upgrade, tenant_upgrade));
         }
     }
     strip_hop_by_hop(resp.headers_mut(), switched);
-    if upgrade && !switched {
-        // The gate stopped checking this connection when it saw the
-        // upgrade request; it must not carry another request.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
     let (parts, body) = resp.into_parts();
     let body = if switched {
         // The connection now belongs to the tunnel.

@@ -7,6 +7,14 @@
 //! is held back until it is complete and valid; on the first violation the
 //! rest of the stream is replaced by a byte hyper refuses, so hyper answers
 //! 400 and closes, and nothing of the bad request is forwarded.
+//!
+//! After a request that asks to switch protocols, nothing more is released
+//! until the tenant has answered 101 ([`Switch`]): an answer the proxy made
+//! itself, or any other status, ends the connection instead, so no later
+//! request on it can skip the checks (HAProxy and Envoy do the same).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 
@@ -53,9 +61,27 @@ enum State {
         line: bool,
         cr: bool,
     },
-    /// After an upgrade or an oversized head: the bytes are not HTTP/1 any
+    /// After an upgrade request: what the client sends next is held in
+    /// `head` until the tenant switched protocols.
+    AwaitSwitch,
+    /// After a switch or an oversized head: the bytes are not HTTP/1 any
     /// more, or hyper refuses them itself (431).
     Passthrough,
+}
+
+/// Set once the tenant answered an upgrade request with 101; shared by a
+/// connection's gate and the requests on it.
+#[derive(Clone, Default)]
+pub(crate) struct Switch(Arc<AtomicBool>);
+
+impl Switch {
+    pub(crate) fn switched(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_switched(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 pub(crate) struct Gate {
@@ -64,21 +90,43 @@ pub(crate) struct Gate {
     max_head: usize,
     /// The message being read switches protocols once its body ends.
     upgrade_after: bool,
+    switch: Switch,
 }
 
 impl Gate {
-    pub(crate) fn new(max_head: usize) -> Gate {
+    pub(crate) fn new(max_head: usize, switch: Switch) -> Gate {
         Gate {
             state: State::Head,
             head: Vec::new(),
             max_head,
             upgrade_after: false,
+            switch,
         }
     }
 
-    /// A request head has started and is not yet complete.
+    /// A request head has started and is not yet complete, or bytes sent
+    /// after an upgrade request wait for the switch: either way the
+    /// request-head timer runs.
     pub(crate) fn head_pending(&self) -> bool {
-        self.state == State::Head && !self.head.is_empty()
+        matches!(self.state, State::Head | State::AwaitSwitch) && !self.head.is_empty()
+    }
+
+    /// Waiting for the tenant's 101 with as much held back as a head may
+    /// be: read no more (the socket's buffer pushes back on the client).
+    pub(crate) fn hold_full(&self) -> bool {
+        self.state == State::AwaitSwitch && self.head.len() >= self.max_head
+    }
+
+    /// Once the tenant switched protocols, releases what was held back and
+    /// passes everything from then on. True if the state changed.
+    pub(crate) fn take_switch(&mut self, out: &mut BytesMut) -> bool {
+        if self.state != State::AwaitSwitch || !self.switch.is_switched() {
+            return false;
+        }
+        out.extend_from_slice(&self.head);
+        self.head = Vec::new();
+        self.state = State::Passthrough;
+        true
     }
 
     /// Checks `input`, appending what may go on to hyper to `out`.
@@ -88,6 +136,11 @@ impl Gate {
             match self.state {
                 State::Passthrough => {
                     out.extend_from_slice(&input[i..]);
+                    return Ok(());
+                }
+                State::AwaitSwitch => {
+                    self.head.extend_from_slice(&input[i..]);
+                    self.take_switch(out);
                     return Ok(());
                 }
                 State::Head => {
@@ -169,7 +222,7 @@ impl Gate {
             self.state = State::Head;
         }
         if self.state == State::Head && self.upgrade_after {
-            self.state = State::Passthrough;
+            self.state = State::AwaitSwitch;
         }
     }
 
@@ -459,7 +512,7 @@ mod tests {
     use super::*;
 
     fn run(input: &[u8]) -> (Vec<u8>, Result<(), Violation>) {
-        let mut gate = Gate::new(8192);
+        let mut gate = Gate::new(8192, Switch::default());
         let mut out = BytesMut::new();
         let r = gate.feed(input, &mut out);
         (out.to_vec(), r)
@@ -490,7 +543,7 @@ mod tests {
     #[test]
     fn byte_by_byte_equals_whole() {
         let req = b"POST /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let mut gate = Gate::new(8192);
+        let mut gate = Gate::new(8192, Switch::default());
         let mut out = BytesMut::new();
         for b in req.iter() {
             gate.feed(std::slice::from_ref(b), &mut out).unwrap();
@@ -501,7 +554,7 @@ mod tests {
 
     #[test]
     fn incomplete_heads_are_held_back() {
-        let mut gate = Gate::new(8192);
+        let mut gate = Gate::new(8192, Switch::default());
         let mut out = BytesMut::new();
         gate.feed(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut out)
             .unwrap();
@@ -563,16 +616,50 @@ mod tests {
     }
 
     #[test]
-    fn oversized_heads_and_upgrades_pass_through() {
-        let mut gate = Gate::new(16);
+    fn oversized_heads_pass_through() {
+        let mut gate = Gate::new(16, Switch::default());
         let mut out = BytesMut::new();
         let long = b"GET /aaaaaaaaaaaaaaaaaaaaaaa";
         gate.feed(long, &mut out).unwrap();
         assert_eq!(&out[..], &long[..]);
-        let mut gate = Gate::new(8192);
+    }
+
+    const UPGRADE: &[u8] =
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+    #[test]
+    fn after_an_upgrade_request_bytes_wait_for_the_switch() {
+        let switch = Switch::default();
+        let mut gate = Gate::new(8192, switch.clone());
         let mut out = BytesMut::new();
-        let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello\n\n";
-        gate.feed(req, &mut out).unwrap();
-        assert_eq!(&out[..], &req[..]);
+        let early = b"\x81\x05hello";
+        gate.feed(&[UPGRADE, early].concat(), &mut out).unwrap();
+        assert_eq!(&out[..], UPGRADE);
+        assert!(gate.head_pending(), "held bytes run the head timer");
+        assert!(!gate.take_switch(&mut out));
+        switch.switched();
+        assert!(gate.take_switch(&mut out));
+        gate.feed(b"\n\n", &mut out).unwrap();
+        assert_eq!(&out[..], &[UPGRADE, early, b"\n\n"].concat()[..]);
+        assert!(!gate.head_pending());
+    }
+
+    #[test]
+    fn without_a_switch_nothing_after_an_upgrade_request_is_released() {
+        let mut gate = Gate::new(80, Switch::default());
+        let mut out = BytesMut::new();
+        let next = b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+        gate.feed(UPGRADE, &mut out).unwrap();
+        for _ in 0..3 {
+            gate.feed(next, &mut out).unwrap();
+        }
+        assert_eq!(&out[..], UPGRADE);
+        assert!(gate.head_pending());
+        assert!(gate.hold_full());
+        let connect = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n";
+        let mut gate = Gate::new(8192, Switch::default());
+        let mut out = BytesMut::new();
+        gate.feed(&[&connect[..], next].concat(), &mut out).unwrap();
+        assert_eq!(&out[..], connect);
     }
 }

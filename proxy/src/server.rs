@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{self, ConnCtx, Shared};
-use crate::gate::Gate;
+use crate::gate::{Gate, Switch};
 use crate::headers::PeerValues;
 use crate::limit::{ConnLimiter, ConnPermit};
 use crate::metrics::{Metrics, RequestShard};
@@ -595,6 +595,7 @@ impl Conn {
             peer_values: PeerValues::new(self.peer.ip()),
             trusted,
             forwarded: Default::default(),
+            switch: None,
         };
         match (kind, &self.worker.tls) {
             // Boxed, as the TLS and HTTP/2 states are kilobytes that every
@@ -646,12 +647,15 @@ impl Conn {
         }
     }
 
-    async fn serve_h1<T>(&self, io: T, ctx: ConnCtx)
+    async fn serve_h1<T>(&self, io: T, mut ctx: ConnCtx)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let s = &self.worker.shared.settings;
-        let io = GuardedStream::new(io, Some(Gate::new(s.max_header_bytes)), self.timeouts());
+        let switch = Switch::default();
+        ctx.switch = Some(switch.clone());
+        let gate = Gate::new(s.max_header_bytes, switch);
+        let io = GuardedStream::new(io, Some(gate), self.timeouts());
         let ctx = Arc::new(ctx);
         let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
         let mut builder = http1::Builder::new();

@@ -98,6 +98,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedStream<T> {
             if this.poisoned {
                 return Poll::Ready(Ok(()));
             }
+            if let Some(gate) = this.gate.as_mut() {
+                if gate.take_switch(&mut this.released) {
+                    this.head_started = None;
+                    continue;
+                }
+                if gate.hold_full() {
+                    return match this.poll_deadline(cx) {
+                        Poll::Ready(e) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
             let Some(gate) = this.gate.as_mut() else {
                 let before = buf.filled().len();
                 return match Pin::new(&mut this.inner).poll_read(cx, buf) {

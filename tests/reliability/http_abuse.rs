@@ -14,20 +14,31 @@ use sotolito_config::{HostConfig, HostName, ImageName, Registry, SshPort, Tenant
 struct Backend {
     addr: SocketAddr,
     bytes: Arc<AtomicUsize>,
+    /// Request heads received (each ends in CRLF CRLF).
+    heads: Arc<AtomicUsize>,
+    /// Everything received, in order.
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 /// A backend answering every request with 200 "ok from NAME", counting bytes.
 fn backend(ip: &str, name: &'static str) -> Backend {
+    backend_answering(ip, name, true)
+}
+
+/// A backend that records every byte; with `answer` false it never answers.
+fn backend_answering(ip: &str, name: &'static str, answer: bool) -> Backend {
     let l = TcpListener::bind((ip, 0)).unwrap();
     let addr = l.local_addr().unwrap();
     let bytes = Arc::new(AtomicUsize::new(0));
-    let b = bytes.clone();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (b, h, r) = (bytes.clone(), heads.clone(), received.clone());
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            let b = b.clone();
+            let (b, h, r) = (b.clone(), h.clone(), r.clone());
             std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
                 let mut buf = [0u8; 8192];
                 let mut seen = Vec::new();
                 while let Ok(n) = s.read(&mut buf) {
@@ -35,9 +46,14 @@ fn backend(ip: &str, name: &'static str) -> Backend {
                         break;
                     }
                     b.fetch_add(n, Ordering::SeqCst);
+                    r.lock().unwrap().extend_from_slice(&buf[..n]);
                     seen.extend_from_slice(&buf[..n]);
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         seen.drain(..end + 4);
+                        h.fetch_add(1, Ordering::SeqCst);
+                        if !answer {
+                            continue;
+                        }
                         let body = format!("ok from {name}");
                         let _ = write!(
                             s,
@@ -49,7 +65,12 @@ fn backend(ip: &str, name: &'static str) -> Backend {
             });
         }
     });
-    Backend { addr, bytes }
+    Backend {
+        addr,
+        bytes,
+        heads,
+        received,
+    }
 }
 
 fn record(name: &str, addr: SocketAddr, host: &str, port: u64) -> Tenant {
@@ -82,6 +103,8 @@ struct Proxy {
     http: SocketAddr,
     _tmp: tempfile::TempDir,
     alpha: Backend,
+    /// `silent.test`: reads everything, never answers.
+    silent: Backend,
 }
 
 impl Drop for Proxy {
@@ -94,6 +117,11 @@ impl Drop for Proxy {
 /// The proxy in this (root) network namespace, on loopback only; the
 /// "subnet" is loopback so that tenant records can point at test backends.
 fn proxy() -> Proxy {
+    proxy_with("")
+}
+
+/// [`proxy`] with more `[proxy]` keys.
+fn proxy_with(proxy_keys: &str) -> Proxy {
     crate::common::require_root_and_tools();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -104,15 +132,18 @@ fn proxy() -> Proxy {
         format!(
             "[paths]\nstate_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\nconfig_dir = \"{0}/etc\"\nsystemd_dir = \"{0}/systemd\"\n\
              [network]\nsubnet = \"127.0.0.0/24\"\n\
-             [proxy]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n",
+             [proxy]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n{proxy_keys}",
             d.display()
         ),
     )
     .unwrap();
     let alpha = backend("127.0.0.2", "alpha");
+    let silent = backend_answering("127.0.0.4", "silent", false);
     let reg = Registry::new(d.join("state/registry"));
     let lock = reg.lock().unwrap();
     reg.put(&lock, &record("alpha", alpha.addr, "alpha.test", 2201))
+        .unwrap();
+    reg.put(&lock, &record("silent", silent.addr, "silent.test", 2202))
         .unwrap();
     drop(lock);
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_vpsctl"))
@@ -130,6 +161,7 @@ fn proxy() -> Proxy {
         http,
         _tmp: tmp,
         alpha,
+        silent,
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     while send(
@@ -146,38 +178,54 @@ fn proxy() -> Proxy {
 
 /// Sends raw bytes; returns the response text and its status (0 if none).
 fn send(addr: SocketAddr, raw: &[u8]) -> (String, u16) {
+    let (text, code, _) = exchange(addr, raw);
+    (text, code)
+}
+
+/// Sends raw bytes and reads until the proxy closes the connection or 5 s
+/// pass; returns the response text, its status (0 if none) and whether the
+/// proxy closed the connection.
+fn exchange(addr: SocketAddr, raw: &[u8]) -> (String, u16, bool) {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return (String::new(), 0);
+        return (String::new(), 0, false);
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     if s.write_all(raw).is_err() {
-        return (String::new(), 0);
+        return (String::new(), 0, false);
     }
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut error = None;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
-    }
+    let (out, error) = read_to_close(&mut s);
+    let closed = match &error {
+        None => true,
+        Some(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
     let mut text = String::from_utf8_lossy(&out).into_owned();
     if out.is_empty() {
         if let Some(e) = error {
             text = format!("(no response: {e})");
         }
     }
-    let code = text
-        .strip_prefix("HTTP/1.1 ")
+    let code = status_of(&text);
+    (text, code, closed)
+}
+
+/// Reads until EOF or an error (a timeout included).
+fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+fn status_of(text: &str) -> u16 {
+    text.strip_prefix("HTTP/1.1 ")
         .and_then(|r| r.get(..3))
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (text, code)
+        .unwrap_or(0)
 }
 
 #[test]
@@ -282,4 +330,130 @@ fn ambiguous_requests_get_400_and_never_reach_the_tenant() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// An upgrade request the proxy answers itself (or the tenant answers
+/// without 101), followed on the same connection by a request the gate
+/// refuses: the answer closes the connection and the second request never
+/// reaches a tenant.
+#[test]
+fn answers_to_upgrade_requests_close_the_connection() {
+    let p = proxy_with("header_read_timeout = \"2s\"\nupstream_timeout = \"60s\"\n");
+    let smuggled: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: alpha.test\r\nHost: other.test\r\n\r\n";
+    let tenant = |p: &Proxy| {
+        (
+            p.alpha.heads.load(Ordering::SeqCst),
+            p.alpha.bytes.load(Ordering::SeqCst),
+        )
+    };
+
+    // Controls: alone, the second request is refused by the gate; a plain
+    // request reaches the tenant.
+    let before = tenant(&p);
+    let (text, code, closed) = exchange(p.http, smuggled);
+    assert_eq!((code, closed), (400, true), "{text}");
+    assert_eq!(tenant(&p), before, "a refused request reached the tenant");
+    let (text, code) = send(
+        p.http,
+        b"GET /ok HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(tenant(&p).0, before.0 + 1);
+
+    let up = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+    let cases: Vec<(&str, Vec<u8>, u16, usize)> = vec![
+        (
+            "404, no such host",
+            format!("GET / HTTP/1.1\r\nHost: nobody.test\r\n{up}\r\n").into_bytes(),
+            404,
+            0,
+        ),
+        (
+            "400, a host that is not text",
+            [
+                &b"GET / HTTP/1.1\r\nHost: \xffalpha.test\r\n"[..],
+                up.as_bytes(),
+                b"\r\n",
+            ]
+            .concat(),
+            400,
+            0,
+        ),
+        (
+            "405, CONNECT",
+            b"CONNECT alpha.test:443 HTTP/1.1\r\nHost: alpha.test:443\r\n\r\n".to_vec(),
+            405,
+            0,
+        ),
+        (
+            "the tenant answered 200, not 101",
+            format!("GET /ws HTTP/1.1\r\nHost: alpha.test\r\n{up}\r\n").into_bytes(),
+            200,
+            1,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, first, want, heads) in &cases {
+        let before = tenant(&p);
+        let (text, code, closed) = exchange(p.http, &[&first[..], smuggled].concat());
+        std::thread::sleep(Duration::from_millis(100));
+        let after = tenant(&p);
+        let got_heads = after.0 - before.0;
+        // The answer itself says the connection ends (not a timer later).
+        let says_close = text
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close");
+        if code != *want || !closed || !says_close || got_heads != *heads {
+            failures.push(format!(
+                "{what}: status {code} (want {want}), closed by the proxy: {closed}, \
+                 answer says close: {says_close}, tenant got {got_heads} requests \
+                 (want {heads}): {}",
+                text.lines().next().unwrap_or("")
+            ));
+        }
+    }
+    let received = String::from_utf8_lossy(&p.alpha.received.lock().unwrap()).into_owned();
+    if received.contains("/smuggled") {
+        failures.push(format!(
+            "the tenant received the smuggled request:\n{received}"
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // While the tenant has not answered an upgrade request yet, what the
+    // client sends is held back under the request-head timer (2 s here),
+    // however slowly it trickles in.
+    let mut s = TcpStream::connect(p.http).unwrap();
+    s.write_all(format!("GET /ws HTTP/1.1\r\nHost: silent.test\r\n{up}\r\n").as_bytes())
+        .unwrap();
+    let trickle = b"GET /smuggled HTTP/1.1\r\nHost: alpha.test\r\nHost: x\r\n";
+    let mut cut_off = false;
+    for b in trickle.iter().cycle().take(40) {
+        std::thread::sleep(Duration::from_millis(250));
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            cut_off = true;
+            break;
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (out, error) = read_to_close(&mut s);
+    let closed = error
+        .as_ref()
+        .is_none_or(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
+    assert!(
+        cut_off || closed,
+        "a connection trickling bytes after an upgrade request stayed open for 10 s \
+         (head timeout 2 s): {error:?} {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(status_of(&String::from_utf8_lossy(&out)), 0);
+    assert_eq!(
+        p.silent.heads.load(Ordering::SeqCst),
+        1,
+        "only the upgrade request"
+    );
+    assert!(!received.contains("/smuggled"));
 }
