@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -139,11 +140,49 @@ pub(crate) fn forwarded_element(
     HeaderValue::from_str(&element).ok()
 }
 
-/// Sets X-Forwarded-For/-Proto/-Host and Forwarded. From an untrusted peer
-/// any incoming values are lies and are replaced.
+/// Headers in which other proxies, CDNs and load balancers name the client
+/// (or its scheme and port): Akamai and Cloudflare Enterprise
+/// `True-Client-IP`, Cloudflare `CF-Connecting-IP(v6)`, Fastly
+/// `Fastly-Client-IP`, nginx's `X-Real-IP` convention, Envoy's
+/// `X-Envoy-External-Address`, the old `X-Forwarded`/`Forwarded-For`
+/// drafts, and what frameworks read as fallbacks (Rails, Django, Express,
+/// PHP apps). From an untrusted client they can only be lies.
+fn is_client_ip_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-real-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "cf-connecting-ipv6"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "fastly-client-ip"
+            | "forwarded-for"
+            | "x-forwarded"
+            | "client-ip"
+            | "x-original-forwarded-for"
+            | "x-originating-ip"
+            | "x-remote-ip"
+            | "x-remote-addr"
+            | "x-envoy-external-address"
+            | "x-forwarded-port"
+            | "x-forwarded-server"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+            | "x-url-scheme"
+            | "front-end-https"
+    )
+}
+
+/// Sets X-Forwarded-For/-Proto/-Host, X-Real-IP and Forwarded. From an
+/// untrusted peer any incoming values are lies: they are replaced, and the
+/// other client-address headers ([`is_client_ip_header`]) are removed.
 pub(crate) fn apply_forwarding(headers: &mut HeaderMap, client: &ClientSide<'_>) {
-    headers.reserve(4);
+    headers.reserve(5);
     if client.trusted {
+        if !headers.contains_key(&X_REAL_IP) {
+            headers.insert(&X_REAL_IP, client.peer.ip.clone());
+        }
         append_list(
             headers,
             &X_FORWARDED_FOR,
@@ -162,6 +201,18 @@ pub(crate) fn apply_forwarding(headers: &mut HeaderMap, client: &ClientSide<'_>)
             headers.insert(&X_FORWARDED_HOST, client.host.clone());
         }
     } else {
+        // One pass over the names; removals only when a client sent some.
+        if headers.keys().any(is_client_ip_header) {
+            let lies: Vec<HeaderName> = headers
+                .keys()
+                .filter(|n| is_client_ip_header(n))
+                .cloned()
+                .collect();
+            for name in lies {
+                headers.remove(name);
+            }
+        }
+        headers.insert(&X_REAL_IP, client.peer.ip.clone());
         headers.insert(&X_FORWARDED_FOR, client.peer.ip.clone());
         match client.element {
             Some(element) => {
@@ -279,6 +330,52 @@ mod tests {
             "for=192.0.2.7;proto=http;host=\"acme.test\""
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn untrusted_client_ip_headers_go_or_name_the_peer() {
+        let lies = [
+            ("x-real-ip", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.7"),
+            ("true-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("fastly-client-ip", "6.6.6.6"),
+            ("forwarded-for", "6.6.6.6"),
+            ("x-forwarded", "for=6.6.6.6"),
+            ("x-forwarded-port", "443"),
+            ("accept", "*/*"),
+        ];
+        let peer = PeerValues::new("192.0.2.7".parse().unwrap());
+        let host = HeaderValue::from_static("acme.test");
+        for trusted in [false, true] {
+            let mut h = map(&lies);
+            let client = ClientSide {
+                peer: &peer,
+                proto: "http",
+                host: &host,
+                element: None,
+                trusted,
+            };
+            apply_forwarding(&mut h, &client);
+            if trusted {
+                assert_eq!(h.get_all("x-real-ip").iter().count(), 2);
+                assert_eq!(h["true-client-ip"], "6.6.6.6");
+            } else {
+                assert_eq!(
+                    names(&h),
+                    [
+                        "accept",
+                        "x-forwarded-for",
+                        "x-forwarded-host",
+                        "x-forwarded-proto",
+                        "x-real-ip"
+                    ]
+                );
+                assert_eq!(h["x-real-ip"], "192.0.2.7");
+            }
+        }
     }
 
     #[test]

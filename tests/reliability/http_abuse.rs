@@ -457,3 +457,80 @@ fn answers_to_upgrade_requests_close_the_connection() {
     );
     assert!(!received.contains("/smuggled"));
 }
+
+/// Headers that name the client's address, as a hostile client sends them
+/// to be believed by a tenant.
+const CLIENT_IP_LIES: &[&str] = &[
+    "X-Real-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+    "CF-Connecting-IPv6",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "Fastly-Client-IP",
+    "Forwarded-For",
+    "X-Forwarded",
+    "Client-IP",
+    "X-Originating-IP",
+    "X-Remote-IP",
+    "X-Remote-Addr",
+    "X-Envoy-External-Address",
+    "X-Original-Forwarded-For",
+];
+
+#[test]
+fn client_ip_headers_from_untrusted_clients_never_reach_the_tenant() {
+    let p = proxy_with("trusted_proxies = [\"127.0.0.5/32\"]\n");
+    let lies: String = CLIENT_IP_LIES
+        .iter()
+        .map(|h| format!("{h}: 6.6.6.6\r\n"))
+        .collect();
+    let request = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: alpha.test\r\n{lies}Connection: close\r\n\r\n")
+    };
+    let forwarded_head = |path: &str| -> String {
+        let received = String::from_utf8_lossy(&p.alpha.received.lock().unwrap()).into_owned();
+        let start = received
+            .find(&format!("GET {path} "))
+            .unwrap_or_else(|| panic!("{path} never reached the tenant:\n{received}"));
+        let head = &received[start..];
+        head[..head.find("\r\n\r\n").unwrap_or(head.len())].to_ascii_lowercase()
+    };
+
+    // A hostile client from its own address.
+    let mut s = socket2_connect("127.0.0.3", p.http).expect("connect from 127.0.0.3");
+    s.write_all(request("/hostile").as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (out, _) = read_to_close(&mut s);
+    assert_eq!(status_of(&String::from_utf8_lossy(&out)), 200);
+    let head = forwarded_head("/hostile");
+    let reached: Vec<&str> = CLIENT_IP_LIES
+        .iter()
+        .copied()
+        .filter(|h| {
+            head.lines().any(|l| {
+                l.starts_with(&format!("{}:", h.to_ascii_lowercase())) && l.contains("6.6.6.6")
+            })
+        })
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "client-IP headers of an untrusted client reached the tenant: {reached:?}\n{head}"
+    );
+    assert!(head.contains("\r\nx-real-ip: 127.0.0.3"), "{head}");
+    assert!(head.contains("\r\nx-forwarded-for: 127.0.0.3"), "{head}");
+
+    // Control: the same request from a trusted proxy keeps them all.
+    let mut s = socket2_connect("127.0.0.5", p.http).expect("connect from 127.0.0.5");
+    s.write_all(request("/trusted").as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (out, _) = read_to_close(&mut s);
+    assert_eq!(status_of(&String::from_utf8_lossy(&out)), 200);
+    let head = forwarded_head("/trusted");
+    for h in CLIENT_IP_LIES {
+        assert!(
+            head.contains(&format!("\r\n{}: 6.6.6.6", h.to_ascii_lowercase())),
+            "{h} from a trusted proxy was lost:\n{head}"
+        );
+    }
+}
