@@ -66,6 +66,15 @@ pub enum Command {
     /// TLS certificates: what the proxy serves and ACME manages.
     #[command(subcommand)]
     Certs(crate::cmd::certs::CertsCommand),
+    /// Copy stdin into a tenant's capped, rotated console log until EOF
+    /// (the console pump that `start` leaves beside a detached container).
+    #[command(hide = true)]
+    ConsoleLog {
+        /// Rotate past this many bytes.
+        #[arg(long)]
+        max: sotolito_config::LogSize,
+        path: PathBuf,
+    },
     /// The whole flow in a sandbox: two tenants, the proxy, DNAT, proven by itself.
     Demo {
         /// Use a Debian image with systemd and sshd (debootstrap; cached).
@@ -81,7 +90,7 @@ impl Command {
     /// Commands log at warn by default; long-running services at info.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Run { .. } | Command::Proxy(_) => "info",
+            Command::Run { .. } | Command::Proxy(_) | Command::ConsoleLog { .. } => "info",
             _ => "warn",
         }
     }

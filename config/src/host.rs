@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::names::{gateway, CpuWeight, InvalidValue, MemorySize, Problem};
+use crate::names::{gateway, CpuWeight, InvalidValue, LogSize, MemorySize, Problem};
 use crate::Error;
 
 pub const DEFAULT_CONFIG: &str = "/etc/sotolito/sotolito.toml";
@@ -249,6 +249,9 @@ impl Default for Acme {
 pub struct Runtime {
     pub runc: String,
     pub cgroup_manager: CgroupManager,
+    /// A tenant's console log is rotated past this size, one old copy
+    /// kept (`console.log.1`): at most twice this on disk per tenant.
+    pub console_log_max: LogSize,
 }
 
 impl Default for Runtime {
@@ -256,6 +259,7 @@ impl Default for Runtime {
         Runtime {
             runc: "runc".into(),
             cgroup_manager: CgroupManager::Auto,
+            console_log_max: LogSize::new("1M").expect("valid default"),
         }
     }
 }
@@ -557,13 +561,18 @@ mod tests {
     #[test]
     fn values_are_read() {
         let c = parse(
-            "[paths]\nstate_dir = \"/tmp/s\"\n[network]\nssh_ports = \"3000-3009\"\n[defaults]\nmemory = \"2G\"\n[runtime]\ncgroup_manager = \"cgroupfs\"\n[proxy]\nupstream_timeout = \"2s 500ms\"\n[acme]\nchallenge = \"tls-alpn-01\"\n",
+            "[paths]\nstate_dir = \"/tmp/s\"\n[network]\nssh_ports = \"3000-3009\"\n[defaults]\nmemory = \"2G\"\n[runtime]\ncgroup_manager = \"cgroupfs\"\nconsole_log_max = \"256K\"\n[proxy]\nupstream_timeout = \"2s 500ms\"\n[acme]\nchallenge = \"tls-alpn-01\"\n",
         )
         .unwrap();
         assert_eq!(c.paths.state_dir, Path::new("/tmp/s"));
         assert_eq!(c.network.ssh_ports.len(), 10);
         assert_eq!(c.defaults.memory.bytes(), 2 << 30);
         assert_eq!(c.runtime.cgroup_manager, CgroupManager::Cgroupfs);
+        assert_eq!(c.runtime.console_log_max.bytes(), 256 << 10);
+        assert_eq!(
+            HostConfig::default().runtime.console_log_max.bytes(),
+            1 << 20
+        );
         assert_eq!(c.proxy.upstream_timeout, Duration::from_millis(2500));
         assert_eq!(c.acme.challenge, AcmeChallenge::TlsAlpn01);
     }
@@ -594,6 +603,10 @@ mod tests {
             (
                 "[runtime]\ncgroup_manager = \"sometimes\"\n",
                 "config /etc/sotolito/sotolito.toml line 2: runtime.cgroup_manager: unknown variant `sometimes`, expected one of `auto`, `systemd`, `cgroupfs`",
+            ),
+            (
+                "[runtime]\nconsole_log_max = \"1K\"\n",
+                "config /etc/sotolito/sotolito.toml line 2: runtime.console_log_max: log size \"1K\" is out of range 65536-1125899906842624",
             ),
             (
                 "[network\n",

@@ -10,7 +10,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use host::{HostConfig, Loaded, Overrides};
-pub use names::{CpuWeight, HostName, ImageName, InvalidValue, MemorySize, SshPort, TenantName};
+pub use names::{
+    CpuWeight, HostName, ImageName, InvalidValue, LogSize, MemorySize, SshPort, TenantName,
+};
 pub use registry::{Registry, RegistryLock};
 pub use tenant::{Desired, Limits, Tenant};
 

@@ -299,6 +299,50 @@ impl fmt::Display for SshPort {
     }
 }
 
+/// Bytes from `512M`, `1G`, `64K` or a plain number (binary units), between
+/// `min` and 1 PiB.
+fn parse_size(kind: &'static str, s: &str, min: u64) -> Result<u64, InvalidValue> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(invalid(kind, s, Problem::Empty));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(invalid(kind, s, Problem::BadUnit));
+    }
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(invalid(kind, s, Problem::BadUnit)),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| invalid(kind, s, Problem::NotANumber))?;
+    let range = Problem::OutOfRange { min, max: 1 << 50 };
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .filter(|b| *b <= (1u64 << 50))
+        .ok_or_else(|| invalid(kind, s, range.clone()))?;
+    if bytes < min {
+        return Err(invalid(kind, s, range));
+    }
+    Ok(bytes)
+}
+
+/// The largest binary unit that divides evenly: 512M, 2G, 1536M.
+fn fmt_size(bytes: u64, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes.is_multiple_of(1u64 << shift) {
+            return write!(f, "{}{unit}", bytes >> shift);
+        }
+    }
+    write!(f, "{bytes}")
+}
+
 /// A memory size in bytes, written with binary units as systemd reads them
 /// (`512M` = 512 MiB). At least 4M: less cannot boot anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -309,51 +353,7 @@ impl MemorySize {
     pub const MIN: u64 = 4 << 20;
 
     pub fn new(s: &str) -> Result<Self, InvalidValue> {
-        const KIND: &str = "memory size";
-        let t = s.trim();
-        if t.is_empty() {
-            return Err(invalid(KIND, s, Problem::Empty));
-        }
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, unit) = t.split_at(split);
-        if digits.is_empty() {
-            return Err(invalid(KIND, s, Problem::BadUnit));
-        }
-        let shift = match unit.to_ascii_uppercase().as_str() {
-            "" | "B" => 0,
-            "K" | "KB" | "KIB" => 10,
-            "M" | "MB" | "MIB" => 20,
-            "G" | "GB" | "GIB" => 30,
-            "T" | "TB" | "TIB" => 40,
-            _ => return Err(invalid(KIND, s, Problem::BadUnit)),
-        };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| invalid(KIND, s, Problem::NotANumber))?;
-        let bytes = n
-            .checked_mul(1u64 << shift)
-            .filter(|b| *b <= (1u64 << 50))
-            .ok_or_else(|| {
-                invalid(
-                    KIND,
-                    s,
-                    Problem::OutOfRange {
-                        min: Self::MIN,
-                        max: 1 << 50,
-                    },
-                )
-            })?;
-        if bytes < Self::MIN {
-            return Err(invalid(
-                KIND,
-                s,
-                Problem::OutOfRange {
-                    min: Self::MIN,
-                    max: 1 << 50,
-                },
-            ));
-        }
-        Ok(MemorySize(bytes))
+        parse_size("memory size", s, Self::MIN).map(MemorySize)
     }
 
     pub fn bytes(self) -> u64 {
@@ -362,14 +362,8 @@ impl MemorySize {
 }
 
 impl fmt::Display for MemorySize {
-    /// The largest binary unit that divides evenly: 512M, 2G, 1536M.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-            if self.0.is_multiple_of(1u64 << shift) {
-                return write!(f, "{}{unit}", self.0 >> shift);
-            }
-        }
-        write!(f, "{}", self.0)
+        fmt_size(self.0, f)
     }
 }
 
@@ -390,6 +384,50 @@ impl FromStr for MemorySize {
     type Err = InvalidValue;
     fn from_str(s: &str) -> Result<Self, InvalidValue> {
         MemorySize::new(s)
+    }
+}
+
+/// The cap of a tenant's console log (`[runtime] console_log_max`): at
+/// least 64K, one pipe read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogSize(u64);
+
+impl LogSize {
+    pub const MIN: u64 = 64 << 10;
+
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        parse_size("log size", s, Self::MIN).map(LogSize)
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for LogSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_size(self.0, f)
+    }
+}
+
+impl From<LogSize> for String {
+    fn from(m: LogSize) -> String {
+        m.to_string()
+    }
+}
+
+impl TryFrom<String> for LogSize {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        LogSize::new(&s)
+    }
+}
+
+impl FromStr for LogSize {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        LogSize::new(s)
     }
 }
 

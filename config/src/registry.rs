@@ -6,11 +6,14 @@
 //! one. Cross-tenant invariants (no IP, SSH port or host owned twice) are
 //! checked under the same lock. `registry/generation` is bumped on every
 //! change, so a long-running reader (the proxy) learns of changes by
-//! polling one small file.
+//! polling one small file. The lock file is 0600 (fixed on open when an
+//! older one is 0644): an unprivileged reader could otherwise flock it and
+//! stall every writer.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::names::TenantName;
@@ -37,6 +40,22 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
+/// The lock file, 0600 whatever mode an older one had.
+fn open_lock(path: &Path) -> Result<File, Error> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let meta = file.metadata().map_err(io_err("open", path))?;
+    if meta.mode() & 0o777 != 0o600 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err("restrict", path))?;
+    }
+    Ok(file)
+}
+
 impl Registry {
     /// A registry rooted at `dir` (STATE_DIR/registry). Nothing is touched
     /// until [`Registry::create`] or a read.
@@ -60,12 +79,7 @@ impl Registry {
     pub fn create(&self) -> Result<(), Error> {
         let tenants = self.tenants_dir();
         fs::create_dir_all(&tenants).map_err(io_err("create", &tenants))?;
-        let lock = self.dir.join(".lock");
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&lock)
-            .map_err(io_err("create", &lock))?;
+        open_lock(&self.dir.join(".lock"))?;
         Ok(())
     }
 
@@ -73,11 +87,7 @@ impl Registry {
     pub fn lock(&self) -> Result<RegistryLock, Error> {
         self.create()?;
         let path = self.dir.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
+        let file = open_lock(&path)?;
         file.lock().map_err(io_err("lock", &path))?;
         Ok(RegistryLock { _file: file })
     }
@@ -243,7 +253,15 @@ mod tests {
         let reg = Registry::new(tmp.path().join("registry"));
         assert!(reg.list().unwrap().is_empty());
         assert_eq!(reg.generation().unwrap(), 0);
+        // An older 0644 lock file is made private on open.
+        fs::create_dir_all(reg.dir()).unwrap();
+        fs::write(reg.dir().join(".lock"), "").unwrap();
+        fs::set_permissions(reg.dir().join(".lock"), fs::Permissions::from_mode(0o644)).unwrap();
         let lock = reg.lock().unwrap();
+        assert_eq!(
+            fs::metadata(reg.dir().join(".lock")).unwrap().mode() & 0o777,
+            0o600
+        );
         let a = sample("alpha", [172, 18, 0, 2], 2200, &["alpha.example"]);
         let b = sample("beta", [172, 18, 0, 3], 2201, &["beta.example"]);
         reg.put(&lock, &b).unwrap();

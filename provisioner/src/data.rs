@@ -2,7 +2,9 @@
 //! anything but an explicit command.
 //!
 //! `data/.seeded` is written last: a seed that was interrupted is redone
-//! from scratch, a finished one is never redone.
+//! from scratch, a finished one is never redone. Every file written into
+//! the copied dirs goes through [`crate::tenantfs`]: the image may be
+//! hostile (its /root/.ssh a symlink to a host directory).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bundle::{TenantLayout, DATA_DIRS};
 use crate::image::copy_tree;
+use crate::tenantfs::{Owner, TenantTree};
 use crate::{io_err, Error};
 
 pub const SEEDED_MARKER: &str = ".seeded";
@@ -22,6 +25,8 @@ pub struct Seed {
     pub ssh_keys: Vec<String>,
     /// The whole /etc/resolv.conf.
     pub resolv_conf: String,
+    /// Owner of the files written (the tenant's root as the host sees it).
+    pub owner: Owner,
 }
 
 pub fn is_seeded(layout: &TenantLayout) -> bool {
@@ -62,19 +67,22 @@ pub fn seed(layout: &TenantLayout, image_rootfs: &Path, seed: &Seed) -> Result<b
         remove_any(&d)?;
         fs::create_dir(&d).map_err(io_err("create", &d))?;
     }
-    let etc = data.join("etc");
-    replace_file(
-        &etc.join("hostname"),
+    let etc = TenantTree::open(&data.join("etc"), seed.owner)?;
+    etc.write_file(
+        Path::new("hostname"),
         format!("{}\n", seed.hostname).as_bytes(),
         0o644,
     )?;
-    replace_file(
-        &etc.join("hosts"),
+    etc.write_file(
+        Path::new("hosts"),
         hosts_file(&seed.hostname, seed.ip).as_bytes(),
         0o644,
     )?;
-    replace_file(&etc.join("resolv.conf"), seed.resolv_conf.as_bytes(), 0o644)?;
-    install_keys(&data.join("root"), &seed.ssh_keys)?;
+    etc.write_file(Path::new("resolv.conf"), seed.resolv_conf.as_bytes(), 0o644)?;
+    install_keys(
+        &TenantTree::open(&data.join("root"), seed.owner)?,
+        &seed.ssh_keys,
+    )?;
     let marker = data.join(SEEDED_MARKER);
     fs::write(&marker, b"").map_err(io_err("write", &marker))?;
     Ok(true)
@@ -108,26 +116,16 @@ pub fn resolv_conf_for_tenants() -> String {
     out
 }
 
-fn install_keys(root_home: &Path, keys: &[String]) -> Result<(), Error> {
-    let ssh = root_home.join(".ssh");
-    fs::create_dir_all(&ssh).map_err(io_err("create", &ssh))?;
-    fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", &ssh))?;
+fn install_keys(root_home: &TenantTree, keys: &[String]) -> Result<(), Error> {
+    let ssh = Path::new(".ssh");
+    root_home.create_dir_all(ssh, 0o700)?;
+    root_home.chmod_dir(ssh, 0o700)?;
     let mut text = String::new();
     for k in keys {
         text.push_str(k.trim());
         text.push('\n');
     }
-    replace_file(&ssh.join("authorized_keys"), text.as_bytes(), 0o600)
-}
-
-/// Writes a regular file in place of whatever is there (the image's
-/// resolv.conf is often a symlink into /run).
-fn replace_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
-    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
-        remove_any(path)?;
-    }
-    fs::write(path, data).map_err(io_err("write", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+    root_home.write_file(&ssh.join("authorized_keys"), text.as_bytes(), 0o600)
 }
 
 /// Best effort: copies left by killed runs (one may still be written by an
@@ -213,6 +211,10 @@ mod tests {
             ip: "172.18.0.2".parse().unwrap(),
             ssh_keys: vec![KEY.into()],
             resolv_conf: "nameserver 192.0.2.53\n".into(),
+            owner: Owner {
+                uid: rustix::process::geteuid().as_raw(),
+                gid: rustix::process::getegid().as_raw(),
+            },
         }
     }
 

@@ -3,13 +3,16 @@
 
 pub mod bundle;
 pub mod busybox;
+pub mod console;
 pub mod data;
 pub mod image;
 pub mod lock;
 pub mod overlay;
+pub mod private;
 pub mod runtime;
 pub mod signal;
 pub mod supervise;
+pub mod tenantfs;
 pub mod units;
 
 use std::path::PathBuf;
@@ -82,6 +85,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing to write {path}: {message}")]
+    UnsafePath { path: PathBuf, message: String },
     #[error("{0} (see the busybox-static package)")]
     Busybox(String),
 }

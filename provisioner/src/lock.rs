@@ -1,9 +1,11 @@
 //! One lifecycle operation per tenant at a time: start, stop and run's
 //! preparation take an exclusive flock on STATE/tenants/.NAME.lock, so two
 //! concurrent starts cannot delete each other's half-created container or
-//! unmount each other's root.
+//! unmount each other's root. The lock file is 0600 (fixed on open when
+//! an older one is 0644): no unprivileged user can take it and stall us.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
@@ -30,8 +32,15 @@ pub fn lock_tenant(tenants_dir: &Path, name: &TenantName) -> Result<TenantLock, 
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(io_err("open", &path))?;
+    let meta = file.metadata().map_err(io_err("open", &path))?;
+    if meta.mode() & 0o777 != 0o600 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err("restrict", &path))?;
+    }
     flock(&file, FlockOperation::LockExclusive).map_err(|e| io_err("lock", &path)(e.into()))?;
     Ok(TenantLock { _file: file, path })
 }
@@ -45,7 +54,14 @@ mod tests {
     fn excludes_other_holders() {
         let tmp = tempfile::tempdir().unwrap();
         let name = TenantName::new("acme").unwrap();
+        std::fs::write(lock_path(tmp.path(), &name), "").unwrap();
+        std::fs::set_permissions(
+            lock_path(tmp.path(), &name),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         let held = lock_tenant(tmp.path(), &name).unwrap();
+        assert_eq!(held._file.metadata().unwrap().mode() & 0o777, 0o600);
         let other = File::open(&held.path).unwrap();
         assert!(flock(&other, FlockOperation::NonBlockingLockExclusive).is_err());
         drop(held);

@@ -1,5 +1,8 @@
 //! The tenant's root: an overlay of the shared image (lower, read-only) and
-//! the tenant's data/upper, mounted on tenants/NAME/rootfs.
+//! the tenant's data/upper, mounted on tenants/NAME/rootfs, nodev: a device
+//! node the tenant makes is no door to the host's disks through this mount.
+//! Not nosuid: sudo and su inside the tenant need their setuid bit; the
+//! directory modes (see [`crate::private`]) keep host users away from it.
 
 use std::ffi::CString;
 use std::fs;
@@ -71,7 +74,7 @@ pub fn mount_root(tenant: &str, lower: &Path, layout: &TenantLayout) -> Result<(
         "overlay",
         &target,
         "overlay",
-        MountFlags::empty(),
+        MountFlags::NODEV,
         Some(opts.as_c_str()),
     )
     .map_err(|e| Error::Mount {

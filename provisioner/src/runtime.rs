@@ -1,7 +1,8 @@
 //! The runc driver: every call to the runtime goes through [`Runc`].
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -61,7 +62,8 @@ pub trait Runtime {
     fn state(&self, id: &str) -> Result<Option<ContainerState>, Error>;
     fn kill(&self, id: &str, signal: i32) -> Result<(), Error>;
     fn delete(&self, id: &str, force: bool) -> Result<(), Error>;
-    fn create(&self, id: &str, bundle: &Path, console: &Path) -> Result<(), Error>;
+    /// `stdio`: the container's stdout and stderr (the console pipe).
+    fn create(&self, id: &str, bundle: &Path, stdio: OwnedFd) -> Result<(), Error>;
     fn start(&self, id: &str) -> Result<(), Error>;
     /// For messages.
     fn name(&self) -> String;
@@ -77,8 +79,8 @@ impl Runtime for Runc {
     fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
         Runc::delete(self, id, force)
     }
-    fn create(&self, id: &str, bundle: &Path, console: &Path) -> Result<(), Error> {
-        Runc::create(self, id, bundle, console)
+    fn create(&self, id: &str, bundle: &Path, stdio: OwnedFd) -> Result<(), Error> {
+        Runc::create(self, id, bundle, stdio)
     }
     fn start(&self, id: &str) -> Result<(), Error> {
         Runc::start(self, id)
@@ -123,33 +125,29 @@ impl Runc {
             .map_err(self.spawn_err())
     }
 
-    /// `runc create`: the container's stdio goes to `console` (a file, never
-    /// a pipe: runc would keep a reader blocked until the container exits,
-    /// FACTS.md). runc's own errors land there too; on failure the tail of
-    /// the file is the message.
-    pub fn create(&self, id: &str, bundle: &Path, console: &Path) -> Result<(), Error> {
-        let log = open_log(console)?;
-        let start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let err_log = log
+    /// `runc create`: the container's stdout and stderr go to `stdio`, the
+    /// console pipe (whose reader is a pump, never this process: runc
+    /// keeps it open until the container exits). runc's own errors go
+    /// there too, so a failure's message is left to the caller to read
+    /// from the console log (the `stderr` of the error is empty).
+    pub fn create(&self, id: &str, bundle: &Path, stdio: OwnedFd) -> Result<(), Error> {
+        let err = stdio
             .try_clone()
-            .map_err(|e| crate::io_err("open", console)(e))?;
+            .map_err(crate::io_err("duplicate the console pipe of", bundle))?;
         let status = self
             .command()
             .args(["create", "--bundle"])
             .arg(bundle)
             .arg(id)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
+            .stdout(stdio)
+            .stderr(err)
             .status()
             .map_err(self.spawn_err())?;
         if status.success() {
             return Ok(());
         }
-        Err(self.failed(
-            format!("create {id}"),
-            tail_since(console, start).as_bytes(),
-        ))
+        Err(self.failed(format!("create {id}"), b""))
     }
 
     pub fn start(&self, id: &str) -> Result<(), Error> {
@@ -248,17 +246,8 @@ impl Runc {
     }
 }
 
-/// The console log, appended to.
-pub fn open_log(path: &Path) -> Result<File, Error> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(crate::io_err("open", path))
-}
-
 /// The last lines written to `path` after offset `start`.
-fn tail_since(path: &Path, start: u64) -> String {
+pub(crate) fn tail_since(path: &Path, start: u64) -> String {
     let mut text = String::new();
     if let Ok(mut f) = File::open(path) {
         let _ = f.seek(SeekFrom::Start(start));

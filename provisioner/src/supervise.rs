@@ -2,10 +2,11 @@
 //! then KILL; the foreground runner that systemd supervises.
 
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::runtime::{open_log, ContainerStatus, Runc, Runtime};
+use crate::console::{self, CappedLog};
+use crate::runtime::{tail_since, ContainerStatus, Runc, Runtime};
 use crate::signal::SIGKILL;
 use crate::Error;
 
@@ -96,15 +97,32 @@ pub fn stop(
     Ok(outcome)
 }
 
-/// Creates and starts the container detached, its console appended to
-/// `console`, and waits until it runs.
+/// Creates and starts the container detached and waits until it runs. Its
+/// console goes through a pipe to `pump`, a small process of its own
+/// (`vpsctl console-log`) that outlives us and writes the capped log at
+/// `console`; it exits when the container's last writer closes the pipe.
 pub fn start_detached(
     runc: &impl Runtime,
     id: &str,
     bundle: &Path,
     console: &Path,
+    mut pump: Command,
 ) -> Result<(), Error> {
-    runc.create(id, bundle, console)?;
+    let (reader, writer) = console::pipe()?;
+    let mut pumper = pump
+        .stdin(reader)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(crate::io_err("start the console pump for", console))?;
+    // Our copy of the read end goes with the command.
+    drop(pump);
+    let start = console::len(console);
+    if let Err(e) = runc.create(id, bundle, writer.into()) {
+        // runc's message went through the pipe: let the pump write it.
+        wait_child(&mut pumper, Duration::from_secs(5));
+        return Err(with_console_tail(e, console, start));
+    }
     if let Err(e) = runc.start(id) {
         let _ = runc.delete(id, true);
         return Err(e);
@@ -122,8 +140,36 @@ pub fn start_detached(
     Ok(())
 }
 
-/// `vpsctl run`: `runc run` in the foreground with its console in
-/// `console`. SIGTERM, SIGINT or SIGHUP to us becomes the image's stop
+/// A failed `runc create` says why in the console log.
+fn with_console_tail(e: Error, console: &Path, start: u64) -> Error {
+    match e {
+        Error::Command {
+            program,
+            action,
+            stderr,
+        } if stderr.is_empty() => Error::Command {
+            program,
+            action,
+            stderr: tail_since(console, start),
+        },
+        other => other,
+    }
+}
+
+/// Waits for `child` up to `timeout` (a pump ends at its pipe's EOF).
+fn wait_child(child: &mut Child, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `vpsctl run`: `runc run` in the foreground, its console piped to a
+/// thread of ours that writes the log at `console`, capped at `log_max`
+/// bytes (see [`crate::console`]). SIGTERM, SIGINT or SIGHUP to us becomes the image's stop
 /// signal to the container, then KILL after `timeout`. Returns the
 /// container's exit code.
 pub fn run_foreground(
@@ -131,6 +177,7 @@ pub fn run_foreground(
     id: &str,
     bundle: &Path,
     console: &Path,
+    log_max: u64,
     stop_signal: i32,
     timeout: Duration,
 ) -> Result<i32, Error> {
@@ -139,13 +186,17 @@ pub fn run_foreground(
 
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| crate::io_err("handle signals for", bundle)(e))?;
-    let log = open_log(console)?;
-    let err_log = log.try_clone().map_err(crate::io_err("open", console))?;
+    let mut log = CappedLog::open(console, log_max)?;
+    let (reader, writer) = console::pipe()?;
+    let err_writer = writer
+        .try_clone()
+        .map_err(crate::io_err("duplicate the console pipe of", bundle))?;
+    let pump = std::thread::spawn(move || console::pump(reader, &mut log));
     let mut child = runc
         .run_command(id, bundle)
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err_log)
+        .stdout(writer)
+        .stderr(err_writer)
         // Our own process group: a Ctrl-C reaches us, and we decide.
         .process_group(0)
         .spawn()
@@ -177,6 +228,12 @@ pub fn run_foreground(
     };
     signals.handle().close();
     runc.delete(id, true)?;
+    // The container's processes are gone with its init: the pipe's last
+    // writers close, the pump drains what is left and ends.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !pump.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
@@ -234,7 +291,7 @@ mod tests {
             *self.status.borrow_mut() = None;
             Ok(())
         }
-        fn create(&self, _: &str, _: &Path, _: &Path) -> Result<(), Error> {
+        fn create(&self, _: &str, _: &Path, _: std::os::fd::OwnedFd) -> Result<(), Error> {
             self.calls.borrow_mut().push("create".into());
             *self.status.borrow_mut() = Some(ContainerStatus::Created);
             Ok(())
@@ -287,7 +344,11 @@ mod tests {
     #[test]
     fn start_waits_for_running() {
         let f = Fake::new(None, None);
-        start_detached(&f, "acme", Path::new("/b"), Path::new("/b/console.log")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let console = tmp.path().join("console.log");
+        let mut pump = Command::new("sh");
+        pump.arg("-c").arg(format!("cat > {}", console.display()));
+        start_detached(&f, "acme", Path::new("/b"), &console, pump).unwrap();
         assert_eq!(f.calls(), ["create", "start", "state"]);
     }
 }

@@ -11,6 +11,7 @@ use crate::context::Context;
 
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     ensure_layout(ctx).context("failed to initialize")?;
+    restrict_tenants(ctx).context("failed to initialize")?;
     crate::cmd::net::ensure_network(ctx).context("failed to initialize")?;
     #[derive(Serialize)]
     struct Out<'a> {
@@ -47,5 +48,18 @@ pub fn ensure_layout(ctx: &Context) -> anyhow::Result<()> {
     fs::create_dir_all(&certs).with_context(|| format!("cannot create {}", certs.display()))?;
     fs::set_permissions(&certs, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", certs.display()))?;
+    sotolito_provisioner::private::restrict_tenants_dir(&c.tenants_dir())?;
+    Ok(())
+}
+
+/// Every tenant dir gets the private modes (those made before them, too).
+fn restrict_tenants(ctx: &Context) -> anyhow::Result<()> {
+    for t in ctx.registry().list()? {
+        let layout = crate::cmd::provision::layout(ctx, &t.name);
+        sotolito_provisioner::private::restrict_tenant(
+            &layout,
+            sotolito_provisioner::tenantfs::Owner::ROOT,
+        )?;
+    }
     Ok(())
 }

@@ -134,9 +134,13 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     let img = image::store(ctx).require(&tenant.image)?;
     let layout = provision::write_bundle(ctx, &tenant)?;
     overlay::mount_root(name.as_str(), &img.rootfs(), &layout)?;
-    if let Err(e) =
-        supervise::start_detached(&runc, name.as_str(), layout.bundle(), &layout.console_log())
-    {
+    if let Err(e) = supervise::start_detached(
+        &runc,
+        name.as_str(),
+        layout.bundle(),
+        &layout.console_log(),
+        console_pump(ctx, &layout.console_log())?,
+    ) {
         // A concurrent start won the race: its container uses the mount.
         if runc
             .state(name.as_str())
@@ -298,6 +302,7 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
             name.as_str(),
             layout.bundle(),
             &layout.console_log(),
+            ctx.config().runtime.console_log_max.bytes(),
             img.meta.stop_signal,
             DEFAULT_STOP_TIMEOUT,
         );
@@ -308,6 +313,29 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
     })()
     .with_context(|| format!("failed to run tenant {name}"))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// `vpsctl console-log --max SIZE PATH`, this very binary: the pump of a
+/// detached container's console.
+fn console_pump(ctx: &Context, console: &Path) -> anyhow::Result<Command> {
+    let mut c = Command::new(&provision::hook_command(ctx)?.vpsctl);
+    c.arg("console-log")
+        .arg("--max")
+        .arg(ctx.config().runtime.console_log_max.to_string())
+        .arg(console)
+        .env_remove("RUST_LOG");
+    Ok(c)
+}
+
+/// The console pump: stdin into the capped log until the container's last
+/// writer closes the pipe. Its own session, so the terminal `start` ran
+/// from can close without taking the tenant's console with it.
+pub fn console_log(path: &Path, max: sotolito_config::LogSize) -> anyhow::Result<()> {
+    let _ = rustix::process::setsid();
+    let mut log = sotolito_provisioner::console::CappedLog::open(path, max.bytes())
+        .with_context(|| format!("failed to open the console log {}", path.display()))?;
+    sotolito_provisioner::console::pump(std::io::stdin().lock(), &mut log);
+    Ok(())
 }
 
 fn print_state(ctx: &Context, name: &TenantName, what: &str) -> anyhow::Result<()> {

@@ -26,6 +26,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
+    // The console pump reads no config: start passes it all it needs.
+    if let Command::ConsoleLog { max, path } = &cli.command {
+        lifecycle::console_log(path, *max)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = Context::load(&cli.global)?;
     match cli.command {
         Command::Init => init::run(&ctx),
@@ -44,7 +49,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Net(cmd) => net::run(&ctx, cmd),
         Command::Proxy(args) => proxy::run(&ctx, args),
         Command::Certs(cmd) => certs::run(&ctx, cmd),
-        Command::Demo { .. } => unreachable!("handled before the config is loaded"),
+        Command::Demo { .. } | Command::ConsoleLog { .. } => {
+            unreachable!("handled before the config is loaded")
+        }
     }?;
     Ok(ExitCode::SUCCESS)
 }

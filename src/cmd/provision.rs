@@ -99,6 +99,11 @@ pub fn write_bundle(ctx: &Context, tenant: &Tenant) -> anyhow::Result<TenantLayo
         ctx.runc().systemd_cgroup,
     )?;
     bundle::write_spec(&layout, &spec)?;
+    // Tightens a tenant made before the private modes, too.
+    sotolito_provisioner::private::restrict_tenant(
+        &layout,
+        sotolito_provisioner::tenantfs::Owner::ROOT,
+    )?;
     Ok(layout)
 }
 
@@ -235,6 +240,7 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image, new: bool) -> anyhow::Re
         ip: tenant.ip,
         ssh_keys: tenant.ssh_keys.clone(),
         resolv_conf: data::resolv_conf_for_tenants(),
+        owner: sotolito_provisioner::tenantfs::Owner::ROOT,
     };
     let seeded = data::seed(&layout, &image.rootfs(), &seed)?;
     if seeded {
