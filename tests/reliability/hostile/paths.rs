@@ -211,9 +211,13 @@ fn host_users_cannot_reach_tenant_files() {
             .unwrap();
         assert!(text(&o).contains(marker), "control: {}", text(&o));
     }
-    assert_eq!(mode(&h.state().join("tenants")), 0o711);
-    assert_eq!(mode(&t), 0o700);
-    assert_eq!(mode(&t.join("data")), 0o700);
+    for (p, want) in [
+        (h.state().join("tenants"), 0o711),
+        (t.clone(), 0o700),
+        (t.join("data"), 0o700),
+    ] {
+        assert_eq!(mode(&p), want, "{} is mode {:o}", p.display(), mode(&p));
+    }
 }
 
 #[test]
@@ -431,8 +435,15 @@ fn flood_and_check(h: &Host, tenant: &str, cap: u64, marker: &str) {
         "console log {cur} + rotated {old} bytes, cap {cap} each"
     );
     assert!(old > 0, "a 2.6 MB flood did not rotate the log");
-    assert_eq!(mode(&log), 0o600);
-    assert_eq!(mode(&rotated), 0o600);
+    for p in [&log, &rotated] {
+        assert_eq!(
+            mode(p),
+            0o600,
+            "{} is mode {:o}, not 600",
+            p.display(),
+            mode(p)
+        );
+    }
 }
 
 #[test]
