@@ -23,6 +23,9 @@ pub struct TenantView {
     pub memory: String,
     pub cpu_weight: u64,
     pub pids: u32,
+    /// The tenant's own connection cap; null: the host's
+    /// `defaults.connections`.
+    pub connections: Option<u32>,
     pub created: String,
 }
 
@@ -59,6 +62,7 @@ impl TenantView {
             memory: t.limits.memory.to_string(),
             cpu_weight: t.limits.cpu_weight.get(),
             pids: t.limits.pids,
+            connections: t.limits.connections,
             created: humantime::format_rfc3339_seconds(t.created).to_string(),
         }
     }
@@ -140,8 +144,12 @@ pub fn print_status(v: &TenantView) -> anyhow::Result<()> {
     writeln!(out, "hosts:      {hosts}")?;
     writeln!(
         out,
-        "limits:     memory {}, cpu weight {}, pids {}",
-        v.memory, v.cpu_weight, v.pids
+        "limits:     memory {}, cpu weight {}, pids {}, connections {}",
+        v.memory,
+        v.cpu_weight,
+        v.pids,
+        v.connections
+            .map_or_else(|| "default".to_owned(), |n| n.to_string())
     )?;
     writeln!(out, "created:    {}", v.created)?;
     Ok(())

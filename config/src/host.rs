@@ -56,6 +56,36 @@ pub struct Network {
     /// Empty: the interface of the default route.
     pub public_interface: String,
     pub ssh_ports: PortRange,
+    /// Networks tenants may not reach, added to the built-in list
+    /// ([`Network::DEFAULT_EGRESS_DENY`] and the host's own addresses).
+    pub egress_deny: Vec<Ipv4Net>,
+    /// Exceptions to the deny lists: networks tenants may reach anyway
+    /// (never the tenant subnet nor the host itself).
+    pub egress_allow: Vec<Ipv4Net>,
+    /// Refuse tenants' outbound connections to port 25 (SMTP).
+    pub block_smtp: bool,
+    /// The forward chain's verdict for traffic that is not ours: `drop`
+    /// (the host routes only for its tenants) or `accept` (other routed
+    /// networks on the host keep working; their firewall is theirs).
+    pub forward_policy: ForwardPolicy,
+}
+
+/// See [`Network::forward_policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardPolicy {
+    #[default]
+    Drop,
+    Accept,
+}
+
+impl ForwardPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardPolicy::Drop => "drop",
+            ForwardPolicy::Accept => "accept",
+        }
+    }
 }
 
 impl Default for Network {
@@ -68,13 +98,44 @@ impl Default for Network {
                 first: 2200,
                 last: 2999,
             },
+            egress_deny: Vec::new(),
+            egress_allow: Vec::new(),
+            block_smtp: false,
+            forward_policy: ForwardPolicy::Drop,
         }
     }
 }
 
 impl Network {
+    /// Never reachable from tenants unless `egress_allow` says so: link
+    /// local (cloud metadata at 169.254.169.254), RFC 1918 private
+    /// networks and carrier-grade NAT (RFC 6598).
+    pub const DEFAULT_EGRESS_DENY: [&'static str; 5] = [
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+    ];
+
     pub fn gateway(&self) -> Ipv4Addr {
         gateway(self.subnet)
+    }
+
+    /// The built-in deny list plus `egress_deny`, merged into disjoint
+    /// networks (an nft interval set refuses overlapping elements).
+    pub fn egress_deny_all(&self) -> Vec<Ipv4Net> {
+        let mut all: Vec<Ipv4Net> = Self::DEFAULT_EGRESS_DENY
+            .iter()
+            .map(|n| n.parse().expect("valid built-in network"))
+            .collect();
+        all.extend(self.egress_deny.iter().copied());
+        Ipv4Net::aggregate(&all)
+    }
+
+    /// `egress_allow` merged into disjoint networks.
+    pub fn egress_allow_all(&self) -> Vec<Ipv4Net> {
+        Ipv4Net::aggregate(&self.egress_allow)
     }
 }
 
@@ -187,6 +248,9 @@ pub struct Defaults {
     pub memory: MemorySize,
     pub cpu_weight: CpuWeight,
     pub pids: u32,
+    /// Concurrent connections a tenant may open (nft `ct count`), unless
+    /// its record says otherwise (`provision --connections`).
+    pub connections: u32,
 }
 
 impl Defaults {
@@ -196,6 +260,7 @@ impl Defaults {
             memory: self.memory,
             cpu_weight: self.cpu_weight,
             pids: self.pids,
+            connections: None,
         }
     }
 }
@@ -206,6 +271,7 @@ impl Default for Defaults {
             memory: MemorySize::new("512M").expect("valid default"),
             cpu_weight: CpuWeight::new(100).expect("valid default"),
             pids: 4096,
+            connections: 4096,
         }
     }
 }
@@ -375,6 +441,34 @@ impl HostConfig {
                 ),
             ));
         }
+        for (key, nets) in [
+            ("network.egress_deny", &self.network.egress_deny),
+            ("network.egress_allow", &self.network.egress_allow),
+        ] {
+            if let Some(n) = nets.iter().find(|n| n.addr() != n.network()) {
+                return Err(bad(
+                    key,
+                    format!("{n} has host bits set (did you mean {}?)", n.trunc()),
+                ));
+            }
+        }
+        if let Some(n) = self
+            .network
+            .egress_allow
+            .iter()
+            .find(|n| n.contains(&self.network.subnet) || self.network.subnet.contains(*n))
+        {
+            return Err(bad(
+                "network.egress_allow",
+                format!(
+                    "{n} overlaps the tenant subnet {} (tenants reach each other only through the proxy and the ssh ports)",
+                    self.network.subnet
+                ),
+            ));
+        }
+        if let Err(e) = crate::names::check_connections(u64::from(self.defaults.connections)) {
+            return Err(bad("defaults.connections", e.to_string()));
+        }
         if self.defaults.pids < 16 {
             return Err(bad(
                 "defaults.pids",
@@ -528,6 +622,10 @@ mod tests {
         assert_eq!(c.defaults.memory.to_string(), "512M");
         assert_eq!(c.defaults.cpu_weight.get(), 100);
         assert_eq!(c.defaults.pids, 4096);
+        assert_eq!(c.defaults.connections, 4096);
+        assert_eq!(c.network.forward_policy, ForwardPolicy::Drop);
+        assert!(!c.network.block_smtp);
+        assert_eq!(c.network.egress_deny_all().len(), 5);
         assert!(!c.acme.enabled);
         assert_eq!(c.runtime.cgroup_manager, CgroupManager::Auto);
         assert_eq!(c.certs_dir(), Path::new("/var/lib/sotolito/certs"));
@@ -615,6 +713,26 @@ mod tests {
             (
                 "[network]\nsubnet = \"172.18.0.0/30\"\n",
                 "config /etc/sotolito/sotolito.toml: network.subnet: 172.18.0.0/30 is too small for tenants (use /29 or larger)",
+            ),
+            (
+                "[network]\negress_deny = [\"10.1.2.3/16\"]\n",
+                "config /etc/sotolito/sotolito.toml: network.egress_deny: 10.1.2.3/16 has host bits set (did you mean 10.1.0.0/16?)",
+            ),
+            (
+                "[network]\negress_allow = [\"172.16.0.0/12\"]\n",
+                "config /etc/sotolito/sotolito.toml: network.egress_allow: 172.16.0.0/12 overlaps the tenant subnet 172.18.0.0/16 (tenants reach each other only through the proxy and the ssh ports)",
+            ),
+            (
+                "[network]\negress_allow = [\"nonsense\"]\n",
+                "config /etc/sotolito/sotolito.toml line 2: network.egress_allow[0]: invalid IP address syntax",
+            ),
+            (
+                "[network]\nforward_policy = \"maybe\"\n",
+                "config /etc/sotolito/sotolito.toml line 2: network.forward_policy: unknown variant `maybe`, expected `drop` or `accept`",
+            ),
+            (
+                "[defaults]\nconnections = 3\n",
+                "config /etc/sotolito/sotolito.toml: defaults.connections: connection cap \"3\" is out of range 16-4194304",
             ),
             (
                 "[network]\nbridge = \"a-very-long-bridge-name\"\n",

@@ -493,6 +493,21 @@ pub fn parse_pids(s: &str) -> Result<u32, InvalidValue> {
     Ok(parse_in_range("pids limit", s, 16, 4_194_304)? as u32)
 }
 
+/// The bounds of a connection cap: one connection can never be enough, and
+/// a cap above the kernel's conntrack table size means no cap.
+pub const CONNECTIONS_MIN: u64 = 16;
+pub const CONNECTIONS_MAX: u64 = 4_194_304;
+
+/// Parses a tenant's connection cap (concurrent connections it may open).
+pub fn parse_connections(s: &str) -> Result<u32, InvalidValue> {
+    Ok(parse_in_range("connection cap", s, CONNECTIONS_MIN, CONNECTIONS_MAX)? as u32)
+}
+
+/// Checks a connection cap read from a file.
+pub fn check_connections(n: u64) -> Result<u32, InvalidValue> {
+    parse_connections(&n.to_string())
+}
+
 /// Parses an HTTP port a tenant serves on.
 pub fn parse_http_port(s: &str) -> Result<u16, InvalidValue> {
     Ok(parse_in_range("http port", s, 1, 65535)? as u16)

@@ -45,6 +45,10 @@ pub struct Limits {
     pub memory: MemorySize,
     pub cpu_weight: CpuWeight,
     pub pids: u32,
+    /// Concurrent connections the tenant may open; none: the host's
+    /// `defaults.connections` (records written before the cap existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +166,12 @@ impl Tenant {
             self.limits.pids.to_string(),
             other.limits.pids.to_string(),
         );
+        let conns = |t: &Tenant| {
+            t.limits
+                .connections
+                .map_or_else(|| "default".to_owned(), |n| n.to_string())
+        };
+        cmp("connections", conns(self), conns(other));
         d
     }
 }
@@ -223,6 +233,22 @@ pub(crate) mod tests {
         );
         assert!(text.contains("ssh_port = 2201"), "{text}");
         assert_eq!(Tenant::from_toml(&text).unwrap(), t);
+    }
+
+    #[test]
+    fn connection_cap_is_optional_in_the_record() {
+        let mut t = sample("acme", [172, 18, 0, 2], 2201, &[]);
+        // Records from before the cap: no key, the host default applies.
+        assert!(!t.to_toml().contains("connections"), "{}", t.to_toml());
+        assert_eq!(
+            Tenant::from_toml(&t.to_toml()).unwrap().limits.connections,
+            None
+        );
+        t.limits.connections = Some(64);
+        assert!(t.to_toml().contains("connections = 64"));
+        assert_eq!(Tenant::from_toml(&t.to_toml()).unwrap(), t);
+        let d = sample("acme", [172, 18, 0, 2], 2201, &[]).differences(&t);
+        assert_eq!(d, vec!["connections default -> 64"]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Links: the bridge, its gateway address and ip_forward, and each tenant's
-//! veth pair, through rtnetlink in the caller's network namespace (and, for
-//! the container end, in the container's, see [`crate::netns`]).
+//! veth pair and bridge port (isolated, no MAC learning, a static FDB entry
+//! for the tenant's MAC), through rtnetlink in the caller's network
+//! namespace (and, for the container end, in the container's, see
+//! [`crate::netns`]).
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,8 +13,10 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
 };
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::{
-    new_connection, Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    new_connection, Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 use sotolito_config::{HostConfig, Tenant, TenantName};
 
@@ -119,11 +123,20 @@ pub fn ensure_bridge(config: &HostConfig) -> Result<(), Error> {
                 Err(e) => return Err(nl(format!("add {gateway}/{prefix} to {bridge}"))(e)),
             }
         }
+        // Belt and braces with learning off on every tenant port: the
+        // bridge never learns a source MAC from a link-local frame
+        // (01:80:c2:00:00:0X), which it takes in before any nft hook.
         h.link()
-            .change(LinkUnspec::new_with_index(index).up().build())
+            .change(
+                LinkMessageBuilder::<LinkBridge>::new(&bridge)
+                    .index(index)
+                    .no_linklocal_learn(true)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(nl(format!("set {bridge} up")))?;
+            .map_err(nl(format!("set {bridge} up without link-local learning")))?;
         Ok(())
     })?;
     enable_ip_forward()
@@ -215,11 +228,31 @@ pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Erro
             .execute()
             .await
             .map_err(nl(format!("add {veth} to {bridge}")))?;
+        // Isolated: no frame to another tenant port. No learning: no frame
+        // from the tenant moves a MAC in the FDB (a neighbour's MAC as
+        // source would otherwise steal the host's traffic for it). No
+        // unknown-unicast flood: the host's frames for a MAC without an
+        // entry never reach a tenant. The tenant's own MAC is a static,
+        // sticky entry on its port instead.
         h.link()
-            .set_port(LinkBridgePort::new(index).isolated(true).build())
+            .set_port(
+                LinkBridgePort::new(index)
+                    .isolated(true)
+                    .learning(false)
+                    .flood(false)
+                    .build(),
+            )
             .execute()
             .await
-            .map_err(nl(format!("isolate bridge port {veth}")))?;
+            .map_err(nl(format!("set up bridge port {veth}")))?;
+        h.neighbours()
+            .add_bridge(index, &container_mac(ip))
+            .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
+            .state(NeighbourState::Noarp)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("add the static FDB entry of {veth}")))?;
         h.link()
             .change(LinkUnspec::new_with_index(index).up().build())
             .execute()

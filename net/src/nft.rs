@@ -58,26 +58,62 @@ pub fn is_missing(e: &Error) -> bool {
 pub fn add_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
     let action = format!("add the ssh forward of tenant {}", tenant.name);
     match run_script(&ruleset::render_add_forward(config, tenant), &action) {
-        // The port maps to another address (a stale element): replace it.
-        Err(Error::Nft { stderr, .. }) if stderr.contains("File exists") => {
-            tracing::warn!(tenant = %tenant.name, port = %tenant.ssh_port, "replacing a stale ssh forward");
-            run_script(&ruleset::render_replace_forward(config, tenant), &action)
+        // The port or the address maps to something else (a stale element,
+        // a changed cap); nft does not say which: replace each in turn.
+        Err(Error::Nft { stderr, .. }) if is_exists(&stderr) => {
+            tracing::warn!(tenant = %tenant.name, port = %tenant.ssh_port, "replacing stale elements");
+            add_or_replace(
+                &ruleset::render_add_ssh(config, tenant),
+                &ruleset::render_replace_forward(config, tenant),
+                &action,
+            )?;
+            let action = format!("set the connection cap of tenant {}", tenant.name);
+            add_or_replace(
+                &ruleset::render_add_cap(config, tenant),
+                &ruleset::render_replace_cap(config, tenant),
+                &action,
+            )?;
+            run_script(&ruleset::render_add_port(config, tenant), &action)
         }
         other => other,
     }
 }
 
-pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
-    let action = format!("remove the ssh forward of tenant {}", tenant.name);
-    match run_script(&ruleset::render_remove_forward(config, tenant), &action) {
-        Err(Error::Nft { stderr, .. }) if stderr.contains("File exists") => {
-            // The port belongs to another address now; not ours to remove.
-            // The tenant's anti-spoofing element still goes.
-            tracing::warn!(tenant = %tenant.name, port = %tenant.ssh_port, "ssh port maps elsewhere; left alone");
-            run_script(&ruleset::render_remove_port(config, tenant), &action)
-        }
+/// Runs `add`; when an element exists with another value, `replace`.
+fn add_or_replace(add: &str, replace: &str, action: &str) -> Result<(), Error> {
+    match run_script(add, action) {
+        Err(Error::Nft { stderr, .. }) if is_exists(&stderr) => run_script(replace, action),
         other => other,
     }
+}
+
+fn is_exists(stderr: &str) -> bool {
+    stderr.contains("File exists")
+}
+
+/// Removes the tenant's SSH forward (unless the port maps elsewhere now:
+/// not ours to remove), connection cap and anti-spoofing element.
+pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
+    let action = format!("remove the ssh forward of tenant {}", tenant.name);
+    match run_script(&ruleset::render_remove_ssh(config, tenant), &action) {
+        Err(Error::Nft { stderr, .. }) if is_exists(&stderr) => {
+            tracing::warn!(tenant = %tenant.name, port = %tenant.ssh_port, "ssh port maps elsewhere; left alone");
+        }
+        other => other?,
+    }
+    // The address is the tenant's alone (the registry refuses duplicates).
+    run_script(&ruleset::render_remove_cap(config, tenant), &action).or_else(|e| match e {
+        Error::Nft { ref stderr, .. } if is_exists(stderr) => run_script(
+            &format!(
+                "delete element inet {TABLE} {} {{ {} }}\n",
+                ruleset::MAP_CAPS,
+                tenant.ip
+            ),
+            &action,
+        ),
+        e => Err(e),
+    })?;
+    run_script(&ruleset::render_remove_port(config, tenant), &action)
 }
 
 /// The live `ssh_ports` map, or `None` when our table does not exist.

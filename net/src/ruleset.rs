@@ -2,8 +2,9 @@
 //! only place that knows the rules (nft 1.0.6 syntax, see FACTS.md).
 //!
 //! - `inet sotolito`: the SSH DNAT map, masquerade (egress and hairpin),
-//!   forward isolation between tenants, and what tenants may reach on the
-//!   host itself (input).
+//!   the per-tenant connection caps (`ct count`), the forward policy (what
+//!   tenants may reach beyond the host, and only DNAT towards them) and
+//!   what tenants may reach on the host itself (input).
 //! - `bridge sotolito`: layer-2 anti-spoofing, a tenant port may only send
 //!   IPv4 and ARP from its own MAC and address (a set of
 //!   `ifname . ether_addr . ipv4_addr`).
@@ -11,6 +12,7 @@
 //! Both are replaced as a whole by one transaction ([`render_ruleset`]) and
 //! edited by element on provision/deprovision ([`render_add_forward`]).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use sotolito_config::{HostConfig, Tenant};
@@ -23,8 +25,16 @@ pub const TABLE: &str = "sotolito";
 pub const MAP_SSH: &str = "ssh_ports";
 /// Anti-spoofing set: host veth . the only source address allowed on it.
 pub const SET_ADDRS: &str = "tenant_addrs";
+/// Tenant address -> `jump cap_N`, the chain that enforces its cap N.
+pub const MAP_CAPS: &str = "conn_caps";
+/// Networks tenants may not reach (built-in list plus network.egress_deny).
+pub const SET_DENY: &str = "egress_deny";
+/// Exceptions to [`SET_DENY`] (network.egress_allow).
+pub const SET_ALLOW: &str = "egress_allow";
 /// The port sshd listens on inside a tenant.
 pub const TENANT_SSH_PORT: u16 = 22;
+/// Room in each cap's dynamic set: one element per tenant address.
+const CAP_SET_SIZE: u32 = 65536;
 
 /// The whole ruleset for `nft -f`: deletes and recreates only our tables,
 /// in one transaction, so applying it twice gives the same result and the
@@ -33,7 +43,7 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
     let net = &config.network;
     let br = &net.bridge;
     let subnet = net.subnet;
-    let mut s = String::with_capacity(1024 + tenants.len() * 64);
+    let mut s = String::with_capacity(2048 + tenants.len() * 128);
     // `table X {}` first makes `delete table X` valid on a host that has
     // none yet: the idiom for an atomic replace before nft's `destroy`.
     let _ = writeln!(s, "table inet {TABLE} {{}}");
@@ -51,6 +61,30 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
         let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
     }
     let _ = writeln!(s, "\t}}");
+    let nets = |v: Vec<ipnet::Ipv4Net>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    interval_set(&mut s, SET_DENY, &nets(net.egress_deny_all()));
+    interval_set(&mut s, SET_ALLOW, &nets(net.egress_allow_all()));
+
+    // Connection caps: one chain and dynamic set per distinct cap (few),
+    // a verdict map from each tenant address to its chain (one lookup).
+    let mut by_ip: Vec<&Tenant> = tenants.iter().collect();
+    by_ip.sort_by_key(|t| t.ip);
+    let caps: BTreeSet<u32> = std::iter::once(config.defaults.connections)
+        .chain(tenants.iter().map(|t| cap_of(config, t)))
+        .collect();
+    let _ = writeln!(s, "\tmap {MAP_CAPS} {{");
+    let _ = writeln!(s, "\t\ttype ipv4_addr : verdict");
+    if !by_ip.is_empty() {
+        let elems: Vec<String> = by_ip.iter().map(|t| cap_element(config, t)).collect();
+        let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
+    }
+    let _ = writeln!(s, "\t}}");
+    for &n in &caps {
+        let _ = writeln!(s, "\tset {} {{", cap_set(n));
+        let _ = writeln!(s, "\t\ttype ipv4_addr; size {CAP_SET_SIZE}; flags dynamic;");
+        let _ = writeln!(s, "\t}}");
+        chain(&mut s, &cap_chain(n), "", &[cap_rule(n)]);
+    }
 
     let dnat = format!("fib daddr type local dnat ip to tcp dport map @{MAP_SSH}");
     chain(
@@ -60,12 +94,14 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
         std::slice::from_ref(&dnat),
     );
     // The DNAT for connections the host itself opens to its own address;
-    // `dstnat` is refused as a priority name in output (FACTS.md).
+    // `dstnat` is refused as a priority name in output (FACTS.md). Never
+    // loopback: a host service on 127.0.0.1 with a port in the SSH range
+    // keeps its connections.
     chain(
         &mut s,
         "output",
         "type nat hook output priority -100; policy accept;",
-        &[dnat],
+        &[format!("ip daddr != 127.0.0.0/8 {dnat}")],
     );
     let egress = if net.public_interface.is_empty() {
         format!("oifname != \"{br}\"")
@@ -83,17 +119,45 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
             format!("ip saddr {subnet} {egress} masquerade"),
         ],
     );
+    // After conntrack (-200), before DNAT (-100): every connection a
+    // tenant opens, to the host (proxy), through DNAT or beyond, counts.
+    chain(
+        &mut s,
+        "caps",
+        "type filter hook prerouting priority -150; policy accept;",
+        &[format!(
+            "iifname \"{br}\" ct state new ip saddr vmap @{MAP_CAPS}"
+        )],
+    );
+    let mut forward = vec![
+        // Towards tenants: replies, and connections DNAT'd to them.
+        format!("oifname \"{br}\" ct state established,related accept"),
+        format!("oifname \"{br}\" ct status dnat accept"),
+        // Tenant to tenant routed through the host, and anything not
+        // DNAT'd from outside: never.
+        format!("oifname \"{br}\" drop"),
+        format!("iifname \"{br}\" ct state established,related accept"),
+    ];
+    if net.block_smtp {
+        forward.push(format!(
+            "iifname \"{br}\" tcp dport 25 reject with tcp reset"
+        ));
+    }
+    forward.extend([
+        format!("iifname \"{br}\" ip daddr @{SET_ALLOW} accept"),
+        // Refused, not dropped: the tenant learns at once.
+        format!("iifname \"{br}\" ip daddr @{SET_DENY} reject with icmp type admin-prohibited"),
+        format!("iifname \"{br}\" {egress} accept"),
+        format!("iifname \"{br}\" drop"),
+    ]);
     chain(
         &mut s,
         "forward",
-        "type filter hook forward priority filter; policy accept;",
-        &[
-            format!("oifname \"{br}\" ct state established,related accept"),
-            format!("oifname \"{br}\" ct status dnat accept"),
-            // Tenant to tenant routed through the host, and anything not
-            // DNAT'd from outside: never.
-            format!("oifname \"{br}\" drop"),
-        ],
+        &format!(
+            "type filter hook forward priority filter; policy {};",
+            net.forward_policy.as_str()
+        ),
+        &forward,
     );
     chain(
         &mut s,
@@ -124,10 +188,11 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
     let _ = writeln!(s, "\t}}");
     // Frames from tenant ports only: `meta ibrname` is not supported by
     // this kernel, so tenant ports are known by their name prefix. A port
-    // may send IPv4 and ARP from its own MAC and address, nothing else: a
-    // foreign source MAC would also teach the bridge to send a neighbour's
-    // frames to this port (tenants have CAP_NET_RAW). This hook runs before
-    // the bridge learns. No IPv6: tenants get none.
+    // may send IPv4 and ARP from its own MAC and address, nothing else (an
+    // ARP packet's sender MAC too): a foreign address would poison the
+    // host's neighbour cache. The bridge learns no MACs on tenant ports at
+    // all (learning off, static entries, see `link`): this hook runs after
+    // the bridge has seen link-local frames. No IPv6: tenants get none.
     chain(
         &mut s,
         "prerouting",
@@ -135,7 +200,9 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
         &[
             format!("iifname != \"{VETH_PREFIX}*\" accept"),
             format!("ether type ip iifname . ether saddr . ip saddr @{SET_ADDRS} accept"),
-            format!("ether type arp iifname . ether saddr . arp saddr ip @{SET_ADDRS} accept"),
+            format!(
+                "ether type arp iifname . ether saddr . arp saddr ip @{SET_ADDRS} iifname . arp saddr ether . arp saddr ip @{SET_ADDRS} accept"
+            ),
             "drop".to_owned(),
         ],
     );
@@ -143,14 +210,16 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
     s
 }
 
-/// Adds one tenant's forward and anti-spoofing element. Idempotent when the
-/// same element exists; fails with "File exists" when the port maps to
-/// another address (the caller then replaces it, see `nft::add_forward`).
+/// Adds one tenant's forward, connection cap and anti-spoofing element.
+/// Idempotent when the same elements exist; fails with "File exists" when
+/// the port or address maps to something else (the caller then replaces
+/// them one by one, see `nft::add_forward`).
 pub fn render_add_forward(config: &HostConfig, tenant: &Tenant) -> String {
-    let _ = config;
     format!(
-        "add element inet {TABLE} {MAP_SSH} {{ {} }}\nadd element bridge {TABLE} {SET_ADDRS} {{ {} }}\n",
+        "{}add element inet {TABLE} {MAP_SSH} {{ {} }}\nadd element inet {TABLE} {MAP_CAPS} {{ {} }}\nadd element bridge {TABLE} {SET_ADDRS} {{ {} }}\n",
+        render_cap_objects(cap_of(config, tenant)),
         map_element(tenant),
+        cap_element(config, tenant),
         set_element(tenant),
     )
 }
@@ -159,21 +228,66 @@ pub fn render_add_forward(config: &HostConfig, tenant: &Tenant) -> String {
 pub fn render_replace_forward(config: &HostConfig, tenant: &Tenant) -> String {
     let _ = config;
     format!(
-        "delete element inet {TABLE} {MAP_SSH} {{ {} }}\nadd element inet {TABLE} {MAP_SSH} {{ {} }}\nadd element bridge {TABLE} {SET_ADDRS} {{ {} }}\n",
+        "delete element inet {TABLE} {MAP_SSH} {{ {} }}\nadd element inet {TABLE} {MAP_SSH} {{ {} }}\n",
         tenant.ssh_port,
         map_element(tenant),
-        set_element(tenant),
     )
 }
 
-/// Removes one tenant's elements; adding them first makes the delete valid
-/// when they are already gone (nft 1.0.6 has no `destroy`).
-pub fn render_remove_forward(config: &HostConfig, tenant: &Tenant) -> String {
+/// Adds only the tenant's SSH forward.
+pub fn render_add_ssh(config: &HostConfig, tenant: &Tenant) -> String {
+    let _ = config;
+    format!(
+        "add element inet {TABLE} {MAP_SSH} {{ {} }}\n",
+        map_element(tenant)
+    )
+}
+
+/// Adds only the tenant's connection cap (and the chain enforcing it).
+pub fn render_add_cap(config: &HostConfig, tenant: &Tenant) -> String {
+    format!(
+        "{}add element inet {TABLE} {MAP_CAPS} {{ {} }}\n",
+        render_cap_objects(cap_of(config, tenant)),
+        cap_element(config, tenant),
+    )
+}
+
+/// Replaces the tenant's connection cap whatever it is now.
+pub fn render_replace_cap(config: &HostConfig, tenant: &Tenant) -> String {
+    format!(
+        "{}delete element inet {TABLE} {MAP_CAPS} {{ {} }}\nadd element inet {TABLE} {MAP_CAPS} {{ {} }}\n",
+        render_cap_objects(cap_of(config, tenant)),
+        tenant.ip,
+        cap_element(config, tenant),
+    )
+}
+
+/// Adds only the tenant's anti-spoofing element.
+pub fn render_add_port(config: &HostConfig, tenant: &Tenant) -> String {
+    let _ = config;
+    format!(
+        "add element bridge {TABLE} {SET_ADDRS} {{ {} }}\n",
+        set_element(tenant)
+    )
+}
+
+/// Removes one tenant's SSH forward; adding it first makes the delete
+/// valid when it is already gone (nft 1.0.6 has no `destroy`). "File
+/// exists": the port maps to another address.
+pub fn render_remove_ssh(config: &HostConfig, tenant: &Tenant) -> String {
     let _ = config;
     let m = map_element(tenant);
-    let e = set_element(tenant);
     format!(
-        "add element inet {TABLE} {MAP_SSH} {{ {m} }}\ndelete element inet {TABLE} {MAP_SSH} {{ {m} }}\nadd element bridge {TABLE} {SET_ADDRS} {{ {e} }}\ndelete element bridge {TABLE} {SET_ADDRS} {{ {e} }}\n",
+        "add element inet {TABLE} {MAP_SSH} {{ {m} }}\ndelete element inet {TABLE} {MAP_SSH} {{ {m} }}\n"
+    )
+}
+
+/// Removes the tenant's connection cap element, whatever cap it names.
+pub fn render_remove_cap(config: &HostConfig, tenant: &Tenant) -> String {
+    format!(
+        "{}delete element inet {TABLE} {MAP_CAPS} {{ {} }}\n",
+        render_add_cap(config, tenant),
+        tenant.ip
     )
 }
 
@@ -184,6 +298,51 @@ pub fn render_remove_port(config: &HostConfig, tenant: &Tenant) -> String {
     format!(
         "add element bridge {TABLE} {SET_ADDRS} {{ {e} }}\ndelete element bridge {TABLE} {SET_ADDRS} {{ {e} }}\n"
     )
+}
+
+/// The set and chain that enforce cap `n`, made idempotently: `add` keeps
+/// what exists, the flush and re-add leave one rule.
+fn render_cap_objects(n: u32) -> String {
+    let (set, chain) = (cap_set(n), cap_chain(n));
+    format!(
+        "add set inet {TABLE} {set} {{ type ipv4_addr; size {CAP_SET_SIZE}; flags dynamic; }}\nadd chain inet {TABLE} {chain}\nflush chain inet {TABLE} {chain}\nadd rule inet {TABLE} {chain} {}\n",
+        cap_rule(n)
+    )
+}
+
+/// The cap that applies to `t`: its own, else the host's default.
+pub fn cap_of(config: &HostConfig, t: &Tenant) -> u32 {
+    t.limits.connections.unwrap_or(config.defaults.connections)
+}
+
+fn cap_set(n: u32) -> String {
+    format!("conns_{n}")
+}
+
+fn cap_chain(n: u32) -> String {
+    format!("cap_{n}")
+}
+
+/// Counts the connections of each source address (alive in conntrack)
+/// and refuses the one above `n`; closed ones leave the count at once.
+fn cap_rule(n: u32) -> String {
+    format!(
+        "add @{} {{ ip saddr ct count over {n} }} reject",
+        cap_set(n)
+    )
+}
+
+fn cap_element(config: &HostConfig, t: &Tenant) -> String {
+    format!("{} : jump {}", t.ip, cap_chain(cap_of(config, t)))
+}
+
+fn interval_set(s: &mut String, name: &str, elems: &[String]) {
+    let _ = writeln!(s, "\tset {name} {{");
+    let _ = writeln!(s, "\t\ttype ipv4_addr; flags interval;");
+    if !elems.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
+    }
+    let _ = writeln!(s, "\t}}");
 }
 
 fn map_element(t: &Tenant) -> String {
@@ -213,7 +372,9 @@ fn proxy_ports(config: &HostConfig) -> String {
 
 fn chain(s: &mut String, name: &str, head: &str, rules: &[String]) {
     let _ = writeln!(s, "\tchain {name} {{");
-    let _ = writeln!(s, "\t\t{head}");
+    if !head.is_empty() {
+        let _ = writeln!(s, "\t\t{head}");
+    }
     for r in rules {
         let _ = writeln!(s, "\t\t{r}");
     }
@@ -248,7 +409,8 @@ mod tests {
     #[test]
     fn no_tenants_has_no_elements_lines() {
         let got = render_ruleset(&config(), &[]);
-        assert!(!got.contains("elements"), "{got}");
+        // Only the built-in deny list has elements.
+        assert_eq!(got.matches("elements").count(), 1, "{got}");
         assert!(got.contains("map ssh_ports"));
     }
 
@@ -260,6 +422,7 @@ mod tests {
         c.proxy.https = "0.0.0.0:8443".parse().unwrap();
         let got = render_ruleset(&c, &[]);
         assert!(got.contains("ip saddr 172.18.0.0/16 oifname \"eth9\" masquerade"));
+        assert!(got.contains("iifname \"sotolito0\" oifname \"eth9\" accept"));
         assert!(got.contains("tcp dport { 8080, 8443 } accept"));
         assert!(!got.contains("9180"), "admin port never opened: {got}");
     }
@@ -270,13 +433,85 @@ mod tests {
         let t = tenant("acme", [172, 18, 0, 2], 2201);
         assert_eq!(
             render_add_forward(&c, &t),
-            "add element inet sotolito ssh_ports { 2201 : 172.18.0.2 . 22 }\n\
+            "add set inet sotolito conns_4096 { type ipv4_addr; size 65536; flags dynamic; }\n\
+             add chain inet sotolito cap_4096\n\
+             flush chain inet sotolito cap_4096\n\
+             add rule inet sotolito cap_4096 add @conns_4096 { ip saddr ct count over 4096 } reject\n\
+             add element inet sotolito ssh_ports { 2201 : 172.18.0.2 . 22 }\n\
+             add element inet sotolito conn_caps { 172.18.0.2 : jump cap_4096 }\n\
              add element bridge sotolito tenant_addrs { \"sv-acme\" . 02:73:ac:12:00:02 . 172.18.0.2 }\n"
         );
-        assert!(render_remove_forward(&c, &t)
+        assert!(render_remove_ssh(&c, &t)
             .contains("delete element inet sotolito ssh_ports { 2201 : 172.18.0.2 . 22 }"));
         assert!(render_replace_forward(&c, &t)
             .starts_with("delete element inet sotolito ssh_ports { 2201 }\n"));
+        assert!(render_replace_cap(&c, &t)
+            .contains("delete element inet sotolito conn_caps { 172.18.0.2 }\n"));
+        assert!(render_remove_cap(&c, &t)
+            .ends_with("delete element inet sotolito conn_caps { 172.18.0.2 }\n"));
+    }
+
+    #[test]
+    fn caps_one_chain_per_distinct_value() {
+        let mut c = config();
+        c.defaults.connections = 100;
+        let mut big = tenant("big", [172, 18, 0, 3], 2202);
+        big.limits.connections = Some(5000);
+        let mut big2 = tenant("big2", [172, 18, 0, 4], 2203);
+        big2.limits.connections = Some(5000);
+        let ts = vec![tenant("acme", [172, 18, 0, 2], 2201), big, big2];
+        let got = render_ruleset(&c, &ts);
+        assert!(got.contains("elements = { 172.18.0.2 : jump cap_100, 172.18.0.3 : jump cap_5000, 172.18.0.4 : jump cap_5000 }"), "{got}");
+        assert_eq!(got.matches("\tchain cap_5000 {").count(), 1, "{got}");
+        assert!(got.contains("add @conns_100 { ip saddr ct count over 100 } reject"));
+    }
+
+    #[test]
+    fn egress_lists_and_smtp() {
+        let mut c = config();
+        c.network.egress_deny = vec![
+            "10.1.0.0/16".parse().unwrap(),
+            "203.0.113.0/24".parse().unwrap(),
+        ];
+        c.network.egress_allow = vec!["192.168.5.0/24".parse().unwrap()];
+        let got = render_ruleset(&c, &[]);
+        // Merged: 10.1/16 lies inside 10/8 (nft refuses overlaps).
+        assert!(got.contains("elements = { 10.0.0.0/8, 100.64.0.0/10, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 203.0.113.0/24 }"), "{got}");
+        assert!(got.contains("elements = { 192.168.5.0/24 }"), "{got}");
+        assert!(!got.contains("dport 25"), "{got}");
+        assert!(got.contains("policy drop;"), "{got}");
+        c.network.block_smtp = true;
+        c.network.forward_policy = sotolito_config::host::ForwardPolicy::Accept;
+        let got = render_ruleset(&c, &[]);
+        assert!(
+            got.contains("iifname \"sotolito0\" tcp dport 25 reject with tcp reset"),
+            "{got}"
+        );
+        assert!(
+            got.contains("type filter hook forward priority filter; policy accept;"),
+            "{got}"
+        );
+        // Other tenants stay out of reach whatever the allow list says:
+        // the bridge-bound rules come first.
+        let fwd = &got[got.find("chain forward").unwrap()..];
+        assert!(
+            fwd.find("oifname \"sotolito0\" drop").unwrap()
+                < fwd.find("@egress_allow accept").unwrap()
+        );
+        assert!(
+            fwd.find("@egress_allow accept").unwrap() < fwd.find("@egress_deny reject").unwrap()
+        );
+    }
+
+    #[test]
+    fn output_dnat_never_for_loopback() {
+        let got = render_ruleset(&config(), &[]);
+        let out = &got[got.find("chain output").unwrap()..];
+        let out = &out[..out.find('}').unwrap()];
+        assert!(
+            out.contains("ip daddr != 127.0.0.0/8 fib daddr type local dnat"),
+            "{out}"
+        );
     }
 
     #[test]

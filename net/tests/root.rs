@@ -18,8 +18,8 @@ use std::time::Duration;
 use sotolito_config::{HostConfig, ImageName, SshPort, Tenant, TenantName};
 use sotolito_net::netns::run_in;
 
-const HOST_PUBLIC: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const HOST_PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn require_root_and_tools() {
@@ -32,6 +32,8 @@ fn require_root_and_tools() {
         ("ip", &["-V"][..], "iproute2"),
         ("unshare", &["--version"][..], "util-linux"),
         ("nsenter", &["--version"][..], "util-linux"),
+        ("python3", &["--version"][..], "python3"),
+        ("bridge", &["-V"][..], "iproute2"),
     ] {
         let ok = Command::new(tool)
             .args(args)
@@ -218,6 +220,95 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
+/// A veth named `host_if` in `host` with `host_addr` (a /24) and its peer
+/// `eth0` in `other` with `other_addr`, both up.
+fn wire(host: &Netns, host_if: &str, host_addr: &str, other: &Netns, other_addr: &str) {
+    sh(&[
+        "ip",
+        "-n",
+        &host.name,
+        "link",
+        "add",
+        host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &other.name,
+    ]);
+    sh(&[
+        "ip", "-n", &host.name, "addr", "add", host_addr, "dev", host_if,
+    ]);
+    sh(&["ip", "-n", &host.name, "link", "set", host_if, "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &other.name,
+        "addr",
+        "add",
+        other_addr,
+        "dev",
+        "eth0",
+    ]);
+    sh(&["ip", "-n", &other.name, "link", "set", "eth0", "up"]);
+}
+
+/// A listener in `ns` on `port` that keeps every connection open (until
+/// the test ends): what a tenant's connection cap counts.
+fn hold(ns: &Path, port: u16) {
+    let listener = inside(ns, || {
+        Ok(TcpListener::bind(("0.0.0.0", port)).expect("bind holding listener"))
+    });
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for conn in listener.incoming().flatten() {
+            kept.push(conn);
+        }
+    });
+}
+
+/// A connection from namespace `ns` to `to`, left open.
+fn open(ns: &Path, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    run_in(ns, || {
+        Ok(TcpStream::connect_timeout(&SocketAddr::V4(to), TIMEOUT))
+    })
+    .expect("enter namespace")
+}
+
+/// Sends, from `eth0` of the namespace of `pid` (a raw socket, as a root
+/// tenant with CAP_NET_RAW can), one frame to each link-local group address
+/// the bridge consumes (STP 00, 802.1X 03, LLDP 0e) with source MAC `src`.
+fn send_link_local(pid: u32, src: &str) {
+    const SENDER: &str = "import socket, sys\n\
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+        s.bind(('eth0', 0))\n\
+        src = bytes.fromhex(sys.argv[1].replace(':', ''))\n\
+        for d in ('0180c2000000', '0180c2000003', '0180c200000e'):\n\
+        \x20   s.send(bytes.fromhex(d) + src + bytes.fromhex('88cc') + bytes(46))\n";
+    let t = pid.to_string();
+    let out = Command::new("nsenter")
+        .args(["-t", &t, "-n", "python3", "-c", SENDER, src])
+        .output()
+        .expect("python3 is missing: apt-get install python3");
+    assert!(
+        out.status.success(),
+        "the raw frame sender failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rx_packets(ns: &Netns, dev: &str) -> u64 {
+    ns.exec(&[
+        "cat",
+        &format!("/sys/class/net/{dev}/statistics/rx_packets"),
+    ])
+    .trim()
+    .parse()
+    .unwrap()
+}
+
 #[test]
 fn rendered_ruleset_loads_in_nft() {
     require_root_and_tools();
@@ -302,7 +393,9 @@ fn tenant_traffic() {
     let c = config(state.path());
     let gw = c.network.gateway();
 
-    // The internet: a veth between client and host, 10.99.0.0/24.
+    // The internet: a veth between client and host, TEST-NET-2
+    // (198.51.100.0/24): public, so the egress deny list cannot hide a
+    // broken test.
     sh(&[
         "ip",
         "-n",
@@ -324,7 +417,7 @@ fn tenant_traffic() {
         &host.name,
         "addr",
         "add",
-        "10.99.0.1/24",
+        "198.51.100.1/24",
         "dev",
         "pub0",
     ]);
@@ -335,7 +428,7 @@ fn tenant_traffic() {
         &client.name,
         "addr",
         "add",
-        "10.99.0.2/24",
+        "198.51.100.2/24",
         "dev",
         "c0",
     ]);
@@ -384,12 +477,12 @@ fn tenant_traffic() {
         // client -> host:portA reaches A, which sees the client's address.
         assert_eq!(
             from_client(2201).as_deref(),
-            Ok("alpha 10.99.0.2"),
+            Ok("alpha 198.51.100.2"),
             "{stage}"
         );
         assert_eq!(
             from_client(2202).as_deref(),
-            Ok("beta 10.99.0.2"),
+            Ok("beta 198.51.100.2"),
             "{stage}"
         );
         // The same from the host itself (output chain).
@@ -418,7 +511,7 @@ fn tenant_traffic() {
         // Egress reaches the internet from the host's address.
         assert_eq!(
             talk(&ca.ns_path(), addr(CLIENT, 8080), None).as_deref(),
-            Ok("internet 10.99.0.1"),
+            Ok("internet 198.51.100.1"),
             "{stage}"
         );
         // A reaches its own port through the host (hairpin to itself), and
@@ -479,7 +572,7 @@ fn tenant_traffic() {
         !fdb.contains(b_mac),
         "the bridge learned B's MAC on A's port: {fdb}"
     );
-    assert_eq!(from_client(2202).as_deref(), Ok("beta 10.99.0.2"));
+    assert_eq!(from_client(2202).as_deref(), Ok("beta 198.51.100.2"));
     ca.exec(&["ip", "link", "set", "eth0", "address", "02:73:ac:12:00:02"]);
     ca.exec(&["ip", "route", "del", "172.18.0.3/32"]);
 
@@ -494,7 +587,7 @@ fn tenant_traffic() {
     );
     inside(&host.path(), || sotolito_net::add_forward(&c, &a));
     inside(&host.path(), || sotolito_net::add_forward(&c, &a));
-    assert_eq!(from_client(2201).as_deref(), Ok("alpha 10.99.0.2"));
+    assert_eq!(from_client(2201).as_deref(), Ok("alpha 198.51.100.2"));
 
     // After `nft flush ruleset`, reconcile restores everything.
     host.exec(&["nft", "flush", "ruleset"]);
@@ -510,7 +603,7 @@ fn tenant_traffic() {
     // A lost forward comes back when the tenant starts (attach).
     inside(&host.path(), || sotolito_net::remove_forward(&c, &a));
     inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
-    assert_eq!(from_client(2201).as_deref(), Ok("alpha 10.99.0.2"));
+    assert_eq!(from_client(2201).as_deref(), Ok("alpha 198.51.100.2"));
 
     // Detach removes the host end; twice is fine; attach again works.
     inside(&host.path(), || sotolito_net::detach(&c, &a.name));
@@ -518,7 +611,7 @@ fn tenant_traffic() {
     assert!(!host.exec(&["ip", "link"]).contains("sv-alpha"));
     assert!(from_client(2201).is_err());
     inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
-    assert_eq!(from_client(2201).as_deref(), Ok("alpha 10.99.0.2"));
+    assert_eq!(from_client(2201).as_deref(), Ok("alpha 198.51.100.2"));
 
     // A restart: a new container for the same tenant, without a detach (the
     // old veth is stale); reachable at once (its MAC follows its address).
@@ -526,7 +619,7 @@ fn tenant_traffic() {
     let ca2 = Container::start();
     serve(&ca2.ns_path(), 22, "alpha2");
     inside(&host.path(), || sotolito_net::attach(&c, &a, ca2.pid()));
-    assert_eq!(from_client(2201).as_deref(), Ok("alpha2 10.99.0.2"));
+    assert_eq!(from_client(2201).as_deref(), Ok("alpha2 198.51.100.2"));
 }
 
 #[test]
@@ -718,7 +811,7 @@ fn runc_hooks_attach_and_detach() {
         &host.name,
         "addr",
         "add",
-        "10.99.0.1/24",
+        "198.51.100.1/24",
         "dev",
         "pub0",
     ]);
@@ -729,7 +822,7 @@ fn runc_hooks_attach_and_detach() {
         &client.name,
         "addr",
         "add",
-        "10.99.0.2/24",
+        "198.51.100.2/24",
         "dev",
         "c0",
     ]);
@@ -800,7 +893,7 @@ fn runc_hooks_attach_and_detach() {
     serve(&ns, 22, "alpha-runc");
     assert_eq!(
         talk(&client.path(), addr(HOST_PUBLIC, 2201), None).as_deref(),
-        Ok("alpha-runc 10.99.0.2")
+        Ok("alpha-runc 198.51.100.2")
     );
     assert!(host.exec(&["ip", "link"]).contains("sv-alpha"));
 
@@ -862,4 +955,221 @@ fn parallel_attach_at_boot_converges() {
     assert_eq!(veths.len(), 6, "{veths:?}");
     let addrs = host.exec(&["ip", "-4", "addr", "show", "sotolito0"]);
     assert_eq!(addrs.matches("inet ").count(), 1, "{addrs}");
+}
+
+/// Edge containment: no MAC theft on the bridge, egress only to public
+/// networks, the forward policy, per-tenant connection caps, and the
+/// output DNAT leaving loopback alone. Every refusal has its control.
+#[test]
+fn edge_containment() {
+    require_root_and_tools();
+    let host = Netns::new("edge-host");
+    let client = Netns::new("edge-client");
+    // A network routed beyond the host on its private side, holding the
+    // cloud metadata address too.
+    let beyond = Netns::new("edge-beyond");
+    let state = tempfile::tempdir().unwrap();
+    let mut c = config(state.path());
+    wire(&host, "pub0", "198.51.100.1/24", &client, "198.51.100.2/24");
+    wire(&host, "priv0", "10.20.0.1/24", &beyond, "10.20.0.2/24");
+    sh(&[
+        "ip",
+        "-n",
+        &beyond.name,
+        "addr",
+        "add",
+        "169.254.169.254/32",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &beyond.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.20.0.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &host.name,
+        "route",
+        "add",
+        "169.254.169.254/32",
+        "via",
+        "10.20.0.2",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &client.name,
+        "route",
+        "add",
+        "10.20.0.0/24",
+        "via",
+        "198.51.100.1",
+    ]);
+    host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+
+    let mut a = tenant("alpha", Ipv4Addr::new(172, 18, 0, 2), 2201);
+    a.limits.connections = Some(16);
+    let b = tenant("beta", Ipv4Addr::new(172, 18, 0, 3), 2202);
+    let tenants = vec![a.clone(), b.clone()];
+    inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
+    let ca = Container::start();
+    let cb = Container::start();
+    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    inside(&host.path(), || sotolito_net::attach(&c, &b, cb.pid()));
+    serve(&ca.ns_path(), 22, "alpha");
+    serve(&cb.ns_path(), 22, "beta");
+    serve(&client.path(), 8080, "internet");
+    serve(&client.path(), 25, "smtp");
+    hold(&client.path(), 8081);
+    serve(&beyond.path(), 8080, "private");
+    serve(&beyond.path(), 80, "metadata");
+    // A host service on an SSH-range port, on every address (the worst
+    // case): loopback keeps it, the public address is the tenant's.
+    serve(&host.path(), 2201, "host-local");
+    serve(&host.path(), 80, "proxy-http");
+    let metadata = Ipv4Addr::new(169, 254, 169, 254);
+    let private = Ipv4Addr::new(10, 20, 0, 2);
+
+    // The bridge: link-local frames from alpha with beta's MAC as source.
+    let b_mac = "02:73:ac:12:00:03";
+    let fdb = host.exec(&["bridge", "fdb", "show", "dev", "sv-beta"]);
+    assert!(
+        fdb.lines().any(|l| l.starts_with(b_mac)
+            && l.contains("master sotolito0")
+            && l.ends_with("static")),
+        "beta's MAC is not a static entry on its port: {fdb}"
+    );
+    let rx = rx_packets(&host, "sv-alpha");
+    send_link_local(ca.pid(), b_mac);
+    // Control: the three frames reached alpha's bridge port.
+    assert!(
+        rx_packets(&host, "sv-alpha") >= rx + 3,
+        "the raw frames never reached the bridge"
+    );
+    let fdb = host.exec(&["bridge", "fdb", "show", "br", "sotolito0"]);
+    let b_ports: Vec<&str> = fdb.lines().filter(|l| l.starts_with(b_mac)).collect();
+    assert!(
+        !b_ports.is_empty() && b_ports.iter().all(|l| l.contains("dev sv-beta ")),
+        "beta's MAC moved away from its port: {fdb}"
+    );
+    assert_eq!(
+        talk(&client.path(), addr(HOST_PUBLIC, 2202), None).as_deref(),
+        Ok("beta 198.51.100.2"),
+        "the host no longer reaches beta after alpha's frames"
+    );
+    assert!(talk(&host.path(), addr(b.ip, 22), None).is_ok_and(|s| s.starts_with("beta ")));
+
+    // Egress. Controls: the probe network answers the host itself, and a
+    // tenant reaches a public address and SMTP (not blocked by default).
+    assert!(talk(&host.path(), addr(private, 8080), None).is_ok_and(|s| s.starts_with("private ")));
+    assert!(talk(&host.path(), addr(metadata, 80), None).is_ok_and(|s| s.starts_with("metadata ")));
+    assert_eq!(
+        talk(&ca.ns_path(), addr(CLIENT, 8080), None).as_deref(),
+        Ok("internet 198.51.100.1")
+    );
+    assert_eq!(
+        talk(&ca.ns_path(), addr(CLIENT, 25), None).as_deref(),
+        Ok("smtp 198.51.100.1")
+    );
+    let refused = talk(&ca.ns_path(), addr(metadata, 80), None);
+    assert!(
+        refused.is_err(),
+        "a tenant reached the metadata address: {refused:?}"
+    );
+    let refused = talk(&ca.ns_path(), addr(private, 8080), None);
+    assert!(
+        refused.is_err(),
+        "a tenant reached a private network beyond the host: {refused:?}"
+    );
+    // The host's own private address: only the proxy ports.
+    serve(&host.path(), 22, "host-sshd");
+    assert!(talk(&ca.ns_path(), addr(Ipv4Addr::new(10, 20, 0, 1), 22), None).is_err());
+    // Hairpin and the gateway's proxy port still work inside 172.16/12.
+    assert!(talk(&cb.ns_path(), addr(c.network.gateway(), 2201), None)
+        .is_ok_and(|s| s.starts_with("alpha ")));
+    // Nobody routes through the host: the internet to the private side.
+    let routed = talk(&client.path(), addr(private, 8080), None);
+    assert!(
+        routed.is_err(),
+        "the host forwarded a stranger's traffic: {routed:?}"
+    );
+
+    // The config keys: an exception, SMTP blocked, forwarding for others.
+    c.network.egress_allow = vec!["10.20.0.0/24".parse().unwrap()];
+    c.network.block_smtp = true;
+    c.network.forward_policy = sotolito_config::host::ForwardPolicy::Accept;
+    inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
+    assert_eq!(
+        talk(&ca.ns_path(), addr(private, 8080), None).as_deref(),
+        Ok("private 10.20.0.1")
+    );
+    assert!(talk(&ca.ns_path(), addr(metadata, 80), None).is_err());
+    assert!(
+        talk(&ca.ns_path(), addr(CLIENT, 25), None).is_err(),
+        "outbound SMTP was not blocked"
+    );
+    assert!(talk(&ca.ns_path(), addr(CLIENT, 8080), None).is_ok());
+    assert_eq!(
+        talk(&client.path(), addr(private, 8080), None).as_deref(),
+        Ok("private 198.51.100.2")
+    );
+    c = config(state.path());
+    // Before the reconcile that starts the counts afresh: the control
+    // for the host's port below.
+    assert!(talk(&ca.ns_path(), addr(c.network.gateway(), 80), None).is_ok());
+    inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
+
+    // Connection caps: alpha may hold 16, beta (the default) many more.
+    let held: Vec<TcpStream> = (0..16)
+        .map(|i| {
+            open(&ca.ns_path(), addr(CLIENT, 8081))
+                .unwrap_or_else(|e| panic!("alpha's connection {i}: {e}"))
+        })
+        .collect();
+    let over = open(&ca.ns_path(), addr(CLIENT, 8081));
+    assert!(
+        over.is_err(),
+        "alpha opened a 17th connection over its cap of 16"
+    );
+    assert!(
+        talk(&ca.ns_path(), addr(c.network.gateway(), 80), None).is_err(),
+        "the cap does not cover the host's ports"
+    );
+    let others: Vec<TcpStream> = (0..40)
+        .map(|i| {
+            open(&cb.ns_path(), addr(CLIENT, 8081))
+                .unwrap_or_else(|e| panic!("beta's connection {i} while alpha is at its cap: {e}"))
+        })
+        .collect();
+    // Reset, not FIN: conntrack forgets them at once (a FIN-closed one
+    // counts until both sides are done).
+    for s in &held {
+        socket2::SockRef::from(s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    drop(held);
+    assert!(
+        open(&ca.ns_path(), addr(CLIENT, 8081)).is_ok(),
+        "alpha stays refused after closing its connections"
+    );
+    drop(others);
+
+    // The output DNAT: loopback keeps the host's service; the public
+    // address still reaches the tenant.
+    assert!(
+        talk(&host.path(), addr(Ipv4Addr::LOCALHOST, 2201), None)
+            .is_ok_and(|s| s.starts_with("host-local ")),
+        "a host-local service on 127.0.0.1:2201 was redirected"
+    );
+    assert!(
+        talk(&host.path(), addr(HOST_PUBLIC, 2201), None).is_ok_and(|s| s.starts_with("alpha "))
+    );
 }

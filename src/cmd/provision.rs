@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use sotolito_config::names::{parse_http_port, parse_pids};
+use sotolito_config::names::{parse_connections, parse_http_port, parse_pids};
 use sotolito_config::tenant::FORMAT_VERSION;
 use sotolito_config::{
     CpuWeight, Desired, HostName, ImageName, Limits, MemorySize, SshPort, Tenant, TenantName,
@@ -50,6 +50,10 @@ pub struct ProvisionArgs {
     /// Process limit [default: config defaults.pids]
     #[arg(long, value_name = "N", value_parser = parse_pids)]
     pub pids: Option<u32>,
+    /// Concurrent connections the tenant may open (a tenant over it is
+    /// refused new ones) [default: config defaults.connections]
+    #[arg(long, value_name = "N", value_parser = parse_connections)]
+    pub connections: Option<u32>,
     /// Never request an ACME certificate for this host (repeatable; one of
     /// the --host names).
     #[arg(long = "no-acme", value_name = "HOST")]
@@ -201,6 +205,7 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
             memory: args.memory.unwrap_or(config.defaults.memory),
             cpu_weight: args.cpu_weight.unwrap_or(config.defaults.cpu_weight),
             pids: args.pids.unwrap_or(config.defaults.pids),
+            connections: args.connections,
         },
     };
     if let Some(old) = &existing {
