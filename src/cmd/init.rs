@@ -55,11 +55,7 @@ pub fn ensure_layout(ctx: &Context) -> anyhow::Result<()> {
 /// Every tenant dir gets the private modes (those made before them, too).
 fn restrict_tenants(ctx: &Context) -> anyhow::Result<()> {
     for t in ctx.registry().list()? {
-        let layout = crate::cmd::provision::layout(ctx, &t.name);
-        sotolito_provisioner::private::restrict_tenant(
-            &layout,
-            sotolito_provisioner::tenantfs::Owner::ROOT,
-        )?;
+        crate::cmd::provision::restrict(ctx, &t)?;
     }
     Ok(())
 }

@@ -110,6 +110,8 @@ pub fn start(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
 pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     crate::cmd::init::ensure_layout(ctx)?;
     let tenant = set_desired(ctx, name, Desired::Running)?;
+    // Even when it runs already: start is when an upgrade tightens it.
+    provision::restrict(ctx, &tenant)?;
     // Started at boot again (see stop).
     units::enable_instance(&ctx.config().paths.systemd_dir, name)?;
     let runc = ctx.runc();

@@ -15,6 +15,7 @@ use sotolito_config::{
     CpuWeight, Desired, HostName, ImageName, Limits, MemorySize, SshPort, Tenant, TenantName,
 };
 use sotolito_provisioner::data::{self, Seed};
+use sotolito_provisioner::tenantfs::Owner;
 use sotolito_provisioner::{bundle, overlay, units, HookCommand, Image, TenantLayout};
 
 use crate::cmd::{image, lifecycle};
@@ -93,6 +94,13 @@ pub fn hook_command(ctx: &Context) -> anyhow::Result<HookCommand> {
     })
 }
 
+/// The tenant's root as the host sees it: the owner of every file the host
+/// makes in its tree, and the group its private dirs are traversable by.
+/// Host root while tenants run without a user namespace.
+pub fn tenant_owner(_ctx: &Context, _tenant: &Tenant) -> Owner {
+    Owner::ROOT
+}
+
 /// Writes the tenant's config.json (derived state, rewritten freely).
 pub fn write_bundle(ctx: &Context, tenant: &Tenant) -> anyhow::Result<TenantLayout> {
     let layout = layout(ctx, &tenant.name);
@@ -103,12 +111,16 @@ pub fn write_bundle(ctx: &Context, tenant: &Tenant) -> anyhow::Result<TenantLayo
         ctx.runc().systemd_cgroup,
     )?;
     bundle::write_spec(&layout, &spec)?;
-    // Tightens a tenant made before the private modes, too.
-    sotolito_provisioner::private::restrict_tenant(
-        &layout,
-        sotolito_provisioner::tenantfs::Owner::ROOT,
-    )?;
+    restrict(ctx, tenant)?;
     Ok(layout)
+}
+
+/// The private modes on the tenant's dirs (tightens a tenant made before
+/// them, too).
+pub fn restrict(ctx: &Context, tenant: &Tenant) -> anyhow::Result<()> {
+    let layout = layout(ctx, &tenant.name);
+    sotolito_provisioner::private::restrict_tenant(&layout, tenant_owner(ctx, tenant))?;
+    Ok(())
 }
 
 pub fn run(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<()> {
@@ -245,7 +257,7 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image, new: bool) -> anyhow::Re
         ip: tenant.ip,
         ssh_keys: tenant.ssh_keys.clone(),
         resolv_conf: data::resolv_conf_for_tenants(),
-        owner: sotolito_provisioner::tenantfs::Owner::ROOT,
+        owner: tenant_owner(ctx, tenant),
     };
     let seeded = data::seed(&layout, &image.rootfs(), &seed)?;
     if seeded {

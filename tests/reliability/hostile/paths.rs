@@ -230,12 +230,31 @@ fn lock_files_are_private_even_when_made_before() {
         h.state().join("registry/.lock"),
         h.state().join("tenants/.locky.lock"),
     ];
-    // As an older install left them.
-    for l in &locks {
-        std::fs::set_permissions(l, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let t = h.state().join("tenants/locky");
+    // As an older install left them: locks and tenant dirs open to all.
+    for p in locks
+        .iter()
+        .chain([&t, &t.join("data"), &h.state().join("tenants")])
+    {
+        let m = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     }
-    // start takes both (a running tenant: nothing else happens).
+    // start takes both locks and rewrites the bundle (a running tenant:
+    // nothing else happens).
     h.ok(&["start", "locky"]);
+    for (p, want) in [
+        (h.state().join("tenants"), 0o711),
+        (t.clone(), 0o700),
+        (t.join("data"), 0o700),
+    ] {
+        assert_eq!(
+            mode(&p),
+            want,
+            "start left {} at mode {:o}",
+            p.display(),
+            mode(&p)
+        );
+    }
     let control = h.root.join("open.lock");
     std::fs::write(&control, "").unwrap();
     std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -250,6 +269,41 @@ fn lock_files_are_private_even_when_made_before() {
         );
         assert_eq!(mode(l), 0o600, "{}", l.display());
     }
+}
+
+#[test]
+fn purge_follows_no_tenant_symlink() {
+    let h = open_host("");
+    h.ok(&["init"]);
+    h.busybox_image();
+    h.provision_busybox("leaver", 2201, &["--start"]);
+    let host_dir = h.root.join("host-dir");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::write(host_dir.join("precious"), "host data\n").unwrap();
+    let before = snapshot(&host_dir);
+    // Tenant root points links at the host dir from its upper layer and
+    // from a data dir, by absolute host path and by climbing.
+    let hd = host_dir.display().to_string();
+    let o = exec(
+        &h,
+        "leaver",
+        &format!(
+            "ln -s {hd} /up-abs && ln -s {hd}/precious /up-file && mkdir -p /root/d && \
+             ln -s {hd} /root/d/abs && ln -s ../../../../../../../../../../..{hd} /root/d/rel && \
+             ls -ld /up-abs /root/d/rel"
+        ),
+    );
+    assert!(o.status.success(), "planting links failed: {}", text(&o));
+    h.ok(&["deprovision", "leaver", "--purge", "--timeout", "1"]);
+    // Control: the purge did remove the tenant's tree, links included.
+    let t = h.state().join("tenants/leaver");
+    assert!(!t.exists(), "{} is still there", t.display());
+    assert_eq!(
+        snapshot(&host_dir),
+        before,
+        "purge changed {}",
+        host_dir.display()
+    );
 }
 
 /// Imports `rootfs` with `plant` applied to a copy, as image `name`.
