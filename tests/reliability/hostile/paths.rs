@@ -510,8 +510,44 @@ fn console_log_is_capped() {
     // Detached: start leaves a console pump beside the container.
     h.provision_busybox("noisy", 2201, &["--start"]);
     flood_and_check(&h, "noisy", cap, "LAST-LINE-DETACHED");
+    // There is no /dev/console (terminal: false), and the host's own
+    // console is not the tenant's to make: its stdout is all it has.
+    let o = exec(
+        &h,
+        "noisy",
+        "mknod /dev/console c 5 1 && echo to-host-console > /dev/console",
+    );
+    assert!(
+        !o.status.success(),
+        "the tenant wrote to the host's console"
+    );
+    // Control: the same probe on a device the tenant may use (/dev/null's).
+    let o = exec(
+        &h,
+        "noisy",
+        "mknod /dev/null2 c 1 3 && echo probe > /dev/null2",
+    );
+    assert!(o.status.success(), "control: {}", text(&o));
+    let pumps = || {
+        let log = h.state().join("tenants/noisy/console.log");
+        let o = Command::new("pgrep")
+            .args(["-f", &format!("console-log .*{}", log.display())])
+            .output()
+            .expect("pgrep is missing: apt-get install procps");
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert_eq!(pumps(), 1, "a detached start leaves one console pump");
     h.ok(&["kill", "noisy", "KILL"]);
     h.ok(&["stop", "noisy", "--timeout", "1"]);
+    // The pump ends with the container (its pipe's last writer gone).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pumps() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the console pump outlived its container"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // In the foreground, as the systemd unit runs it.
     let mut run = h
