@@ -1039,12 +1039,10 @@ fn edge_containment() {
 
     // The bridge: link-local frames from alpha with beta's MAC as source.
     let b_mac = "02:73:ac:12:00:03";
-    let fdb = host.exec(&["bridge", "fdb", "show", "dev", "sv-beta"]);
-    assert!(
-        fdb.lines().any(|l| l.starts_with(b_mac)
-            && l.contains("master sotolito0")
-            && l.ends_with("static")),
-        "beta's MAC is not a static entry on its port: {fdb}"
+    // Control: the host reaches beta (so its MAC is known on its port).
+    assert_eq!(
+        talk(&client.path(), addr(HOST_PUBLIC, 2202), None).as_deref(),
+        Ok("beta 198.51.100.2")
     );
     let rx = rx_packets(&host, "sv-alpha");
     send_link_local(ca.pid(), b_mac);
@@ -1065,6 +1063,13 @@ fn edge_containment() {
         "the host no longer reaches beta after alpha's frames"
     );
     assert!(talk(&host.path(), addr(b.ip, 22), None).is_ok_and(|s| s.starts_with("beta ")));
+    let fdb = host.exec(&["bridge", "fdb", "show", "dev", "sv-beta"]);
+    assert!(
+        fdb.lines().any(|l| l.starts_with(b_mac)
+            && l.contains("master sotolito0")
+            && l.ends_with("static")),
+        "beta's MAC is not a static entry on its port: {fdb}"
+    );
 
     // Egress. Controls: the probe network answers the host itself, and a
     // tenant reaches a public address and SMTP (not blocked by default).
