@@ -26,6 +26,8 @@ pub struct TenantView {
     /// The tenant's own connection cap; null: the host's
     /// `defaults.connections`.
     pub connections: Option<u32>,
+    /// Whether the tenant may create namespaces (`provision --nesting`).
+    pub nesting: bool,
     pub created: String,
 }
 
@@ -63,6 +65,7 @@ impl TenantView {
             cpu_weight: t.limits.cpu_weight.get(),
             pids: t.limits.pids,
             connections: t.limits.connections,
+            nesting: t.nesting,
             created: humantime::format_rfc3339_seconds(t.created).to_string(),
         }
     }
@@ -151,6 +154,9 @@ pub fn print_status(v: &TenantView) -> anyhow::Result<()> {
         v.connections
             .map_or_else(|| "default".to_owned(), |n| n.to_string())
     )?;
+    if v.nesting {
+        writeln!(out, "nesting:    on (may create namespaces)")?;
+    }
     writeln!(out, "created:    {}", v.created)?;
     Ok(())
 }

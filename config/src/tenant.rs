@@ -33,6 +33,15 @@ pub struct Tenant {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acme_opt_out: Vec<HostName>,
     pub limits: Limits,
+    /// `provision --nesting`: the tenant may create namespaces (for Docker
+    /// or Podman inside it). Absent means false, so older records load and
+    /// a record without nesting reads the same to an older vpsctl.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub nesting: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_http_port() -> u16 {
@@ -90,6 +99,7 @@ impl Tenant {
             desired: Desired::Running,
             acme_opt_out: Vec::new(),
             limits,
+            nesting: false,
         }
     }
 
@@ -172,6 +182,11 @@ impl Tenant {
                 .map_or_else(|| "default".to_owned(), |n| n.to_string())
         };
         cmp("connections", conns(self), conns(other));
+        cmp(
+            "nesting",
+            self.nesting.to_string(),
+            other.nesting.to_string(),
+        );
         d
     }
 }
@@ -279,5 +294,25 @@ pub(crate) mod tests {
             a.differences(&b),
             vec!["ssh port 2201 -> 2202", "memory 512M -> 1G"]
         );
+        let mut c = a.clone();
+        c.nesting = true;
+        assert_eq!(a.differences(&c), vec!["nesting false -> true"]);
+    }
+
+    #[test]
+    fn nesting_is_off_unless_recorded() {
+        let t = sample("acme", [172, 18, 0, 2], 2201, &[]);
+        let text = t.to_toml();
+        // A record without the field (as written before it existed) loads
+        // with nesting off, and an off record does not mention it.
+        assert!(!text.contains("nesting"), "{text}");
+        assert!(!Tenant::from_toml(&text).unwrap().nesting);
+        let nested = Tenant {
+            nesting: true,
+            ..t.clone()
+        };
+        let text = nested.to_toml();
+        assert!(text.contains("nesting = true"), "{text}");
+        assert!(Tenant::from_toml(&text).unwrap().nesting);
     }
 }

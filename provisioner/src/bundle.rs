@@ -154,6 +154,7 @@ pub fn render_spec(
     systemd_cgroup: bool,
 ) -> Result<Spec, Error> {
     let caps = default_capabilities();
+    let seccomp = crate::seccomp::render_seccomp(&caps, tenant.nesting)?;
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
@@ -277,6 +278,7 @@ pub fn render_spec(
         .resources(resources)
         .cgroups_path(cgroups_path(layout, &tenant.name, systemd_cgroup))
         .namespaces(namespaces)
+        .seccomp(seccomp)
         .masked_paths(
             [
                 "/proc/acpi",
@@ -475,6 +477,39 @@ mod tests {
         assert_eq!(bounding.len(), 14);
         assert!(bounding.contains(&"CAP_NET_BIND_SERVICE"));
         assert!(!bounding.contains(&"CAP_SYS_ADMIN"));
+    }
+
+    #[test]
+    fn seccomp_on_by_default_and_lifted_by_nesting() {
+        let s = rendered(None);
+        let sc = &s["linux"]["seccomp"];
+        assert_eq!(sc["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(
+            sc["architectures"],
+            serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+        );
+        let rule_of = |spec: &Value, name: &str| {
+            spec["linux"]["seccomp"]["syscalls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["names"].as_array().unwrap().contains(&name.into()))
+                .cloned()
+                .unwrap_or_else(|| panic!("no rule for {name}"))
+        };
+        assert_eq!(rule_of(&s, "unshare")["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(rule_of(&s, "keyctl")["errnoRet"], 38);
+        let layout = TenantLayout::new(
+            Path::new("/state/tenants"),
+            &TenantName::new("acme").unwrap(),
+        );
+        let nested = Tenant {
+            nesting: true,
+            ..tenant()
+        };
+        let n = serde_json::to_value(render_spec(&nested, &layout, None, false).unwrap()).unwrap();
+        assert_eq!(rule_of(&n, "unshare")["action"], "SCMP_ACT_ALLOW");
+        assert_eq!(rule_of(&n, "keyctl")["errnoRet"], 38);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod lock;
 pub mod overlay;
 pub mod private;
 pub mod runtime;
+pub mod seccomp;
 pub mod signal;
 pub mod supervise;
 pub mod tenantfs;
@@ -89,6 +90,8 @@ pub enum Error {
     UnsafePath { path: PathBuf, message: String },
     #[error("{0} (see the busybox-static package)")]
     Busybox(String),
+    #[error("the seccomp profile is unusable: {0} (a bug in this vpsctl build: report it)")]
+    Seccomp(String),
 }
 
 /// Attaches a path to an io::Error.

@@ -59,6 +59,11 @@ pub struct ProvisionArgs {
     /// the --host names).
     #[arg(long = "no-acme", value_name = "HOST")]
     pub no_acme: Vec<HostName>,
+    /// Let the tenant create user, network and mount namespaces (Docker or
+    /// Podman inside the VPS). This opens the kernel's unprivileged
+    /// user-namespace surface to it; io_uring and the keyring stay refused.
+    #[arg(long)]
+    pub nesting: bool,
     /// Start it once provisioned.
     #[arg(long)]
     pub start: bool,
@@ -219,6 +224,7 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
             pids: args.pids.unwrap_or(config.defaults.pids),
             connections: args.connections,
         },
+        nesting: args.nesting,
     };
     if let Some(old) = &existing {
         let diff = old.differences(&tenant);
