@@ -150,7 +150,8 @@ fn cap_name(c: Capability) -> String {
 
 /// Docker's default profile, parsed.
 pub fn docker_default() -> Result<Profile, Error> {
-    serde_json::from_str(DOCKER_DEFAULT).map_err(|e| Error::Seccomp(format!("docker-default.json: {e}")))
+    serde_json::from_str(DOCKER_DEFAULT)
+        .map_err(|e| Error::Seccomp(format!("docker-default.json: {e}")))
 }
 
 fn parse_kernel(v: &str) -> Result<(u32, u32), Error> {
@@ -251,13 +252,28 @@ pub fn resolve(profile: &Profile, target: &Target) -> Result<LinuxSeccomp, Error
 pub fn apply_rules(base: LinuxSeccomp, nesting: bool) -> Result<LinuxSeccomp, Error> {
     let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut ours = vec![
-        syscall(owned(&IO_URING), LinuxSeccompAction::ScmpActErrno, Some(EPERM), vec![])?,
-        syscall(owned(&KEYRING), LinuxSeccompAction::ScmpActErrno, Some(ENOSYS), vec![])?,
+        syscall(
+            owned(&IO_URING),
+            LinuxSeccompAction::ScmpActErrno,
+            Some(EPERM),
+            vec![],
+        )?,
+        syscall(
+            owned(&KEYRING),
+            LinuxSeccompAction::ScmpActErrno,
+            Some(ENOSYS),
+            vec![],
+        )?,
     ];
     if nesting {
         let mut allowed = owned(&NESTING);
         allowed.insert(0, "clone".to_owned());
-        ours.push(syscall(allowed, LinuxSeccompAction::ScmpActAllow, None, vec![])?);
+        ours.push(syscall(
+            allowed,
+            LinuxSeccompAction::ScmpActAllow,
+            None,
+            vec![],
+        )?);
     } else {
         // clone without namespace flags, whatever capabilities the profile
         // was resolved for (x86 and x32 take the flags first too).
@@ -402,7 +418,14 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["read", "x86_too", "not_admin", "not_s390", "old_kernel", "arg"]
+            [
+                "read",
+                "x86_too",
+                "not_admin",
+                "not_s390",
+                "old_kernel",
+                "arg"
+            ]
         );
         assert_eq!(only_rule(&s, "not_admin").errno_ret(), Some(38));
         assert_eq!(only_rule(&s, "arg").args().as_ref().unwrap()[0].value(), 8);
@@ -416,7 +439,15 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["read", "x86_too", "admin", "both", "not_s390", "old_kernel", "arg"]
+            [
+                "read",
+                "x86_too",
+                "admin",
+                "both",
+                "not_s390",
+                "old_kernel",
+                "arg"
+            ]
         );
         let mut old = target(&[]);
         old.kernel = (5, 10);
@@ -438,14 +469,25 @@ mod tests {
 
     #[test]
     fn docker_default_for_our_capabilities() {
-        let s = resolve(&docker_default().unwrap(), &Target::x86_64(&default_capabilities()))
-            .unwrap();
+        let s = resolve(
+            &docker_default().unwrap(),
+            &Target::x86_64(&default_capabilities()),
+        )
+        .unwrap();
         let allowed = allowed_names(&s);
         // Granted through CAP_SYS_CHROOT, which we keep.
         assert!(allowed.contains("chroot"));
         assert!(allowed.contains("arch_prctl") && allowed.contains("ptrace"));
         // Gated on capabilities we do not grant.
-        for n in ["mount", "unshare", "setns", "bpf", "reboot", "init_module", "open_by_handle_at"] {
+        for n in [
+            "mount",
+            "unshare",
+            "setns",
+            "bpf",
+            "reboot",
+            "init_module",
+            "open_by_handle_at",
+        ] {
             assert!(!allowed.contains(n), "{n} allowed");
         }
         // Other architectures' calls stay out.
@@ -459,7 +501,11 @@ mod tests {
         assert!(allowed.contains("io_uring_setup"));
     }
 
-    fn names_with(s: &LinuxSeccomp, action: LinuxSeccompAction, errno: Option<u32>) -> BTreeSet<String> {
+    fn names_with(
+        s: &LinuxSeccomp,
+        action: LinuxSeccompAction,
+        errno: Option<u32>,
+    ) -> BTreeSet<String> {
         s.syscalls()
             .iter()
             .flatten()
@@ -478,7 +524,9 @@ mod tests {
         let enosys = names_with(&s, LinuxSeccompAction::ScmpActErrno, Some(ENOSYS));
         assert_eq!(
             enosys,
-            ["add_key", "clone3", "keyctl", "request_key"].map(String::from).into()
+            ["add_key", "clone3", "keyctl", "request_key"]
+                .map(String::from)
+                .into()
         );
         let eperm = names_with(&s, LinuxSeccompAction::ScmpActErrno, Some(EPERM));
         for n in IO_URING.iter().chain(["unshare", "setns", "mount"].iter()) {
@@ -492,7 +540,9 @@ mod tests {
         assert_ne!(arg.value() & libc::CLONE_NEWNET as u64, 0);
         assert_eq!(arg.value_two(), Some(0));
         // Everyday calls are untouched.
-        for n in ["read", "openat", "execve", "socket", "chroot", "seccomp", "prctl"] {
+        for n in [
+            "read", "openat", "execve", "socket", "chroot", "seccomp", "prctl",
+        ] {
             assert!(allowed.contains(n), "{n} refused");
         }
     }
@@ -531,7 +581,13 @@ mod tests {
             KEYRING.map(String::from).into()
         );
         // Still not granted: what Docker keeps for CAP_SYS_ADMIN beyond namespaces.
-        for n in ["bpf", "perf_event_open", "quotactl", "syslog", "fanotify_init"] {
+        for n in [
+            "bpf",
+            "perf_event_open",
+            "quotactl",
+            "syslog",
+            "fanotify_init",
+        ] {
             assert!(!allowed.contains(n), "{n} allowed with nesting");
         }
     }

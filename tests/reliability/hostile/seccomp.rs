@@ -26,7 +26,8 @@ const CALLS: [&str; 9] = [
 
 /// Builds the probe static, so that it runs in any tenant image.
 fn build_probe(h: &Host) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reliability/hostile/seccomp_probe.c");
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reliability/hostile/seccomp_probe.c");
     let out = h.root.join("seccomp-probe");
     let o = Command::new("gcc")
         .args(["-static", "-O1", "-Wall", "-o"])
@@ -180,7 +181,10 @@ fn tenant_root_cannot_make_namespaces_use_io_uring_or_reach_the_keyring() {
     // Without a user namespace of its own, a nesting tenant still lacks
     // CAP_SYS_ADMIN and CAP_NET_ADMIN over its own namespaces.
     let (ok, out) = sh(&h, "nested", "unshare -n true");
-    assert!(!ok, "`unshare -n` worked in a nesting tenant without a user namespace: {out}");
+    assert!(
+        !ok,
+        "`unshare -n` worked in a nesting tenant without a user namespace: {out}"
+    );
 }
 
 /// `--nesting` is a setting: re-provisioning with another value is refused
@@ -213,7 +217,11 @@ fn nesting_is_part_of_the_settings() {
         err.contains("nesting false -> true") && err.lines().count() == 1,
         "{err}"
     );
-    assert_eq!(std::fs::read(&record).unwrap(), before, "the record changed");
+    assert_eq!(
+        std::fs::read(&record).unwrap(),
+        before,
+        "the record changed"
+    );
     h.provision_busybox("acme", 2201, &[]);
     assert_eq!(std::fs::read(&record).unwrap(), before);
 }
