@@ -7,6 +7,7 @@
 //! group when it runs in a user namespace (runc's init, as that group,
 //! must traverse to the rootfs and to the data dirs it binds). The overlay's
 //! upper dir keeps its own mode: the tenant sees it as the mode of `/`.
+//! `images/` (the shared lower layers) is 0700.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -44,6 +45,15 @@ fn restrict(path: &Path, mode: u32, gid: u32) -> Result<(), Error> {
             .map_err(io_err("restrict", path))?;
     }
     Ok(())
+}
+
+/// `images/`: 0700. An image is the lower layer of every tenant made from
+/// it, and an imported one may be hostile: a setuid-root shell in it must
+/// not be a host user's way to root (nor an old, vulnerable setuid tool of
+/// a distribution image). Only root reads images (overlay lower layers are
+/// opened with the mounter's credentials).
+pub fn restrict_images_dir(images_dir: &Path) -> Result<(), Error> {
+    restrict(images_dir, 0o700, 0)
 }
 
 /// `tenants/` itself: run by `init` and every command that prepares the

@@ -49,6 +49,7 @@ pub fn ensure_layout(ctx: &Context) -> anyhow::Result<()> {
     fs::set_permissions(&certs, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", certs.display()))?;
     sotolito_provisioner::private::restrict_tenants_dir(&c.tenants_dir())?;
+    sotolito_provisioner::private::restrict_images_dir(&c.images_dir())?;
     Ok(())
 }
 

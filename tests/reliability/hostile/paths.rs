@@ -87,6 +87,14 @@ fn host_users_cannot_reach_tenant_files() {
     let h = open_host("");
     h.ok(&["init"]);
     h.busybox_image();
+    // A hostile image: a setuid-root shell in its rootfs.
+    image_with(&h, "suidimg", |r: &Path| {
+        std::fs::copy("/bin/busybox", r.join("rootsh")).unwrap();
+        std::fs::set_permissions(r.join("rootsh"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
+    });
+    let shipped = h.state().join("images/suidimg/rootfs/rootsh");
+    assert_eq!(mode(&shipped), 0o4755, "the import kept the setuid bit");
     h.provision_busybox("planter", 2201, &["--start"]);
     let open = h.root.join("open");
     std::fs::create_dir(&open).unwrap();
@@ -192,6 +200,13 @@ fn host_users_cannot_reach_tenant_files() {
             );
         }
     }
+    let o = run_suid(&shipped);
+    assert!(
+        !o.status.success() && !text(&o).contains("SUID-RAN"),
+        "a host user ran the image's setuid shell at {}: {}",
+        shipped.display(),
+        text(&o)
+    );
     // nodev: even host root cannot use the node through the mounted root.
     if planted_nodes {
         let o = Command::new(bb)
@@ -215,6 +230,7 @@ fn host_users_cannot_reach_tenant_files() {
         (h.state().join("tenants"), 0o711),
         (t.clone(), 0o700),
         (t.join("data"), 0o700),
+        (h.state().join("images"), 0o700),
     ] {
         assert_eq!(mode(&p), want, "{} is mode {:o}", p.display(), mode(&p));
     }
