@@ -299,6 +299,36 @@ fn send_link_local(pid: u32, src: &str) {
     );
 }
 
+/// Sends, from `eth0` of the namespace of `pid`, a gratuitous ARP reply
+/// (to broadcast, from the port's own MAC) that says "`ip` is at
+/// `sender_mac`".
+fn send_arp(pid: u32, own_mac: &str, sender_mac: &str, ip: Ipv4Addr) {
+    const SENDER: &str = "import socket, sys\n\
+        mac = lambda m: bytes.fromhex(m.replace(':', ''))\n\
+        ip = socket.inet_aton(sys.argv[3])\n\
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+        s.bind(('eth0', 0))\n\
+        arp = bytes.fromhex('0001080006040002') + mac(sys.argv[2]) + ip + b'\\xff' * 6 + ip\n\
+        s.send(b'\\xff' * 6 + mac(sys.argv[1]) + bytes.fromhex('0806') + arp + bytes(18))\n";
+    let t = pid.to_string();
+    let ip = ip.to_string();
+    let out = Command::new("nsenter")
+        .args([
+            "-t", &t, "-n", "python3", "-c", SENDER, own_mac, sender_mac, &ip,
+        ])
+        .output()
+        .expect("python3 is missing: apt-get install python3");
+    assert!(
+        out.status.success(),
+        "the ARP sender failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn neighbour(ns: &Netns, ip: Ipv4Addr) -> String {
+    ns.exec(&["ip", "neigh", "show", &ip.to_string(), "dev", "sotolito0"])
+}
+
 fn rx_packets(ns: &Netns, dev: &str) -> u64 {
     ns.exec(&[
         "cat",
@@ -1069,6 +1099,48 @@ fn edge_containment() {
             && l.contains("master sotolito0")
             && l.ends_with("static")),
         "beta's MAC is not a static entry on its port: {fdb}"
+    );
+
+    // ARP from alpha only for its own address and with its own MAC:
+    // claiming beta's address would steal beta's traffic, and naming
+    // another MAC for its own address would send its traffic elsewhere.
+    // No lock time, so the host takes any ARP it is allowed to see.
+    host.exec(&["sysctl", "-qw", "net.ipv4.neigh.sotolito0.locktime=0"]);
+    let a_mac = "02:73:ac:12:00:02";
+    assert!(talk(&host.path(), addr(a.ip, 22), None).is_ok());
+    assert!(
+        neighbour(&host, a.ip).contains(a_mac),
+        "{}",
+        neighbour(&host, a.ip)
+    );
+    assert!(
+        neighbour(&host, b.ip).contains(b_mac),
+        "{}",
+        neighbour(&host, b.ip)
+    );
+    let rx = rx_packets(&host, "sv-alpha");
+    // Control first: a correct one (its own address at its own MAC).
+    send_arp(ca.pid(), a_mac, a_mac, a.ip);
+    send_arp(ca.pid(), a_mac, a_mac, b.ip);
+    send_arp(ca.pid(), a_mac, b_mac, a.ip);
+    assert!(
+        rx_packets(&host, "sv-alpha") >= rx + 3,
+        "the ARP frames never reached the bridge"
+    );
+    let seen = neighbour(&host, b.ip);
+    assert!(
+        seen.contains(b_mac),
+        "alpha's ARP claimed beta's address: {seen}"
+    );
+    let seen = neighbour(&host, a.ip);
+    assert!(
+        seen.contains(a_mac),
+        "alpha's ARP named another MAC for its address: {seen}"
+    );
+    assert_eq!(
+        talk(&client.path(), addr(HOST_PUBLIC, 2202), None).as_deref(),
+        Ok("beta 198.51.100.2"),
+        "the host no longer reaches beta after alpha's ARP"
     );
 
     // Egress. Controls: the probe network answers the host itself, and a

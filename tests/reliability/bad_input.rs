@@ -80,6 +80,7 @@ fn bad_command_lines_and_configs_change_nothing() {
         (&["--host", "bücher.de"][..], "host name"),
         (&["--ip", "999.1.1.1"][..], "invalid"),
         (&["--pids", "abc"][..], "pids"),
+        (&["--connections", "3"][..], "connection cap"),
         (&["--http-port", "0"][..], "http port"),
     ] {
         cases.push(Case {
@@ -185,6 +186,19 @@ fn bad_command_lines_and_configs_change_nothing() {
         ),
         ("[proxy\n", "line 1"),
         ("[defaults]\nmemory = \"1K\"\n", "defaults.memory"),
+        ("[defaults]\nconnections = 0\n", "defaults.connections"),
+        (
+            "[network]\negress_deny = [\"10.0.0.1/8\"]\n",
+            "network.egress_deny",
+        ),
+        (
+            "[network]\negress_allow = [\"172.18.5.0/24\"]\n",
+            "network.egress_allow",
+        ),
+        (
+            "[network]\nforward_policy = \"sometimes\"\n",
+            "network.forward_policy",
+        ),
         (
             "[runtime]\ncgroup_manager = \"sometimes\"\n",
             "runtime.cgroup_manager",
