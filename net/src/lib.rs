@@ -22,10 +22,12 @@ pub use ruleset::render_ruleset;
 
 /// Ensures the bridge (with the gateway address), ip_forward, and replaces
 /// our whole `inet sotolito` and `bridge sotolito` tables from `tenants` in
-/// one `nft -f` transaction. Idempotent.
+/// one `nft -f` transaction, then converges the bridge ports of the
+/// tenants attached now (no learning, static FDB entries). Idempotent.
 pub fn reconcile(config: &HostConfig, tenants: &[Tenant]) -> Result<(), Error> {
     link::ensure_bridge(config)?;
     nft::apply_ruleset(&render_ruleset(config, tenants))?;
+    link::secure_ports(tenants)?;
     tracing::debug!(tenants = tenants.len(), "network reconciled");
     Ok(())
 }

@@ -228,31 +228,7 @@ pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Erro
             .execute()
             .await
             .map_err(nl(format!("add {veth} to {bridge}")))?;
-        // Isolated: no frame to another tenant port. No learning: no frame
-        // from the tenant moves a MAC in the FDB (a neighbour's MAC as
-        // source would otherwise steal the host's traffic for it). No
-        // unknown-unicast flood: the host's frames for a MAC without an
-        // entry never reach a tenant. The tenant's own MAC is a static,
-        // sticky entry on its port instead.
-        h.link()
-            .set_port(
-                LinkBridgePort::new(index)
-                    .isolated(true)
-                    .learning(false)
-                    .flood(false)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl(format!("set up bridge port {veth}")))?;
-        h.neighbours()
-            .add_bridge(index, &container_mac(ip))
-            .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
-            .state(NeighbourState::Noarp)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl(format!("add the static FDB entry of {veth}")))?;
+        secure_port(&h, index, &veth, ip).await?;
         h.link()
             .change(LinkUnspec::new_with_index(index).up().build())
             .execute()
@@ -269,6 +245,51 @@ pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Erro
     })?;
     tracing::info!(tenant = %tenant.name, pid, veth = %host_veth_name(&tenant.name), ip = %ip, "attached");
     Ok(())
+}
+
+/// Isolated: no frame to another tenant port. No learning: no frame from
+/// the tenant moves a MAC in the FDB (a neighbour's MAC as source would
+/// otherwise steal the host's traffic for it). No unknown-unicast flood:
+/// the host's frames for a MAC without an entry never reach a tenant. The
+/// tenant's own MAC is a static entry on its port instead, sticky (the
+/// kernel moves even a static entry that it learns on another port).
+async fn secure_port(h: &Handle, index: u32, veth: &str, ip: Ipv4Addr) -> Result<(), Error> {
+    h.link()
+        .set_port(
+            LinkBridgePort::new(index)
+                .isolated(true)
+                .learning(false)
+                .flood(false)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("set up bridge port {veth}")))?;
+    h.neighbours()
+        .add_bridge(index, &container_mac(ip))
+        .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
+        .state(NeighbourState::Noarp)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("add the static FDB entry of {veth}")))
+}
+
+/// Converges the bridge port of every tenant whose veth exists (ports
+/// attached by an older version learn MACs): what `reconcile` runs.
+pub fn secure_ports(tenants: &[Tenant]) -> Result<(), Error> {
+    let ports: Vec<(String, Ipv4Addr)> = tenants
+        .iter()
+        .map(|t| (host_veth_name(&t.name), t.ip))
+        .collect();
+    with_handle(|h| async move {
+        for (veth, ip) in &ports {
+            if let Some(link) = link_by_name(&h, veth).await? {
+                secure_port(&h, link.header.index, veth, *ip).await?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Inside the container: lo and eth0 up, the address, the default route.

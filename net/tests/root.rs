@@ -1239,6 +1239,24 @@ fn edge_containment() {
     );
     drop(others);
 
+    // A port attached by an older version (learning, no static entry):
+    // reconcile converges it.
+    host.exec(&[
+        "bridge", "link", "set", "dev", "sv-beta", "learning", "on", "flood", "on",
+    ]);
+    host.exec(&["bridge", "fdb", "del", b_mac, "dev", "sv-beta", "master"]);
+    inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
+    let port = host.exec(&["bridge", "-d", "link", "show", "dev", "sv-beta"]);
+    assert!(
+        port.contains("learning off") && port.contains("flood off"),
+        "{port}"
+    );
+    let fdb = host.exec(&["bridge", "fdb", "show", "dev", "sv-beta"]);
+    assert!(
+        fdb.contains(&format!("{b_mac} sticky master sotolito0 static")),
+        "{fdb}"
+    );
+
     // The output DNAT: loopback keeps the host's service; the public
     // address still reaches the tenant.
     assert!(
