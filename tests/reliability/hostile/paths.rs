@@ -486,7 +486,8 @@ fn flood_and_check(h: &Host, tenant: &str, cap: u64, marker: &str) {
          while [ $i -lt 20000 ]; do echo \"flood $i ..........................................................................................................\"; i=$((i+1)); done > $out; \
          echo {marker} > $out"
     );
-    let o = exec(h, tenant, &format!("{flood}; echo wrote to $out"));
+    // set -e: a write that fails must fail the exec, not hide behind the echo.
+    let o = exec(h, tenant, &format!("set -e; {flood}; echo wrote to $out"));
     eprintln!("{}", text(&o).trim());
     assert!(o.status.success(), "flood: {}", text(&o));
     let log = h.state().join("tenants").join(tenant).join("console.log");
