@@ -585,3 +585,44 @@ fn console_log_is_capped() {
     h.ok(&["kill", "noisy", "KILL"]);
     let _ = run.wait();
 }
+
+#[test]
+fn init_tightens_tenants_made_before() {
+    let h = open_host("");
+    h.ok(&["init"]);
+    h.busybox_image();
+    h.provision_busybox("old", 2201, &[]);
+    let t = h.state().join("tenants/old");
+    let log = t.join("console.log");
+    std::fs::write(&log, "boot\n").unwrap();
+    // As an install from before the private modes left them.
+    for (p, m) in [
+        (h.state().join("tenants"), 0o755),
+        (h.state().join("images"), 0o755),
+        (t.clone(), 0o755),
+        (t.join("data"), 0o755),
+        (log.clone(), 0o644),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let o = read_as_nobody(&log);
+    assert!(text(&o).contains("boot"), "control: {}", text(&o));
+    h.ok(&["init"]);
+    let o = read_as_nobody(&log);
+    assert!(
+        !text(&o).contains("boot"),
+        "a host user read the console log after init: {}",
+        text(&o)
+    );
+    assert_eq!(mode(&h.state().join("tenants")), 0o711);
+    assert_eq!(mode(&h.state().join("images")), 0o700);
+    assert_eq!(mode(&log), 0o600);
+    for p in [&t, &t.join("data")] {
+        let m = mode(p);
+        assert!(m == 0o700 || m == 0o710, "{} is mode {m:o}", p.display());
+    }
+}
+
+fn read_as_nobody(p: &Path) -> Output {
+    as_nobody(&["/bin/busybox", "cat", p.to_str().unwrap()])
+}
