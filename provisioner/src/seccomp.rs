@@ -1,6 +1,7 @@
-//! The seccomp filter a tenant runs under: Docker's default profile (kept
-//! as data in `seccomp/docker-default.json`, origin in `seccomp/README.md`)
-//! resolved for our capability set on x86_64, plus sotolito's own rules: no
+//! The seccomp filter a tenant runs under: Docker's default profile (found
+//! at build time by `build.rs`: Debian's golang-github-docker-docker-dev
+//! ships Docker's own file) resolved for our capability set on x86_64,
+//! plus sotolito's own rules: no
 //! new user or network namespaces, no io_uring, no kernel keyring.
 //!
 //! Both steps are pure ([`resolve`], [`apply_rules`]) and unit-tested;
@@ -16,8 +17,8 @@ use serde::Deserialize;
 
 use crate::Error;
 
-/// Docker's `profiles/seccomp/default.json`, byte for byte.
-const DOCKER_DEFAULT: &str = include_str!("seccomp/docker-default.json");
+/// Docker's `profiles/seccomp/default.json`, byte for byte (see build.rs).
+const DOCKER_DEFAULT: &str = include_str!(concat!(env!("OUT_DIR"), "/docker-default.json"));
 
 /// The oldest kernel sotolito runs on (Debian 12's 6.1). A rule's
 /// `minKernel` is judged against it, not against the kernel that happens to
@@ -94,8 +95,9 @@ struct Rule {
     names: Vec<String>,
     action: LinuxSeccompAction,
     errno_ret: Option<u32>,
+    /// Docker's older profiles write `"args": null` for "no conditions".
     #[serde(default)]
-    args: Vec<LinuxSeccompArg>,
+    args: Option<Vec<LinuxSeccompArg>>,
     #[serde(default)]
     #[allow(dead_code)]
     comment: String,
@@ -151,7 +153,7 @@ fn cap_name(c: Capability) -> String {
 /// Docker's default profile, parsed.
 pub fn docker_default() -> Result<Profile, Error> {
     serde_json::from_str(DOCKER_DEFAULT)
-        .map_err(|e| Error::Seccomp(format!("docker-default.json: {e}")))
+        .map_err(|e| Error::Seccomp(format!("Docker's default profile: {e}")))
 }
 
 fn parse_kernel(v: &str) -> Result<(u32, u32), Error> {
@@ -229,7 +231,7 @@ pub fn resolve(profile: &Profile, target: &Target) -> Result<LinuxSeccomp, Error
                 rule.names.clone(),
                 rule.action,
                 rule.errno_ret,
-                rule.args.clone(),
+                rule.args.clone().unwrap_or_default(),
             )?);
         }
     }
