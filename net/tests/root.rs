@@ -683,6 +683,19 @@ fn add_forward_rebuilds_missing_tables_from_the_registry() {
         !set.contains("172.18.0.3") && set.contains("172.18.0.9"),
         "{set}"
     );
+    // A changed connection cap replaces the tenant's element; removal
+    // takes it whatever cap it names.
+    let caps = || ns.exec(&["nft", "list", "map", "inet", "sotolito", "conn_caps"]);
+    assert!(caps().contains("172.18.0.9 : jump cap_4096"), "{}", caps());
+    moved.limits.connections = Some(32);
+    inside(&ns.path(), || sotolito_net::add_forward(&c, &moved));
+    inside(&ns.path(), || sotolito_net::add_forward(&c, &moved));
+    assert!(caps().contains("172.18.0.9 : jump cap_32"), "{}", caps());
+    assert_eq!(caps().matches("172.18.0.9").count(), 1, "{}", caps());
+    moved.limits.connections = None;
+    inside(&ns.path(), || sotolito_net::remove_forward(&c, &moved));
+    assert!(!caps().contains("172.18.0.9"), "{}", caps());
+    assert!(caps().contains("172.18.0.2 : jump cap_4096"), "{}", caps());
 }
 
 #[test]
