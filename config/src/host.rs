@@ -62,6 +62,10 @@ pub struct Network {
     /// Exceptions to the deny lists: networks tenants may reach anyway
     /// (never the tenant subnet nor the host itself).
     pub egress_allow: Vec<Ipv4Net>,
+    /// Resolvers tenants may reach on port 53 (UDP and TCP), even inside
+    /// the deny list or on the host itself; empty: the non-loopback
+    /// nameservers of the host's resolv.conf, which provision gives them.
+    pub tenant_dns: Vec<Ipv4Addr>,
     /// Refuse tenants' outbound connections to port 25 (SMTP).
     pub block_smtp: bool,
     /// The forward chain's verdict for traffic that is not ours: `drop`
@@ -100,6 +104,7 @@ impl Default for Network {
             },
             egress_deny: Vec::new(),
             egress_allow: Vec::new(),
+            tenant_dns: Vec::new(),
             block_smtp: false,
             forward_policy: ForwardPolicy::Drop,
         }
@@ -466,6 +471,17 @@ impl HostConfig {
                 ),
             ));
         }
+        if let Some(ip) = self
+            .network
+            .tenant_dns
+            .iter()
+            .find(|ip| ip.is_loopback() || ip.is_unspecified())
+        {
+            return Err(bad(
+                "network.tenant_dns",
+                format!("{ip} is not reachable from tenants (give a resolver's own address)"),
+            ));
+        }
         if let Err(e) = crate::names::check_connections(u64::from(self.defaults.connections)) {
             return Err(bad("defaults.connections", e.to_string()));
         }
@@ -729,6 +745,10 @@ mod tests {
             (
                 "[network]\nforward_policy = \"maybe\"\n",
                 "config /etc/sotolito/sotolito.toml line 2: network.forward_policy: unknown variant `maybe`, expected `drop` or `accept`",
+            ),
+            (
+                "[network]\ntenant_dns = [\"127.0.0.53\"]\n",
+                "config /etc/sotolito/sotolito.toml: network.tenant_dns: 127.0.0.53 is not reachable from tenants (give a resolver's own address)",
             ),
             (
                 "[defaults]\nconnections = 3\n",

@@ -12,6 +12,21 @@ pub mod ruleset;
 #[cfg(test)]
 mod testdata;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nameservers_skip_loopback_ipv6_and_junk() {
+        let text = "# x\nnameserver 127.0.0.53\nnameserver 172.31.0.2\n nameserver 169.254.169.253 \nnameserver ::1\nnameserver 2001:db8::1\nsearch example\nnameserver nonsense\n";
+        assert_eq!(
+            super::nameservers(text),
+            vec![
+                std::net::Ipv4Addr::new(172, 31, 0, 2),
+                std::net::Ipv4Addr::new(169, 254, 169, 253)
+            ]
+        );
+    }
+}
+
 use sotolito_config::{HostConfig, Registry, Tenant, TenantName};
 
 pub use error::Error;
@@ -26,7 +41,7 @@ pub use ruleset::render_ruleset;
 /// tenants attached now (no learning, static FDB entries). Idempotent.
 pub fn reconcile(config: &HostConfig, tenants: &[Tenant]) -> Result<(), Error> {
     link::ensure_bridge(config)?;
-    nft::apply_ruleset(&render_ruleset(config, tenants))?;
+    nft::apply_ruleset(&render_ruleset(&with_dns(config), tenants))?;
     link::secure_ports(tenants)?;
     tracing::debug!(tenants = tenants.len(), "network reconciled");
     Ok(())
@@ -39,7 +54,7 @@ pub fn ensure(config: &HostConfig) -> Result<(), Error> {
     link::ensure_bridge(config)?;
     if !nft::tables_present()? {
         let tenants = registry_tenants(config)?;
-        nft::apply_ruleset(&render_ruleset(config, &tenants))?;
+        nft::apply_ruleset(&render_ruleset(&with_dns(config), &tenants))?;
         tracing::info!(tenants = tenants.len(), "nft tables created");
     }
     Ok(())
@@ -108,6 +123,36 @@ pub fn live_forwards(
 ) -> Result<Option<std::collections::BTreeMap<u16, LiveForward>>, Error> {
     let _ = config;
     nft::live_forwards()
+}
+
+/// `config` with `network.tenant_dns` filled in when it is empty: the
+/// host's non-loopback IPv4 nameservers (from /etc/resolv.conf, else
+/// systemd-resolved's upstream list), the ones provision gives tenants.
+fn with_dns(config: &HostConfig) -> std::borrow::Cow<'_, HostConfig> {
+    if !config.network.tenant_dns.is_empty() {
+        return std::borrow::Cow::Borrowed(config);
+    }
+    let mut found = Vec::new();
+    for path in ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"] {
+        found = nameservers(&std::fs::read_to_string(path).unwrap_or_default());
+        if !found.is_empty() {
+            break;
+        }
+    }
+    let mut c = config.clone();
+    c.network.tenant_dns = found;
+    std::borrow::Cow::Owned(c)
+}
+
+/// The IPv4 `nameserver` lines of a resolv.conf, without loopback ones
+/// (such as systemd-resolved's stub, which tenants cannot reach).
+pub fn nameservers(resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .collect()
 }
 
 fn registry_tenants(config: &HostConfig) -> Result<Vec<Tenant>, Error> {

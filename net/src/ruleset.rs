@@ -31,6 +31,8 @@ pub const MAP_CAPS: &str = "conn_caps";
 pub const SET_DENY: &str = "egress_deny";
 /// Exceptions to [`SET_DENY`] (network.egress_allow).
 pub const SET_ALLOW: &str = "egress_allow";
+/// The resolvers tenants may reach on port 53 (network.tenant_dns).
+pub const SET_DNS: &str = "tenant_dns";
 /// The port sshd listens on inside a tenant.
 pub const TENANT_SSH_PORT: u16 = 22;
 /// Room in each cap's dynamic set: one element per tenant address.
@@ -64,6 +66,16 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
     let nets = |v: Vec<ipnet::Ipv4Net>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
     interval_set(&mut s, SET_DENY, &nets(net.egress_deny_all()));
     interval_set(&mut s, SET_ALLOW, &nets(net.egress_allow_all()));
+    let mut dns: Vec<std::net::Ipv4Addr> = net.tenant_dns.clone();
+    dns.sort_unstable();
+    dns.dedup();
+    let _ = writeln!(s, "\tset {SET_DNS} {{");
+    let _ = writeln!(s, "\t\ttype ipv4_addr;");
+    if !dns.is_empty() {
+        let elems: Vec<String> = dns.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
+    }
+    let _ = writeln!(s, "\t}}");
 
     // Connection caps: one chain and dynamic set per distinct cap (few),
     // a verdict map from each tenant address to its chain (one lookup).
@@ -143,7 +155,11 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
             "iifname \"{br}\" tcp dport 25 reject with tcp reset"
         ));
     }
+    // The resolvers tenants were given: DNS only, even inside the deny
+    // list (cloud resolvers live at private or link-local addresses).
+    let dns_rule = format!("ip daddr @{SET_DNS} meta l4proto {{ tcp, udp }} th dport 53 accept");
     forward.extend([
+        format!("iifname \"{br}\" {dns_rule}"),
         format!("iifname \"{br}\" ip daddr @{SET_ALLOW} accept"),
         // Refused, not dropped: the tenant learns at once.
         format!("iifname \"{br}\" ip daddr @{SET_DENY} reject with icmp type admin-prohibited"),
@@ -167,6 +183,8 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
             format!("iifname != \"{br}\" accept"),
             "ct state established,related accept".to_owned(),
             format!("tcp dport {} accept", proxy_ports(config)),
+            // A resolver on the host's own address, when tenants were given it.
+            dns_rule,
             // Not the host's sshd, not the proxy's admin port, nothing else.
             "drop".to_owned(),
         ],
@@ -474,7 +492,12 @@ mod tests {
             "203.0.113.0/24".parse().unwrap(),
         ];
         c.network.egress_allow = vec!["192.168.5.0/24".parse().unwrap()];
+        c.network.tenant_dns = vec![[172, 31, 0, 2].into(), [169, 254, 169, 253].into()];
         let got = render_ruleset(&c, &[]);
+        assert!(
+            got.contains("elements = { 169.254.169.253, 172.31.0.2 }"),
+            "{got}"
+        );
         // Merged: 10.1/16 lies inside 10/8 (nft refuses overlaps).
         assert!(got.contains("elements = { 10.0.0.0/8, 100.64.0.0/10, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 203.0.113.0/24 }"), "{got}");
         assert!(got.contains("elements = { 192.168.5.0/24 }"), "{got}");

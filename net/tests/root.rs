@@ -1013,6 +1013,8 @@ fn edge_containment() {
     let beyond = Netns::new("edge-beyond");
     let state = tempfile::tempdir().unwrap();
     let mut c = config(state.path());
+    // Tenants' resolvers: one beyond the host, one on the host itself.
+    c.network.tenant_dns = vec![Ipv4Addr::new(10, 20, 0, 2), Ipv4Addr::new(10, 20, 0, 1)];
     wire(&host, "pub0", "198.51.100.1/24", &client, "198.51.100.2/24");
     wire(&host, "priv0", "10.20.0.1/24", &beyond, "10.20.0.2/24");
     sh(&[
@@ -1073,6 +1075,8 @@ fn edge_containment() {
     hold(&client.path(), 8081);
     serve(&beyond.path(), 8080, "private");
     serve(&beyond.path(), 80, "metadata");
+    serve(&beyond.path(), 53, "resolver");
+    serve(&host.path(), 53, "host-resolver");
     // A host service on an SSH-range port, on every address (the worst
     // case): loopback keeps it, the public address is the tenant's.
     serve(&host.path(), 2201, "host-local");
@@ -1178,7 +1182,16 @@ fn edge_containment() {
         refused.is_err(),
         "a tenant reached a private network beyond the host: {refused:?}"
     );
-    // The host's own private address: only the proxy ports.
+    // DNS to the resolvers tenants were given, and nothing else there.
+    assert_eq!(
+        talk(&ca.ns_path(), addr(private, 53), None).as_deref(),
+        Ok("resolver 10.20.0.1")
+    );
+    assert_eq!(
+        talk(&ca.ns_path(), addr(Ipv4Addr::new(10, 20, 0, 1), 53), None).as_deref(),
+        Ok("host-resolver 172.18.0.2")
+    );
+    // The host's own private address: only the proxy ports (and DNS).
     serve(&host.path(), 22, "host-sshd");
     assert!(talk(&ca.ns_path(), addr(Ipv4Addr::new(10, 20, 0, 1), 22), None).is_err());
     // Hairpin and the gateway's proxy port still work inside 172.16/12.
