@@ -228,6 +228,17 @@ pub struct Proxy {
     /// An idle keep-alive connection is closed after this.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// `text` (key=value on stderr with the other logs) or `json` (one
+    /// JSON object per line on stdout, for log shippers).
+    pub access_log: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for Proxy {
@@ -243,6 +254,7 @@ impl Default for Proxy {
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            access_log: AccessLogFormat::Text,
         }
     }
 }

@@ -170,22 +170,78 @@ pub(crate) struct AccessLog {
     pub start: Instant,
     pub upstream: Duration,
     pub peer: SocketAddr,
+    /// A JSON line on stdout instead of a tracing event.
+    pub json: bool,
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let upstream_ms = self.upstream.as_secs_f64() * 1000.0;
+        if self.json {
+            let line = serde_json::json!({
+                "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "client": self.peer.to_string(),
+                "tenant": &*self.tenant,
+                "host": self.host,
+                "method": self.method.as_str(),
+                "path": self.path,
+                "status": self.status,
+                "bytes": self.bytes,
+                "duration_ms": duration_ms,
+                "upstream_ms": upstream_ms,
+            });
+            let mut text = line.to_string();
+            text.push('\n');
+            // One write per line under stdout's lock: lines of the workers
+            // never interleave.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+            return;
+        }
         tracing::info!(
             target: "sotolito_proxy::access",
             client = %self.peer,
-            tenant = %self.tenant,
-            host = %self.host,
-            method = %self.method,
-            path = %self.path,
+            tenant = %Field(&self.tenant),
+            host = %Field(&self.host),
+            method = %Field(self.method.as_str()),
+            path = %Field(&self.path),
             status = self.status,
             bytes = self.bytes,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            upstream_ms = self.upstream.as_secs_f64() * 1000.0,
+            duration_ms,
+            upstream_ms,
         );
+    }
+}
+
+/// A text access-log value no client input can break out of (logfmt):
+/// bare when it is printable ASCII without spaces, quotes or backslashes
+/// (a bare `=` cannot start a field: fields are split at spaces), else
+/// quoted, with quotes, backslashes and control characters escaped.
+struct Field<'a>(&'a str);
+
+impl std::fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        let plain = self
+            .0
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if plain {
+            return f.write_str(self.0);
+        }
+        f.write_char('"')?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() => write!(f, "\\u{{{:04x}}}", u32::from(c))?,
+                c => f.write_char(c)?,
+            }
+        }
+        f.write_char('"')
     }
 }
 
@@ -229,4 +285,21 @@ pub(crate) async fn read_ahead(body: &mut ReqBody, wait: Duration) -> Result<(),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Field;
+
+    #[test]
+    fn log_fields_are_bare_when_plain_and_quoted_otherwise() {
+        let shown = |s: &str| Field(s).to_string();
+        assert_eq!(shown("a.test"), "a.test");
+        assert_eq!(shown("/x?y=1"), "/x?y=1");
+        assert_eq!(shown(""), "");
+        assert_eq!(
+            shown("a status=200 \"b\"\\\n\t\u{1b}"),
+            "\"a status=200 \\\"b\\\"\\\\\\n\\t\\u{001b}\""
+        );
+    }
 }

@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, RequestShard};
 use crate::route::{normalize_host, Route, RouteTable};
 use crate::tls::CertStore;
 use crate::upstream::{Lease, Pool};
-use crate::Settings;
+use crate::{AccessLogFormat, Settings};
 
 /// What every connection of every worker shares.
 pub(crate) struct Shared {
@@ -121,7 +121,8 @@ pub(crate) async fn handle(
     // The gate holds back everything after such a request until a 101.
     let wants_switch =
         !ctx.h2 && (req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT);
-    let log = access_log_enabled().then(|| {
+    let json_log = ctx.shared.settings.access_log == AccessLogFormat::Json;
+    let log = (json_log || access_log_enabled()).then(|| {
         (
             req.method().clone(),
             req.uri()
@@ -162,6 +163,7 @@ pub(crate) async fn handle(
             start,
             upstream: outcome.upstream,
             peer: ctx.peer,
+            json: json_log,
         });
         match outcome.resp.body_mut() {
             ResBody::Upstream { log, .. } => *log = Some(entry),

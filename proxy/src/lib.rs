@@ -30,6 +30,7 @@ use std::time::Duration;
 pub use route::{Route, RouteDiff, RouteTable};
 pub use run::{run, RunOptions};
 pub use server::{Listen, ProxyHandle};
+pub use sotolito_config::host::AccessLogFormat;
 
 /// Errors of the proxy; each names the thing and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,8 @@ pub struct Settings {
     pub tls_resumption: bool,
     /// Pending ACME HTTP-01 challenges, answered on plain HTTP before routing.
     pub acme_challenges: acme::Challenges,
+    /// Text lines through tracing, or JSON lines on stdout.
+    pub access_log: AccessLogFormat,
 }
 
 impl Default for Settings {
@@ -125,6 +128,7 @@ impl Default for Settings {
             cert_poll: Duration::from_secs(1),
             tls_resumption: true,
             acme_challenges: acme::Challenges::default(),
+            access_log: AccessLogFormat::Text,
         }
     }
 }

@@ -35,6 +35,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         upstream_timeout: config.proxy.upstream_timeout,
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
+        access_log: config.proxy.access_log,
         acme_challenges: challenges.clone(),
         ..Settings::default()
     };

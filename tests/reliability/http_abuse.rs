@@ -101,6 +101,9 @@ fn free_port() -> u16 {
 struct Proxy {
     child: Child,
     http: SocketAddr,
+    /// The proxy's stdout and stderr.
+    stdout: std::path::PathBuf,
+    stderr: std::path::PathBuf,
     _tmp: tempfile::TempDir,
     alpha: Backend,
     /// `silent.test`: reads everything, never answers.
@@ -146,19 +149,23 @@ fn proxy_with(proxy_keys: &str) -> Proxy {
     reg.put(&lock, &record("silent", silent.addr, "silent.test", 2202))
         .unwrap();
     drop(lock);
+    let (stdout, stderr) = (d.join("stdout"), d.join("stderr"));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_vpsctl"))
         .arg("--config")
         .arg(&config)
         .arg("proxy")
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
     let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     let p = Proxy {
         child,
         http,
+        stdout,
+        stderr,
         _tmp: tmp,
         alpha,
         silent,
@@ -532,5 +539,170 @@ fn client_ip_headers_from_untrusted_clients_never_reach_the_tenant() {
             head.contains(&format!("\r\n{}: 6.6.6.6", h.to_ascii_lowercase())),
             "{h} from a trusted proxy was lost:\n{head}"
         );
+    }
+}
+
+/// Parses one logfmt line (`key=value` or `key="escaped"`, split at
+/// spaces); words without `=` (time, level) are skipped.
+fn logfmt(line: &str) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return fields;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == ' ' || c == '=' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            continue;
+        }
+        chars.next();
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('n') => value.push('\n'),
+                        Some('r') => value.push('\r'),
+                        Some('t') => value.push('\t'),
+                        Some(c) => value.push(c),
+                        None => {}
+                    },
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        fields.push((key, value));
+    }
+}
+
+/// Waits until `file` has a line containing every one of `needles` (the
+/// access log line is written when the response body ends).
+fn lines_with(file: &std::path::Path, needles: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if needles.iter().all(|n| lines.iter().any(|l| l.contains(n))) || Instant::now() > deadline
+        {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Host with spaces, quotes, a tab and would-be fields, and a path with
+/// quotes: in both formats each request is one record whose fields say
+/// exactly what was sent.
+#[test]
+fn access_log_fields_cannot_be_forged() {
+    let host = "evil.test status=200 tenant=alpha\t\"x\" bytes=1";
+    let path = "/a\"b?c=1%0aclient=1.2.3.4";
+    let hostile = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let good = "GET /good HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n";
+    let keys = [
+        "client",
+        "tenant",
+        "host",
+        "method",
+        "path",
+        "status",
+        "bytes",
+        "duration_ms",
+        "upstream_ms",
+    ];
+
+    let p = proxy_with("access_log = \"text\"\n");
+    assert_eq!(send(p.http, hostile.as_bytes()).1, 404);
+    assert_eq!(send(p.http, good.as_bytes()).1, 200);
+    let lines = lines_with(&p.stderr, &["path=/good", "evil.test"]);
+    let access: Vec<Vec<(String, String)>> = lines
+        .iter()
+        .filter(|l| l.contains(" client="))
+        .map(|l| logfmt(l))
+        .collect();
+    let find = |p: &str| {
+        access
+            .iter()
+            .find(|f| f.iter().any(|(k, v)| k == "path" && v == p))
+            .unwrap_or_else(|| panic!("no access line for {p}:\n{}", lines.join("\n")))
+    };
+    let forged = find(path);
+    let names: Vec<&str> = forged.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names, keys,
+        "fields of the hostile request's line: {forged:?}"
+    );
+    let value = |f: &[(String, String)], k: &str| {
+        f.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(value(forged, "host"), host);
+    assert_eq!(value(forged, "status"), "404");
+    assert_eq!(value(forged, "tenant"), "");
+    let ok = find("/good");
+    assert_eq!(value(ok, "tenant"), "alpha");
+    assert_eq!(value(ok, "status"), "200");
+    drop(p);
+
+    let p = proxy_with("access_log = \"json\"\n");
+    assert_eq!(send(p.http, hostile.as_bytes()).1, 404);
+    assert_eq!(send(p.http, good.as_bytes()).1, 200);
+    let lines = lines_with(&p.stdout, &["\"/good\"", "evil.test"]);
+    let records: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |p: &str| {
+        records
+            .iter()
+            .find(|r| r["path"] == p)
+            .unwrap_or_else(|| panic!("no access record for {p}:\n{}", lines.join("\n")))
+    };
+    let forged = find(path);
+    let mut names: Vec<&str> = forged
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    let mut want: Vec<&str> = keys.iter().copied().chain(["time"]).collect();
+    want.sort_unstable();
+    assert_eq!(names, want);
+    assert_eq!(forged["host"], host);
+    assert_eq!(forged["status"], 404);
+    assert_eq!(forged["tenant"], "");
+    assert_eq!(forged["method"], "GET");
+    assert!(forged["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let ok = find("/good");
+    assert_eq!(ok["tenant"], "alpha");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["bytes"], 13);
+    assert!(ok["duration_ms"].is_number() && ok["upstream_ms"].is_number());
+    for p in [path, "/good"] {
+        let n = records.iter().filter(|r| r["path"] == p).count();
+        assert_eq!(n, 1, "records for {p}:\n{}", lines.join("\n"));
     }
 }
