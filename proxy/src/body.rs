@@ -15,6 +15,7 @@ use http::Method;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::limit::StreamPermit;
 use crate::upstream::Lease;
 
 /// Read before the tenant is contacted, so a body that is malformed from the
@@ -155,6 +156,33 @@ impl Body for ResBody {
             ResBody::Full(None) => SizeHint::with_exact(0),
             ResBody::Upstream { body, .. } => body.size_hint(),
         }
+    }
+}
+
+/// An HTTP/2 response body holding its stream's place in the client
+/// address's budget until it is done (or dropped).
+pub(crate) struct BudgetedBody {
+    pub body: ResBody,
+    pub _permit: Option<StreamPermit>,
+}
+
+impl Body for BudgetedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -95,6 +95,14 @@ fn status_response(status: StatusCode, close: bool, h2: bool) -> Response<ResBod
     resp
 }
 
+/// 429 to a stream beyond its client address's budget of open streams.
+pub(crate) fn too_many_streams() -> Response<ResBody> {
+    let mut resp = status_response(StatusCode::TOO_MANY_REQUESTS, false, true);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
 struct Outcome {
     resp: Response<ResBody>,
     tenant: Option<Arc<str>>,

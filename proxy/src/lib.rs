@@ -84,6 +84,10 @@ pub struct Settings {
     pub max_h2_streams: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Concurrent HTTP/2 streams of one client address over all its
+    /// connections; more get 429. Bounds the memory an address can pin
+    /// (see docs/proxy.md).
+    pub max_h2_streams_per_ip: usize,
     /// Peers whose forwarding headers are extended rather than replaced.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Send a PROXY protocol v2 header on each tenant connection.
@@ -119,6 +123,7 @@ impl Default for Settings {
             max_h2_streams: 100,
             max_connections: 50_000,
             max_connections_per_ip: 1_000,
+            max_h2_streams_per_ip: 500,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
             redirect_https: false,

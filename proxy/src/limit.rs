@@ -1,4 +1,5 @@
-//! Connection limits, overall and per client address, shared by all workers.
+//! Connection limits, overall and per client address, and each address's
+//! budget of concurrent HTTP/2 streams, shared by all workers.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,14 +9,30 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct ConnLimiter {
     max_total: usize,
     max_per_ip: usize,
+    max_streams_per_ip: usize,
     total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Mutex<HashMap<IpAddr, Arc<Slot>>>,
+}
+
+/// One client address: its connections (changed under the map's lock) and
+/// its open HTTP/2 streams (changed per stream, without the lock).
+#[derive(Default)]
+struct Slot {
+    conns: AtomicUsize,
+    streams: AtomicUsize,
 }
 
 /// Holds one connection's place; gives it back on drop.
 pub(crate) struct ConnPermit {
     limiter: Arc<ConnLimiter>,
     ip: IpAddr,
+    slot: Arc<Slot>,
+}
+
+/// Holds one HTTP/2 stream's place in its address's budget until dropped
+/// (when the response body has been sent or abandoned).
+pub(crate) struct StreamPermit {
+    slot: Arc<Slot>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -25,10 +42,15 @@ pub(crate) enum Refused {
 }
 
 impl ConnLimiter {
-    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
+    pub(crate) fn new(
+        max_total: usize,
+        max_per_ip: usize,
+        max_streams_per_ip: usize,
+    ) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
             max_total,
             max_per_ip,
+            max_streams_per_ip,
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
         })
@@ -45,17 +67,57 @@ impl ConnLimiter {
             return Err(Refused::Total);
         }
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_per_ip {
+        let slot = per_ip.entry(ip).or_default();
+        if slot.conns.load(Ordering::Relaxed) >= self.max_per_ip {
             drop(per_ip);
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::PerIp);
         }
-        *count += 1;
+        slot.conns.fetch_add(1, Ordering::Relaxed);
+        let slot = slot.clone();
+        drop(per_ip);
         Ok(ConnPermit {
             limiter: self.clone(),
             ip,
+            slot,
         })
+    }
+}
+
+/// The HTTP/2 stream budget of one connection's address.
+#[derive(Clone)]
+pub(crate) struct StreamBudget {
+    slot: Arc<Slot>,
+    max: usize,
+}
+
+impl ConnPermit {
+    pub(crate) fn stream_budget(&self) -> StreamBudget {
+        StreamBudget {
+            slot: self.slot.clone(),
+            max: self.limiter.max_streams_per_ip,
+        }
+    }
+}
+
+impl StreamBudget {
+    /// A place for one more stream, or `None` when the address has its
+    /// budget's worth open.
+    pub(crate) fn acquire(&self) -> Option<StreamPermit> {
+        let before = self.slot.streams.fetch_add(1, Ordering::AcqRel);
+        if before >= self.max {
+            self.slot.streams.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(StreamPermit {
+            slot: self.slot.clone(),
+        })
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.slot.streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -66,11 +128,10 @@ impl Drop for ConnPermit {
             .per_ip
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&self.ip);
-            }
+        if self.slot.conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // A stream that outlives its connection counts on in its own
+            // (detached) slot: the address starts afresh.
+            per_ip.remove(&self.ip);
         }
         drop(per_ip);
         self.limiter.total.fetch_sub(1, Ordering::AcqRel);
@@ -83,7 +144,7 @@ mod tests {
 
     #[test]
     fn limits_hold_and_permits_return() {
-        let l = ConnLimiter::new(3, 2);
+        let l = ConnLimiter::new(3, 2, 10);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let p1 = l.acquire(a).unwrap();
@@ -95,5 +156,28 @@ mod tests {
         drop(p1);
         assert_eq!(l.open(), 2);
         let _p4 = l.acquire(a).unwrap();
+    }
+
+    #[test]
+    fn an_address_shares_one_stream_budget_over_its_connections() {
+        let l = ConnLimiter::new(10, 10, 3);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let (c1, c2, other) = (
+            l.acquire(a).unwrap(),
+            l.acquire(a).unwrap(),
+            l.acquire(b).unwrap(),
+        );
+        let (b1, b2) = (c1.stream_budget(), c2.stream_budget());
+        let s1 = b1.acquire().unwrap();
+        let _s2 = b2.acquire().unwrap();
+        let _s3 = b1.acquire().unwrap();
+        assert!(b2.acquire().is_none(), "the address's fourth stream");
+        assert!(
+            other.stream_budget().acquire().is_some(),
+            "another address is unaffected"
+        );
+        drop(s1);
+        assert!(b2.acquire().is_some());
     }
 }

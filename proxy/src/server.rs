@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::body::BudgetedBody;
 use crate::forward::{self, ConnCtx, Shared};
 use crate::gate::{Gate, Switch};
 use crate::headers::PeerValues;
@@ -31,6 +32,10 @@ use crate::stream::{GuardedStream, Timeouts};
 use crate::tls::{self, CertStore};
 use crate::upstream::{self, Pool};
 use crate::{Error, Settings};
+
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Where to listen; `None` leaves that listener out. Port 0 picks a free one.
 #[derive(Debug, Clone, Default)]
@@ -143,6 +148,7 @@ impl ProxyHandle {
         let limiter = ConnLimiter::new(
             shared.settings.max_connections,
             shared.settings.max_connections_per_ip,
+            shared.settings.max_h2_streams_per_ip,
         );
         let mut threads = Vec::new();
         let mut worker_routes = Vec::new();
@@ -505,7 +511,7 @@ impl Worker {
                 peer,
                 pool: pool.clone(),
                 shutdown: shutdown.clone(),
-                _permit: permit,
+                permit,
                 _token: token.clone(),
                 _assigned: Assigned {
                     balance: self.balance.clone(),
@@ -548,7 +554,7 @@ impl Worker {
                 peer: handoff.peer,
                 pool: pool.clone(),
                 shutdown: shutdown.clone(),
-                _permit: handoff.permit,
+                permit: handoff.permit,
                 _token: token.clone(),
                 _assigned: assigned,
             };
@@ -562,7 +568,7 @@ struct Conn {
     peer: SocketAddr,
     pool: Arc<Pool>,
     shutdown: watch::Receiver<bool>,
-    _permit: ConnPermit,
+    permit: ConnPermit,
     _token: DrainToken,
     _assigned: Assigned,
 }
@@ -692,10 +698,39 @@ impl Conn {
         let s = &self.worker.shared.settings;
         let io = GuardedStream::new(io, None, self.timeouts());
         let ctx = Arc::new(ctx);
-        let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
+        let budget = self.permit.stream_budget();
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            // Taken when the stream opens, given back when its response
+            // body is done: a client that never reads keeps its places.
+            let permit = budget.acquire();
+            async move {
+                let Some(permit) = permit else {
+                    return Ok(forward::too_many_streams().map(|body| BudgetedBody {
+                        body,
+                        _permit: None,
+                    }));
+                };
+                let resp = forward::handle(ctx, req).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| BudgetedBody {
+                    body,
+                    _permit: Some(permit),
+                }))
+            }
+        });
         let mut builder = http2::Builder::new(TokioExecutor::new());
+        // Envoy's edge guidance: 64 KiB per stream, 1 MiB per connection
+        // for what a client may send before we read it; and at most one
+        // stream window of response queued per stream whatever windows the
+        // client announces (hyper's default is 400 KiB: a client that
+        // opens its windows and never reads pinned ~650 KiB per stream,
+        // measured with benches/h2-memory).
         builder
             .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .adaptive_window(false)
+            .max_send_buf_size(H2_SEND_BUFFER)
             .max_concurrent_streams(s.max_h2_streams)
             .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
         let conn = builder.serve_connection(TokioIo::new(io), svc);

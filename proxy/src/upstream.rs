@@ -20,6 +20,10 @@ use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
 
+/// The largest response head a tenant may send, and what of a body waits
+/// here for a slow client (HAProxy: 16 KiB in all, nginx: 4-8 KiB).
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
 /// Idle connections kept per tenant address; more are closed when returned.
 const MAX_IDLE_PER_ADDR: usize = 512;
 
@@ -94,9 +98,13 @@ impl Pool {
                 .await
                 .map_err(UpstreamError::Connect)?;
         }
-        // Flat writes, as on the client side (see server.rs).
+        // Flat writes, as on the client side (see server.rs). A response
+        // the client does not read waits in this read buffer: bounded to
+        // what a head may be plus one stream window (hyper's default grows
+        // to ~400 KiB).
         let (sender, conn) = http1::Builder::new()
             .writev(false)
+            .max_buf_size(UPSTREAM_READ_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;

@@ -171,7 +171,7 @@ fn tls_connect(
 }
 
 #[test]
-fn h2_advertises_at_most_100_concurrent_streams() {
+fn h2_advertises_100_streams_and_edge_sized_windows() {
     let a = Backend::start("a");
     let s = site(&["a.test"]);
     let certs = s.certs.clone();
@@ -186,11 +186,34 @@ fn h2_advertises_at_most_100_concurrent_streams() {
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
     let mut payload = vec![0u8; len];
     tls.read_exact(&mut payload).unwrap();
-    let max_streams = payload
-        .chunks(6)
-        .find(|s| u16::from_be_bytes([s[0], s[1]]) == 3)
-        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
-    assert_eq!(max_streams, Some(100));
+    let setting = |id: u16| {
+        payload
+            .chunks(6)
+            .find(|s| u16::from_be_bytes([s[0], s[1]]) == id)
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+    };
+    assert_eq!(setting(3), Some(100), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    // Envoy's edge guidance: 64 KiB stream windows, a 1 MiB connection window.
+    assert_eq!(setting(4), Some(64 * 1024), "SETTINGS_INITIAL_WINDOW_SIZE");
+    assert_eq!(setting(6), Some(16 * 1024), "SETTINGS_MAX_HEADER_LIST_SIZE");
+    // The connection's WINDOW_UPDATE follows among the next few frames.
+    let mut increment = None;
+    for _ in 0..4 {
+        let mut head = [0u8; 9];
+        tls.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        tls.read_exact(&mut payload).unwrap();
+        if head[3] == 8 && head[5..9] == [0, 0, 0, 0] {
+            increment = Some(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            break;
+        }
+    }
+    assert_eq!(
+        increment.map(|i| i + 65_535),
+        Some(1024 * 1024),
+        "connection window"
+    );
 }
 
 #[test]
@@ -211,4 +234,60 @@ fn tls_below_1_2_and_unknown_names_are_refused() {
     let _ = tls.read_to_end(&mut out);
     assert_eq!(parse(&out).status, 200);
     assert_eq!(a.requests().len(), 1);
+}
+
+/// One client address holds its whole HTTP/2 stream budget with responses
+/// it never reads: its next stream, on another connection, gets 429, while
+/// another address is served.
+#[test]
+fn an_address_that_never_reads_gets_no_more_than_its_stream_budget() {
+    let a = Backend::start("a");
+    let s = site(&["a.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(&[("a.test", "a", a.addr)], |st| {
+        st.certs_dir = Some(certs);
+        st.max_h2_streams_per_ip = 3;
+    });
+    let port = p.https_addr().unwrap().port();
+    // Control: the probe is served while the address has room.
+    let (status, version, _) = curl(&s.ca_file, port, "https://a.test/", &["--http2"]);
+    assert_eq!((status, version.as_str()), (200, "2"));
+
+    let mut hold = tls_connect(p.https_addr().unwrap(), &s.ca, "a.test", &[b"h2"]);
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    // :method GET, :scheme https, :path and :authority as literals.
+    let mut block = vec![0x82, 0x87, 0x04, 17];
+    block.extend_from_slice(b"/big/100000000000");
+    block.extend_from_slice(&[0x01, 6]);
+    block.extend_from_slice(b"a.test");
+    for stream in [1u32, 3, 5] {
+        frames.extend_from_slice(&(block.len() as u32).to_be_bytes()[1..]);
+        frames.extend_from_slice(&[0x1, 0x5]);
+        frames.extend_from_slice(&stream.to_be_bytes());
+        frames.extend_from_slice(&block);
+    }
+    hold.write_all(&frames).unwrap();
+    hold.flush().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = curl(&s.ca_file, port, "https://a.test/", &["--http2"]);
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "a fourth stream of the address was still served"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _, _) = curl(
+        &s.ca_file,
+        port,
+        "https://a.test/",
+        &["--http2", "--interface", "127.0.0.2"],
+    );
+    assert_eq!(status, 200, "another address is unaffected");
+    drop(hold);
 }
