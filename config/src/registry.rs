@@ -229,6 +229,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     // and a temp file left by a killed writer is simply overwritten.
     let tmp = dir.join(format!(".{file_name}.tmp"));
     let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    // The proxy's user reads the registry through its group (the setgid
+    // directory gives the group), whatever the writer's umask.
+    f.set_permissions(<fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o640))
+        .map_err(io_err("chmod", &tmp))?;
     f.write_all(data).map_err(io_err("write", &tmp))?;
     f.sync_all().map_err(io_err("sync", &tmp))?;
     drop(f);

@@ -9,6 +9,7 @@ pub mod image;
 pub mod lock;
 pub mod overlay;
 pub mod private;
+pub mod proxy_user;
 pub mod runtime;
 pub mod seccomp;
 pub mod signal;

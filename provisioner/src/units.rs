@@ -26,6 +26,10 @@ pub struct UnitContext {
     pub tenant_cfg_dir: PathBuf,
     /// Seconds `vpsctl run` waits after the stop signal before KILL.
     pub stop_timeout_secs: u64,
+    /// STATE_DIR/registry: the proxy reads it.
+    pub registry_dir: PathBuf,
+    /// Where the proxy reads certificates and ACME writes them.
+    pub certs_dir: PathBuf,
 }
 
 impl UnitContext {
@@ -107,6 +111,10 @@ pub fn render_net(u: &UnitContext) -> String {
     )
 }
 
+/// sotolito-proxy.service: the proxy faces the internet, so it runs as its
+/// own user ([`crate::proxy_user`]) with CAP_NET_BIND_SERVICE alone, sees
+/// the whole file system read-only but for the certificate directory, and
+/// may make only the system calls and sockets a network service needs.
 pub fn render_proxy(u: &UnitContext) -> String {
     format!(
         "[Unit]\n\
@@ -119,10 +127,45 @@ pub fn render_proxy(u: &UnitContext) -> String {
          ExecStart={exec}\n\
          Restart=on-failure\n\
          RestartSec=2s\n\
+         User={user}\n\
+         Group={user}\n\
+         AmbientCapabilities=CAP_NET_BIND_SERVICE\n\
+         CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n\
+         NoNewPrivileges=yes\n\
+         ProtectSystem=strict\n\
+         ReadOnlyPaths={registry}\n\
+         ReadWritePaths={certs}\n\
+         ProtectHome=yes\n\
+         PrivateTmp=yes\n\
+         PrivateDevices=yes\n\
+         ProtectKernelTunables=yes\n\
+         ProtectKernelModules=yes\n\
+         ProtectKernelLogs=yes\n\
+         ProtectControlGroups=yes\n\
+         ProtectClock=yes\n\
+         ProtectHostname=yes\n\
+         ProtectProc=invisible\n\
+         ProcSubset=pid\n\
+         RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n\
+         RestrictNamespaces=yes\n\
+         RestrictRealtime=yes\n\
+         RestrictSUIDSGID=yes\n\
+         LockPersonality=yes\n\
+         MemoryDenyWriteExecute=yes\n\
+         RemoveIPC=yes\n\
+         SystemCallArchitectures=native\n\
+         SystemCallFilter=@system-service\n\
+         SystemCallFilter=~@privileged @resources\n\
+         SystemCallErrorNumber=EPERM\n\
+         UMask=0077\n\
+         LimitNOFILE=1048576\n\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n",
         exec = u.vpsctl("proxy"),
+        user = crate::proxy_user::PROXY_USER,
+        registry = u.registry_dir.display(),
+        certs = u.certs_dir.display(),
     )
 }
 
@@ -218,6 +261,8 @@ mod tests {
             state_dir: None,
             tenant_cfg_dir: "/etc/sotolito/tenants".into(),
             stop_timeout_secs: 30,
+            registry_dir: "/var/lib/sotolito/registry".into(),
+            certs_dir: "/var/lib/sotolito/certs".into(),
         }
     }
 
@@ -251,6 +296,17 @@ mod tests {
         ));
         let p = render_proxy(&ctx());
         assert!(p.contains("Type=notify\n") && p.contains("sotolito.toml proxy\n"));
+        for line in [
+            "User=sotolito-proxy",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ReadOnlyPaths=/var/lib/sotolito/registry",
+            "ReadWritePaths=/var/lib/sotolito/certs",
+        ] {
+            assert!(p.lines().any(|l| l == line), "missing {line}:\n{p}");
+        }
     }
 
     #[test]

@@ -20,7 +20,13 @@ pub struct ProxyArgs {
 }
 
 pub fn run(ctx: &Context, args: ProxyArgs) -> anyhow::Result<()> {
-    super::init::ensure_layout(ctx).context("failed to start the proxy")?;
+    // Under sotolito-proxy.service the proxy is its own user with the
+    // registry read-only: `units install` made the layout. Only a proxy
+    // started by hand on a fresh host creates it (as root).
+    let c = ctx.config();
+    if !(c.registry_dir().join("tenants").is_dir() && c.certs_dir().is_dir()) {
+        super::init::ensure_layout(ctx).context("failed to start the proxy")?;
+    }
     sotolito_proxy::run(
         &ctx.loaded,
         sotolito_proxy::RunOptions {

@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use sotolito_provisioner::proxy_user;
 use sotolito_provisioner::supervise::DEFAULT_STOP_TIMEOUT;
 use sotolito_provisioner::units::{self, UnitContext};
 
@@ -31,9 +32,25 @@ fn install(ctx: &Context) -> anyhow::Result<()> {
         state_dir: ctx.loaded.state_dir_override.clone(),
         tenant_cfg_dir: ctx.config().tenant_cfg_dir(),
         stop_timeout_secs: DEFAULT_STOP_TIMEOUT.as_secs(),
+        registry_dir: ctx.config().registry_dir(),
+        certs_dir: ctx.config().certs_dir(),
     };
     let dir = &ctx.config().paths.systemd_dir;
     let changed = units::install(dir, &u)?;
+    // The proxy's unit runs as its own user: create it, and let it read
+    // the registry and own the certificates.
+    super::init::ensure_layout(ctx)?;
+    let ids = proxy_user::ensure_user()?;
+    let c = ctx.config();
+    proxy_user::grant_access(
+        &proxy_user::ProxyPaths {
+            state_dir: &c.paths.state_dir,
+            registry_dir: &c.registry_dir(),
+            certs_dir: &c.certs_dir(),
+            config_file: &ctx.loaded.path,
+        },
+        ids,
+    )?;
     // Only a systemd that reads this dir needs to hear of it.
     if !changed.is_empty()
         && Path::new("/run/systemd/system").is_dir()

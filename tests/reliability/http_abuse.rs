@@ -706,3 +706,243 @@ fn access_log_fields_cannot_be_forged() {
         assert_eq!(n, 1, "records for {p}:\n{}", lines.join("\n"));
     }
 }
+
+/// A network namespace of this test's own, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", name]);
+        let ns = Netns(name.to_owned());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    /// Runs `f` on a thread that lives in this namespace (sockets it makes
+    /// belong to the namespace).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&fd),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// One status line's field from /proc/PID/status.
+fn proc_status(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The credentials sotolito-proxy.service gives the proxy, as setpriv
+/// sets them (PID 1 is not systemd here): its own user, CAP_NET_BIND_SERVICE
+/// alone (inheritable, ambient, bounding), no new privileges. `cmd` runs
+/// with them.
+const AS_PROXY_USER: &[&str] = &[
+    "setpriv",
+    "--reuid=sotolito-proxy",
+    "--regid=sotolito-proxy",
+    "--clear-groups",
+    "--inh-caps=-all,+net_bind_service",
+    "--ambient-caps=-all,+net_bind_service",
+    "--bounding-set=-all,+net_bind_service",
+    "--no-new-privs",
+];
+
+fn as_proxy_user(cmd: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(AS_PROXY_USER[0]);
+    c.args(&AS_PROXY_USER[1..]).arg(cmd);
+    c
+}
+
+/// `vpsctl units install` prepares the registry and certificate directory
+/// for the proxy's user; the proxy then runs as that user with only
+/// CAP_NET_BIND_SERVICE, binds port 80, routes from the registry (also
+/// after root changes it), may write certificates and may not write the
+/// registry.
+#[test]
+fn the_proxy_runs_as_its_own_user_with_only_net_bind_service() {
+    crate::common::require_root_and_tools();
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v setpriv && command -v useradd"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "setpriv or useradd missing: apt-get install util-linux passwd"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // The state dir's parents are the host's business (/var/lib is 0755).
+    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ns = Netns::new(&format!("pe-user-{}", std::process::id()));
+    let config = d.join("sotolito.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nstate_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\nconfig_dir = \"{0}/etc\"\nsystemd_dir = \"{0}/systemd\"\n\
+             [network]\nsubnet = \"127.0.0.0/24\"\n\
+             [proxy]\nhttp = \"127.0.0.1:80\"\nhttps = \"127.0.0.1:443\"\nadmin = \"127.0.0.1:9180\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (alpha, beta) = ns.run(|| (backend("127.0.0.2", "alpha"), backend("127.0.0.3", "beta")));
+    let reg = Registry::new(d.join("state/registry"));
+    let lock = reg.lock().unwrap();
+    reg.put(&lock, &record("alpha", alpha.addr, "alpha.test", 2201))
+        .unwrap();
+    drop(lock);
+    let vpsctl = env!("CARGO_BIN_EXE_vpsctl");
+    let out = std::process::Command::new(vpsctl)
+        .arg("--config")
+        .arg(&config)
+        .args(["units", "install"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stderr = d.join("proxy.err");
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .arg("--")
+        .args(AS_PROXY_USER)
+        .arg(vpsctl)
+        .arg("--config")
+        .arg(&config)
+        .arg("proxy")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id();
+    let child = Kill(&mut child);
+    let get = |host: &'static str| {
+        ns.run(move || {
+            send(
+                "127.0.0.1:80".parse().unwrap(),
+                format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (text, code) = get("alpha.test");
+        if code == 200 {
+            assert!(text.ends_with("ok from alpha"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy as sotolito-proxy never served: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Its credentials, from the kernel.
+    let uid = proc_status(pid, "Uid");
+    let proxy_uid = sotolito_provisioner_uid();
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>(),
+        [proxy_uid.as_str(); 4],
+        "real, effective, saved and file-system uid"
+    );
+    for field in ["CapEff", "CapPrm", "CapAmb", "CapBnd"] {
+        // Bit 10: CAP_NET_BIND_SERVICE.
+        assert_eq!(proc_status(pid, field), "0000000000000400", "{field}");
+    }
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+
+    // Root adds a tenant: the proxy (reading as its group) routes it.
+    let lock = reg.lock().unwrap();
+    reg.put(&lock, &record("beta", beta.addr, "beta.test", 2202))
+        .unwrap();
+    drop(lock);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get("beta.test").1 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "a tenant root added was never routed: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // With the proxy's credentials: certificates writable, registry not.
+    let write = |path: std::path::PathBuf| {
+        as_proxy_user("sh")
+            .arg("-c")
+            .arg(format!("echo probe > '{}'", path.display()))
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(
+        write(d.join("state/certs/probe.pem")),
+        "certs dir not writable"
+    );
+    assert!(
+        !write(d.join("state/registry/tenants/evil.toml")),
+        "the proxy's user can write the registry"
+    );
+    assert!(!write(d.join("state/registry/generation")));
+    drop(child);
+}
+
+fn sotolito_provisioner_uid() -> String {
+    let out = std::process::Command::new("id")
+        .args(["-u", "sotolito-proxy"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
