@@ -32,6 +32,12 @@ pub struct Global {
 pub enum Command {
     /// Create the state layout (idempotent; every command that needs it runs it).
     Init,
+    /// After a reboot without systemd: network, then every tenant whose
+    /// desired state is running (idempotent; exit 1 if any fails to start).
+    Boot(crate::cmd::boot::BootArgs),
+    /// Before a reboot without systemd: stop every tenant gracefully,
+    /// keeping its desired state for the next boot.
+    Shutdown(crate::cmd::boot::ShutdownArgs),
     /// List tenants.
     List,
     /// Show one tenant.

@@ -1,5 +1,6 @@
 //! Dispatch: one module per command group, each thin.
 
+pub(crate) mod boot;
 pub(crate) mod certs;
 mod demo;
 pub(crate) mod image;
@@ -34,6 +35,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Context::load(&cli.global)?;
     match cli.command {
         Command::Init => init::run(&ctx),
+        Command::Boot(args) => {
+            return Ok(if boot::run(&ctx, &args)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Shutdown(args) => {
+            return Ok(if boot::shutdown(&ctx, &args)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::List => tenants::list(&ctx),
         Command::Status { name } => tenants::status(&ctx, &name),
         Command::Image(cmd) => image::run(&ctx, cmd),

@@ -6,6 +6,7 @@
 mod common;
 
 mod bad_input;
+mod boot;
 mod crash;
 mod faults;
 mod hostile;
