@@ -61,6 +61,8 @@ pub enum Command {
     Run { name: TenantName },
     /// Run a command in a tenant; exits with its status.
     Exec(crate::cmd::lifecycle::ExecArgs),
+    /// Change a tenant's limits, live, and keep them in its record.
+    Set(crate::cmd::set::SetArgs),
     /// systemd units.
     #[command(subcommand)]
     Units(crate::cmd::units::UnitsCommand),

@@ -28,13 +28,21 @@ pub struct TenantView {
     pub connections: Option<u32>,
     /// Whether the tenant may create namespaces (`provision --nesting`).
     pub nesting: bool,
+    /// The disk quota as given (`10G`, `unlimited`).
+    pub disk: String,
+    /// Bytes used on the tenant's disk; null without a quota.
+    pub disk_used: Option<u64>,
+    /// The quota in bytes; null for unlimited.
+    pub disk_limit: Option<u64>,
     pub created: String,
 }
 
 impl TenantView {
+    /// `disk_used`: bytes used on the tenant's disk image, if it has one.
     pub fn new<E: std::fmt::Display>(
         t: &Tenant,
         state: Result<Option<ContainerState>, E>,
+        disk_used: Option<u64>,
     ) -> TenantView {
         let (state, pid, started_at) = match state {
             Ok(Some(s)) => {
@@ -66,9 +74,23 @@ impl TenantView {
             pids: t.limits.pids,
             connections: t.limits.connections,
             nesting: t.nesting,
+            disk: t.disk.to_string(),
+            disk_used: t.disk.bytes().and(disk_used),
+            disk_limit: t.disk.bytes(),
             created: humantime::format_rfc3339_seconds(t.created).to_string(),
         }
     }
+}
+
+/// Bytes in the largest binary unit, one decimal: 1.5G, 312.0M.
+pub fn human_bytes(b: u64) -> String {
+    let units = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+    for (shift, unit) in units {
+        if b >= 1u64 << shift {
+            return format!("{:.1}{unit}", b as f64 / (1u64 << shift) as f64);
+        }
+    }
+    format!("{b}B")
 }
 
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
@@ -157,6 +179,17 @@ pub fn print_status(v: &TenantView) -> anyhow::Result<()> {
     if v.nesting {
         writeln!(out, "nesting:    on (may create namespaces)")?;
     }
+    let disk = match (v.disk_used, v.disk_limit) {
+        (Some(used), Some(limit)) => format!(
+            "{} of {} used ({}%)",
+            human_bytes(used),
+            v.disk,
+            used.saturating_mul(100) / limit.max(1)
+        ),
+        (None, Some(_)) => format!("{} (usage unknown)", v.disk),
+        _ => "unlimited (no quota)".to_owned(),
+    };
+    writeln!(out, "disk:       {disk}")?;
     writeln!(out, "created:    {}", v.created)?;
     Ok(())
 }

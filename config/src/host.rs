@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{gateway, CpuWeight, InvalidValue, LogSize, MemorySize, Problem};
+use crate::quota::DiskQuota;
 use crate::Error;
 
 pub const DEFAULT_CONFIG: &str = "/etc/sotolito/sotolito.toml";
@@ -268,6 +269,8 @@ pub struct Defaults {
     /// Concurrent connections a tenant may open (nft `ct count`), unless
     /// its record says otherwise (`provision --connections`).
     pub connections: u32,
+    /// A tenant's writable storage unless `provision --disk` says otherwise.
+    pub disk: DiskQuota,
 }
 
 impl Defaults {
@@ -289,6 +292,7 @@ impl Default for Defaults {
             cpu_weight: CpuWeight::new(100).expect("valid default"),
             pids: 4096,
             connections: 4096,
+            disk: DiskQuota::default(),
         }
     }
 }

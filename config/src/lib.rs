@@ -3,6 +3,7 @@
 
 pub mod host;
 pub mod names;
+pub mod quota;
 pub mod registry;
 pub mod tenant;
 
@@ -13,6 +14,7 @@ pub use host::{HostConfig, Loaded, Overrides};
 pub use names::{
     CpuWeight, HostName, ImageName, InvalidValue, LogSize, MemorySize, SshPort, TenantName,
 };
+pub use quota::DiskQuota;
 pub use registry::{Registry, RegistryLock};
 pub use tenant::{Desired, Limits, Tenant};
 

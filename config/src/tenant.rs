@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::quota::DiskQuota;
 use crate::names::{CpuWeight, HostName, ImageName, MemorySize, SshPort, TenantName};
 
 /// The record format this vpsctl writes; records of a newer format are
@@ -38,10 +39,19 @@ pub struct Tenant {
     /// a record without nesting reads the same to an older vpsctl.
     #[serde(default, skip_serializing_if = "is_false")]
     pub nesting: bool,
+    /// Writable storage (overlay upper layer plus data dirs). A record
+    /// written before quotas existed has none: its data is a plain
+    /// directory, so it reads as `unlimited`.
+    #[serde(default = "unquoted")]
+    pub disk: DiskQuota,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn unquoted() -> DiskQuota {
+    DiskQuota::Unlimited
 }
 
 fn default_http_port() -> u16 {
@@ -100,6 +110,7 @@ impl Tenant {
             acme_opt_out: Vec::new(),
             limits,
             nesting: false,
+            disk: DiskQuota::default(),
         }
     }
 
@@ -187,6 +198,7 @@ impl Tenant {
             self.nesting.to_string(),
             other.nesting.to_string(),
         );
+        cmp("disk", self.disk.to_string(), other.disk.to_string());
         d
     }
 }

@@ -51,6 +51,10 @@ impl TenantLayout {
     pub fn work(&self) -> PathBuf {
         self.data().join("work")
     }
+    /// The tenant's disk image, mounted on `data` (absent: no quota).
+    pub fn disk_image(&self) -> PathBuf {
+        self.dir.join("disk.img")
+    }
     /// The container's console (stdout and stderr of its init).
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod busybox;
 pub mod console;
 pub mod data;
+pub mod disk;
 pub mod image;
 pub mod lock;
 pub mod overlay;
@@ -89,6 +90,24 @@ pub enum Error {
     },
     #[error("refusing to write {path}: {message}")]
     UnsafePath { path: PathBuf, message: String },
+    #[error("a disk quota cannot be enforced here: {reason} ({fix}, or provision with --disk unlimited)")]
+    DiskUnenforceable { reason: String, fix: String },
+    #[error("cannot mount the disk image of tenant {tenant} on {path}: {message}")]
+    DiskMount {
+        tenant: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("the data dir {data} of tenant {tenant} holds files that its disk image would hide (move them into the image, or remove them)")]
+    DiskHidden { tenant: String, data: PathBuf },
+    #[error("the disk image of tenant {tenant} is not mounted on {data} (start the tenant, or provision it again)")]
+    DiskNotMounted { tenant: String, data: PathBuf },
+    #[error("cannot shrink the disk of tenant {tenant} to {bytes} bytes: {message} (its data does not fit below that size: free space inside the tenant, shrink in smaller steps, or pick a larger size)")]
+    DiskShrink {
+        tenant: String,
+        bytes: u64,
+        message: String,
+    },
     #[error("{0} (see the busybox-static package)")]
     Busybox(String),
     #[error("the seccomp profile is unusable: {0} (a bug in this vpsctl build: report it)")]

@@ -35,7 +35,7 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|m| unescape(m) == want)
 }
 
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let mut out = Vec::new();
     let b = s.as_bytes();
     let mut i = 0;

@@ -12,7 +12,7 @@ use sotolito_config::{Desired, Tenant, TenantName};
 use sotolito_provisioner::runtime::ContainerStatus;
 use sotolito_provisioner::signal::{parse_signal, SIGKILL};
 use sotolito_provisioner::supervise::{self, Stopped, DEFAULT_STOP_TIMEOUT};
-use sotolito_provisioner::{overlay, units};
+use sotolito_provisioner::{disk, overlay, units};
 
 use crate::cmd::{image, provision};
 use crate::context::Context;
@@ -134,6 +134,10 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
         None => {}
     }
     let img = image::store(ctx).require(&tenant.image)?;
+    // The disk first: the overlay's upper layer lives on it, and writing
+    // the bundle sets the modes of its root. It stays mounted while the
+    // tenant is provisioned (this mounts it after a reboot).
+    disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
     let layout = provision::write_bundle(ctx, &tenant)?;
     overlay::mount_root(name.as_str(), &img.rootfs(), &layout)?;
     if let Err(e) = supervise::start_detached(
@@ -295,6 +299,7 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
             Some(_) => runc.delete(name.as_str(), true)?,
             None => {}
         }
+        disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
         let layout = provision::write_bundle(ctx, &tenant)?;
         overlay::mount_root(name.as_str(), &img.rootfs(), &layout)?;
         drop(prep_lock);

@@ -9,7 +9,8 @@ pub(crate) mod lifecycle;
 pub(crate) mod net;
 pub(crate) mod provision;
 pub(crate) mod proxy;
-mod tenants;
+pub(crate) mod set;
+pub(crate) mod tenants;
 pub(crate) mod units;
 
 use std::process::ExitCode;
@@ -60,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill(args) => lifecycle::kill(&ctx, &args),
         Command::Run { name } => return lifecycle::run(&ctx, &name),
         Command::Exec(args) => return lifecycle::exec(&ctx, &args),
+        Command::Set(args) => set::run(&ctx, &args),
         Command::Units(cmd) => units::run(&ctx, cmd),
         Command::Net(cmd) => net::run(&ctx, cmd),
         Command::Proxy(args) => proxy::run(&ctx, args),

@@ -12,11 +12,11 @@ use clap::Args;
 use sotolito_config::names::{parse_connections, parse_http_port, parse_pids};
 use sotolito_config::tenant::FORMAT_VERSION;
 use sotolito_config::{
-    CpuWeight, Desired, HostName, ImageName, Limits, MemorySize, SshPort, Tenant, TenantName,
+    CpuWeight, Desired, DiskQuota, HostName, ImageName, Limits, MemorySize, SshPort, Tenant, TenantName,
 };
 use sotolito_provisioner::data::{self, Seed};
 use sotolito_provisioner::tenantfs::Owner;
-use sotolito_provisioner::{bundle, overlay, units, HookCommand, Image, TenantLayout};
+use sotolito_provisioner::{bundle, disk, overlay, units, HookCommand, Image, TenantLayout};
 
 use crate::cmd::{image, lifecycle};
 use crate::context::Context;
@@ -55,6 +55,10 @@ pub struct ProvisionArgs {
     /// refused new ones) [default: config defaults.connections]
     #[arg(long, value_name = "N", value_parser = parse_connections)]
     pub connections: Option<u32>,
+    /// Writable storage (overlay upper layer plus /etc, /var, /home, /root
+    /// together), e.g. 10G, or `unlimited` [default: config defaults.disk]
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<DiskQuota>,
     /// Never request an ACME certificate for this host (repeatable; one of
     /// the --host names).
     #[arg(long = "no-acme", value_name = "HOST")]
@@ -184,6 +188,12 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
     let registry = ctx.registry();
     let lock = registry.lock()?;
     let existing = registry.get(&args.name)?;
+    // An existing record keeps its quota unless one is given (`set --disk`
+    // changes it); a new one gets the configured default.
+    let disk_quota = args
+        .disk
+        .or(existing.as_ref().map(|t| t.disk))
+        .unwrap_or(config.defaults.disk);
     let (ip, ssh_port) = match &existing {
         Some(t) => (args.ip.unwrap_or(t.ip), args.ssh_port.unwrap_or(t.ssh_port)),
         None => {
@@ -225,6 +235,7 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
             connections: args.connections,
         },
         nesting: args.nesting,
+        disk: disk_quota,
     };
     if let Some(old) = &existing {
         let diff = old.differences(&tenant);
@@ -237,6 +248,7 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
         }
     }
     registry.check_conflicts(&tenant)?;
+    check_disk(&layout(ctx, &tenant.name), &tenant)?;
     // Everything below is idempotent: a rerun after a failure converges,
     // and a rerun with the same settings changes nothing.
     let seeded = apply(ctx, &tenant, &image, existing.is_none())?;
@@ -252,11 +264,49 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
     Ok((tenant, outcome))
 }
 
+/// Refuses, before anything changes, a quota this host cannot enforce and
+/// kept data that does not match the quota asked for.
+fn check_disk(layout: &TenantLayout, tenant: &Tenant) -> anyhow::Result<()> {
+    let name = &tenant.name;
+    match tenant.disk {
+        DiskQuota::Limit(_) => {
+            disk::check_enforceable()?;
+            if !disk::has_image(layout) && data::is_seeded(layout) {
+                bail!(
+                    "its kept data in {} is not on a disk image (provision it with --disk unlimited, then put it under a quota with vpsctl set {name} --disk SIZE while it is stopped)",
+                    layout.data().display()
+                );
+            }
+        }
+        DiskQuota::Unlimited => {
+            if let Some(size) = disk::image_size(layout) {
+                bail!(
+                    "its kept data is on a disk image of {} (provision it with --disk {})",
+                    DiskQuota::Limit(size),
+                    DiskQuota::Limit(size)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Returns whether the data was seeded now.
 /// `new`: no record yet. The boot link of an existing record is `start`'s
 /// and `stop`'s to set (a stopped tenant stays stopped across a reboot);
 /// a new one gets it, as does a running one that lost it.
 fn apply(ctx: &Context, tenant: &Tenant, image: &Image, new: bool) -> anyhow::Result<bool> {
+    // The disk before the bundle: writing the bundle sets the modes of
+    // data/, which is then the image's root.
+    if let Some(bytes) = tenant.disk.bytes() {
+        let layout = layout(ctx, &tenant.name);
+        disk::create_image(&layout, bytes)?;
+        disk::mount_data(tenant.name.as_str(), &layout)?;
+        // A kept image of another size (or a `set --disk` cut short).
+        if disk::image_size(&layout) != Some(bytes) {
+            disk::resize(tenant.name.as_str(), &layout, bytes)?;
+        }
+    }
     let layout = write_bundle(ctx, tenant)?;
     let seed = Seed {
         hostname: tenant.name.to_string(),
@@ -296,9 +346,15 @@ pub fn deprovision(ctx: &Context, args: DeprovisionArgs) -> anyhow::Result<()> {
         )
     } else {
         if kept {
+            let l = layout(ctx, &name);
+            let place = if disk::has_image(&l) {
+                l.disk_image()
+            } else {
+                l.data()
+            };
             println!(
                 "deprovisioned {name}; its data is kept in {} (remove it with --purge)",
-                layout(ctx, &name).data().display()
+                place.display()
             );
         } else {
             println!("deprovisioned {name}; its data is removed");
@@ -365,6 +421,10 @@ fn teardown(ctx: &Context, args: &DeprovisionArgs) -> anyhow::Result<bool> {
     note("unit cfg", remove_file(&cfg));
     note("config.json", remove_file(&layout.config_json()));
     note("console log", remove_file(&layout.console_log()));
+    note(
+        "disk image",
+        disk::unmount_data(&layout).map_err(Into::into),
+    );
     let root = layout.rootfs();
     if overlay::is_mounted(&root) {
         note(
@@ -377,7 +437,7 @@ fn teardown(ctx: &Context, args: &DeprovisionArgs) -> anyhow::Result<bool> {
             fs::remove_dir(&root).with_context(|| format!("cannot remove {}", root.display())),
         );
     }
-    let mut kept = layout.data().exists();
+    let mut kept = layout.data().exists() || disk::has_image(&layout);
     if args.purge {
         note(
             "lock file",
@@ -387,7 +447,11 @@ fn teardown(ctx: &Context, args: &DeprovisionArgs) -> anyhow::Result<bool> {
             )),
         );
     }
-    if args.purge && !overlay::is_mounted(&root) && layout.dir.exists() {
+    if args.purge
+        && !overlay::is_mounted(&root)
+        && !overlay::is_mounted(&layout.data())
+        && layout.dir.exists()
+    {
         note(
             "data",
             fs::remove_dir_all(&layout.dir)

@@ -8,7 +8,12 @@ use crate::output::{self, TenantView};
 
 pub fn view(ctx: &Context, tenant: &Tenant) -> TenantView {
     let state = ctx.runc().state(tenant.name.as_str());
-    TenantView::new(tenant, state)
+    let layout = crate::cmd::provision::layout(ctx, &tenant.name);
+    TenantView::new(
+        tenant,
+        state,
+        sotolito_provisioner::disk::used_bytes(&layout),
+    )
 }
 
 pub fn list(ctx: &Context) -> anyhow::Result<()> {

@@ -305,3 +305,20 @@ pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Loop devices backed by a file under `dir` (`NAME BACK-FILE` lines).
+pub fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let o = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+        .output()
+        .expect("losetup (apt-get install mount)");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|f| Path::new(f).starts_with(dir))
+        })
+        .map(str::to_owned)
+        .collect()
+}

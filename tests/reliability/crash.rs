@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::Host;
+use crate::common::{loop_devices_under, Host};
 
 const RUNS: u32 = 20;
 
@@ -161,5 +161,12 @@ fn provision_killed_at_random_moments_converges() {
     );
     // No leftovers of the probe: deprovision --purge cleaned it all.
     assert!(!Path::new(&h.state().join("tenants/probe")).exists());
+    // Exactly one loop device per tenant disk: killed runs leaked none.
+    let tenants = h.state().join("tenants");
+    let loops = loop_devices_under(&tenants);
+    assert_eq!(loops.len(), RUNS as usize + 1, "{loops:#?}");
+    h.ok(&["deprovision", "keeper", "--timeout", "1"]);
+    let loops = loop_devices_under(&tenants);
+    assert_eq!(loops.len(), RUNS as usize, "deprovision left its loop device: {loops:#?}");
     eprintln!("crash consistency: {RUNS} runs, {killed_midway} killed midway, all converged, nothing lost");
 }

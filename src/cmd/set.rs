@@ -1,0 +1,84 @@
+//! `vpsctl set NAME [--disk SIZE]`: change a tenant's limits, live, and
+//! persist them in its record.
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use sotolito_config::{DiskQuota, Tenant, TenantName};
+use sotolito_provisioner::disk;
+use sotolito_provisioner::runtime::ContainerStatus;
+
+use crate::cmd::provision;
+use crate::context::Context;
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    pub name: TenantName,
+    /// Writable storage, e.g. 20G: grows (or shrinks, if the data fits) a
+    /// running tenant's disk without a restart. A tenant without a quota is
+    /// put under one while it is stopped.
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<DiskQuota>,
+}
+
+pub fn run(ctx: &Context, args: &SetArgs) -> anyhow::Result<()> {
+    let name = &args.name;
+    let tenant = set(ctx, args).with_context(|| format!("failed to set limits of tenant {name}"))?;
+    let view = crate::cmd::tenants::view(ctx, &tenant);
+    if ctx.json {
+        crate::output::print_json(&view)
+    } else {
+        println!("{name}: disk {}", tenant.disk);
+        Ok(())
+    }
+}
+
+fn set(ctx: &Context, args: &SetArgs) -> anyhow::Result<Tenant> {
+    let name = &args.name;
+    if args.disk.is_none() {
+        bail!("nothing to change (give --disk SIZE)");
+    }
+    crate::cmd::init::ensure_layout(ctx)?;
+    let registry = ctx.registry();
+    let lock = registry.lock()?;
+    let mut tenant = registry.require(name)?;
+    // Registry, then tenant: the order every command keeps.
+    let _tenant_lock =
+        sotolito_provisioner::lock::lock_tenant(&ctx.config().tenants_dir(), name)?;
+    if let Some(new) = args.disk {
+        set_disk(ctx, &tenant, new)?;
+        tenant.disk = new;
+    }
+    registry.put(&lock, &tenant)?;
+    Ok(tenant)
+}
+
+fn set_disk(ctx: &Context, tenant: &Tenant, new: DiskQuota) -> anyhow::Result<()> {
+    let name = &tenant.name;
+    let layout = provision::layout(ctx, name);
+    match (tenant.disk, new) {
+        (DiskQuota::Unlimited, DiskQuota::Unlimited) => Ok(()),
+        (DiskQuota::Limit(_), DiskQuota::Unlimited) => bail!(
+            "its data lives on a disk image of {} and cannot be taken off it (give a larger size instead)",
+            tenant.disk
+        ),
+        (DiskQuota::Unlimited, DiskQuota::Limit(bytes)) => {
+            disk::check_enforceable()?;
+            let running = ctx
+                .runc()
+                .state(name.as_str())?
+                .is_some_and(|s| s.status != ContainerStatus::Stopped);
+            if running {
+                bail!("putting a tenant's data under a quota moves it onto a disk image, which needs the tenant stopped (vpsctl stop {name}, then run this again)");
+            }
+            disk::adopt_data(name.as_str(), &layout, bytes)?;
+            Ok(())
+        }
+        (DiskQuota::Limit(_), DiskQuota::Limit(bytes)) => {
+            disk::check_enforceable()?;
+            disk::create_image(&layout, bytes)?;
+            disk::mount_data(name.as_str(), &layout)?;
+            disk::resize(name.as_str(), &layout, bytes)?;
+            Ok(())
+        }
+    }
+}
