@@ -15,7 +15,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rustix::mount::{unmount, UnmountFlags};
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::{fcntl_setfd, FdFlags};
+use rustix::mount::{mount_change, unmount, MountPropagationFlags, UnmountFlags};
 
 use crate::bundle::TenantLayout;
 use crate::overlay::{is_mounted, unescape};
@@ -229,6 +231,16 @@ pub fn mount_data(tenant: &str, layout: &TenantLayout) -> Result<(), Error> {
     if !img.is_file() || is_mounted(&data) {
         return Ok(());
     }
+    // One mount at a time per image, including an orphaned `mount` of a
+    // killed run: the child inherits the locked descriptor and holds the
+    // lock until it exits. Two `mount -o loop` racing on one image made
+    // two loop devices for it (seen in the crash test).
+    let lock = fs::File::open(&img).map_err(io_err("open", &img))?;
+    flock(&lock, FlockOperation::LockExclusive).map_err(|e| io_err("lock", &img)(e.into()))?;
+    if is_mounted(&data) {
+        return Ok(());
+    }
+    fcntl_setfd(&lock, FdFlags::empty()).map_err(|e| io_err("lock", &img)(e.into()))?;
     fs::create_dir_all(&data).map_err(io_err("create", &data))?;
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
         .map_err(io_err("chmod", &data))?;
@@ -251,8 +263,8 @@ pub fn mount_data(tenant: &str, layout: &TenantLayout) -> Result<(), Error> {
             &data.display().to_string(),
         ],
     );
+    drop(lock);
     if let Err(e) = mounted {
-        // An orphaned `mount` of a killed run may have won the race.
         if !is_mounted(&data) {
             return Err(Error::DiskMount {
                 tenant: tenant.to_owned(),
@@ -261,6 +273,11 @@ pub fn mount_data(tenant: &str, layout: &TenantLayout) -> Result<(), Error> {
             });
         }
     }
+    // Shared, so that our unmount reaches the copies that mount namespaces
+    // made meanwhile hold as slaves (runc's init, `ip netns exec`): else a
+    // copy keeps the autoclear loop device after deprovision.
+    mount_change(&data, MountPropagationFlags::SHARED)
+        .map_err(|e| io_err("make shared", &data)(e.into()))?;
     // The image's root is the data dir: keep it private.
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", &data))
 }

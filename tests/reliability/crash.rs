@@ -54,6 +54,22 @@ fn assert_converged(h: &Host, name: &str, port: u16) {
     );
 }
 
+/// Processes whose mount namespace still has a mount under `dir`.
+fn mount_holders(dir: &Path) -> Vec<String> {
+    let want = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = e.path();
+        let info = std::fs::read_to_string(p.join("mountinfo")).unwrap_or_default();
+        if info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&want))) {
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            let ns = std::fs::read_link(p.join("ns/mnt")).unwrap_or_default();
+            out.push(format!("{} {} {}", e.file_name().to_string_lossy(), comm.trim(), ns.display()));
+        }
+    }
+    out
+}
+
 #[test]
 fn provision_killed_at_random_moments_converges() {
     let h = Host::new("");
@@ -167,6 +183,11 @@ fn provision_killed_at_random_moments_converges() {
     assert_eq!(loops.len(), RUNS as usize + 1, "{loops:#?}");
     h.ok(&["deprovision", "keeper", "--timeout", "1"]);
     let loops = loop_devices_under(&tenants);
-    assert_eq!(loops.len(), RUNS as usize, "deprovision left its loop device: {loops:#?}");
+    assert_eq!(
+        loops.len(),
+        RUNS as usize,
+        "deprovision left its loop device: {loops:#?}; mounts of it in: {:?}",
+        mount_holders(&tenants.join("keeper"))
+    );
     eprintln!("crash consistency: {RUNS} runs, {killed_midway} killed midway, all converged, nothing lost");
 }
