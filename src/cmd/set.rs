@@ -41,6 +41,12 @@ fn set(ctx: &Context, args: &SetArgs) -> anyhow::Result<Tenant> {
     let registry = ctx.registry();
     let lock = registry.lock()?;
     let mut tenant = registry.require(name)?;
+    if let (DiskQuota::Limit(_), Some(DiskQuota::Unlimited)) = (tenant.disk, args.disk) {
+        bail!(
+            "its data lives on a disk image of {} and cannot be taken off it (give a larger size instead)",
+            tenant.disk
+        );
+    }
     // Registry, then tenant: the order every command keeps.
     let _tenant_lock =
         sotolito_provisioner::lock::lock_tenant(&ctx.config().tenants_dir(), name)?;
@@ -56,11 +62,8 @@ fn set_disk(ctx: &Context, tenant: &Tenant, new: DiskQuota) -> anyhow::Result<()
     let name = &tenant.name;
     let layout = provision::layout(ctx, name);
     match (tenant.disk, new) {
-        (DiskQuota::Unlimited, DiskQuota::Unlimited) => Ok(()),
-        (DiskQuota::Limit(_), DiskQuota::Unlimited) => bail!(
-            "its data lives on a disk image of {} and cannot be taken off it (give a larger size instead)",
-            tenant.disk
-        ),
+        // Limit -> unlimited is refused by `set` before it locks anything.
+        (_, DiskQuota::Unlimited) => Ok(()),
         (DiskQuota::Unlimited, DiskQuota::Limit(bytes)) => {
             disk::check_enforceable()?;
             let running = ctx

@@ -82,6 +82,8 @@ fn bad_command_lines_and_configs_change_nothing() {
         (&["--pids", "abc"][..], "pids"),
         (&["--connections", "3"][..], "connection cap"),
         (&["--http-port", "0"][..], "http port"),
+        (&["--disk", "100M"][..], "disk size"),
+        (&["--disk", "lots"][..], "disk size"),
     ] {
         cases.push(Case {
             args: p(extra),
@@ -136,6 +138,10 @@ fn bad_command_lines_and_configs_change_nothing() {
             "memory",
         ),
         case(&["status", "nosuch"], 1, "nosuch"),
+        case(&["set", "nosuch", "--disk", "1G"], 1, "nosuch"),
+        case(&["set", "alpha"], 1, "nothing to change"),
+        case(&["set", "alpha", "--disk", "unlimited"], 1, "larger size"),
+        case(&["set", "alpha", "--disk", "12Q"], 2, "disk size"),
         case(&["start", "nosuch"], 1, "nosuch"),
         case(&["exec", "nosuch", "--", "true"], 1, "nosuch"),
         case(&["image", "import", "busybox", rootfs], 1, "busybox"),
@@ -187,6 +193,7 @@ fn bad_command_lines_and_configs_change_nothing() {
         ("[proxy\n", "line 1"),
         ("[defaults]\nmemory = \"1K\"\n", "defaults.memory"),
         ("[defaults]\nconnections = 0\n", "defaults.connections"),
+        ("[defaults]\ndisk = \"1M\"\n", "defaults.disk"),
         (
             "[network]\negress_deny = [\"10.0.0.1/8\"]\n",
             "network.egress_deny",
@@ -237,9 +244,18 @@ fn bad_command_lines_and_configs_change_nothing() {
         failures.len(),
         failures.join("\n")
     );
+    let after = state_of(&h);
+    let changed: Vec<&std::path::PathBuf> = before
+        .0
+        .iter()
+        .filter(|f| !after.0.contains(f))
+        .chain(after.0.iter().filter(|f| !before.0.contains(f)))
+        .map(|(p, _)| p)
+        .collect();
     assert!(
-        before == state_of(&h),
-        "a failing command changed the host's state"
+        before == after,
+        "a failing command changed the host's state: files {changed:?}, ruleset changed: {}",
+        before.1 != after.1
     );
     eprintln!("bad input: {total} cases, all passed, state unchanged");
 }
