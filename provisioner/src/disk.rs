@@ -318,7 +318,7 @@ pub fn mount_source(mountinfo: &str, path: &Path) -> Option<(String, String)> {
             let mut f = tail.split(' ');
             Some((f.next()?.to_owned(), unescape(f.next()?)))
         })
-        .last()
+        .next_back()
 }
 
 /// Resizes a mounted image to `bytes`, online. Growing: the file, then the
