@@ -12,21 +12,6 @@ pub mod ruleset;
 #[cfg(test)]
 mod testdata;
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn nameservers_skip_loopback_ipv6_and_junk() {
-        let text = "# x\nnameserver 127.0.0.53\nnameserver 172.31.0.2\n nameserver 169.254.169.253 \nnameserver ::1\nnameserver 2001:db8::1\nsearch example\nnameserver nonsense\n";
-        assert_eq!(
-            super::nameservers(text),
-            vec![
-                std::net::Ipv4Addr::new(172, 31, 0, 2),
-                std::net::Ipv4Addr::new(169, 254, 169, 253)
-            ]
-        );
-    }
-}
-
 use sotolito_config::{HostConfig, Registry, Tenant, TenantName};
 
 pub use error::Error;
@@ -157,4 +142,19 @@ pub fn nameservers(resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
 
 fn registry_tenants(config: &HostConfig) -> Result<Vec<Tenant>, Error> {
     Ok(Registry::new(config.registry_dir()).list()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nameservers_skip_loopback_ipv6_and_junk() {
+        let text = "# x\nnameserver 127.0.0.53\nnameserver 172.31.0.2\n nameserver 169.254.169.253 \nnameserver ::1\nnameserver 2001:db8::1\nsearch example\nnameserver nonsense\n";
+        assert_eq!(
+            super::nameservers(text),
+            vec![
+                std::net::Ipv4Addr::new(172, 31, 0, 2),
+                std::net::Ipv4Addr::new(169, 254, 169, 253)
+            ]
+        );
+    }
 }
