@@ -291,3 +291,82 @@ fn an_address_that_never_reads_gets_no_more_than_its_stream_budget() {
     assert_eq!(status, 200, "another address is unaffected");
     drop(hold);
 }
+
+/// Reads until the proxy closes; the response head, lowercased, and
+/// whether the proxy closed the connection.
+fn read_until_closed(s: &mut impl Read) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break true,
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    (
+        text.split("\r\n\r\n").next().unwrap_or("").to_owned(),
+        closed,
+    )
+}
+
+/// The answers of the proxy's own that need TLS, a certificate or an ACME
+/// challenge (421, the HTTPS redirect, an HTTP-01 answer), given to an
+/// upgrade request followed by a request the gate refuses: each closes the
+/// connection and the second request never reaches a tenant.
+#[test]
+fn own_answers_to_upgrade_requests_close_the_connection() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let s = site(&["a.test", "b.test"]);
+    let certs = s.certs.clone();
+    let challenges = sotolito_proxy::acme::Challenges::new();
+    let _token = challenges.insert("tok123", "tok123.key");
+    let ch = challenges.clone();
+    let p = proxy(&[("a.test", "a", a.addr), ("b.test", "b", b.addr)], |st| {
+        st.certs_dir = Some(certs);
+        st.redirect_https = true;
+        st.acme_challenges = ch;
+    });
+    let up = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n";
+
+    // 421: over TLS for a.test, a request for b.test.
+    let mut tls = tls_connect(p.https_addr().unwrap(), &s.ca, "a.test", &[b"http/1.1"]);
+    tls.write_all(format!("GET /ws HTTP/1.1\r\nHost: b.test\r\n{up}\r\n{smuggled}").as_bytes())
+        .unwrap();
+    let (head, closed) = read_until_closed(&mut tls);
+    assert!(head.starts_with("http/1.1 421"), "{head}");
+    assert!(
+        head.contains("\r\nconnection: close") && closed,
+        "421 kept the connection: {head}"
+    );
+
+    // 308 and the ACME answer, on plain HTTP.
+    for (first, status) in [
+        (
+            format!("GET /ws HTTP/1.1\r\nHost: a.test\r\n{up}\r\n"),
+            "308",
+        ),
+        (
+            format!("GET /.well-known/acme-challenge/tok123 HTTP/1.1\r\nHost: a.test\r\n{up}\r\n"),
+            "200",
+        ),
+    ] {
+        let mut c = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(format!("{first}{smuggled}").as_bytes())
+            .unwrap();
+        let (head, closed) = read_until_closed(&mut c);
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{head}");
+        assert!(
+            head.contains("\r\nconnection: close") && closed,
+            "{status} kept the connection: {head}"
+        );
+    }
+    a.assert_untouched("a after the proxy's own answers");
+    b.assert_untouched("b after the proxy's own answers");
+}
