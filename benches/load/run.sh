@@ -207,7 +207,9 @@ done
 # and HAProxy workers), from /proc/PID/stat; comm may hold spaces, so the
 # fields are counted after its closing ") ".
 cpu_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '{
+    # A process that exits between the glob and cat makes cat fail: with
+    # pipefail that would end the run (seen on the shared machine).
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v p="$1" '{
         pid = $1
         rest = substr($0, index($0, ") ") + 2)
         split(rest, f, " ")
