@@ -1,8 +1,9 @@
-//! `vpsctl set NAME [--disk SIZE]`: change a tenant's limits, live, and
-//! persist them in its record.
+//! `vpsctl set NAME [--disk SIZE] [--connections N]`: change a tenant's
+//! limits, live, and persist them in its record.
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use sotolito_config::names::parse_connections;
 use sotolito_config::{DiskQuota, Tenant, TenantName};
 use sotolito_provisioner::disk;
 use sotolito_provisioner::runtime::ContainerStatus;
@@ -18,24 +19,33 @@ pub struct SetArgs {
     /// put under one while it is stopped.
     #[arg(long, value_name = "SIZE")]
     pub disk: Option<DiskQuota>,
+    /// Concurrent connections the tenant may open (a tenant over it is
+    /// refused new ones); applies at once, running or not.
+    #[arg(long, value_name = "N", value_parser = parse_connections)]
+    pub connections: Option<u32>,
 }
 
 pub fn run(ctx: &Context, args: &SetArgs) -> anyhow::Result<()> {
     let name = &args.name;
-    let tenant = set(ctx, args).with_context(|| format!("failed to set limits of tenant {name}"))?;
+    let tenant =
+        set(ctx, args).with_context(|| format!("failed to set limits of tenant {name}"))?;
     let view = crate::cmd::tenants::view(ctx, &tenant);
     if ctx.json {
         crate::output::print_json(&view)
     } else {
-        println!("{name}: disk {}", tenant.disk);
+        let connections = tenant.limits.connections.map_or_else(
+            || format!("{} (default)", ctx.config().defaults.connections),
+            |n| n.to_string(),
+        );
+        println!("{name}: disk {}, connections {connections}", tenant.disk);
         Ok(())
     }
 }
 
 fn set(ctx: &Context, args: &SetArgs) -> anyhow::Result<Tenant> {
     let name = &args.name;
-    if args.disk.is_none() {
-        bail!("nothing to change (give --disk SIZE)");
+    if args.disk.is_none() && args.connections.is_none() {
+        bail!("nothing to change (give --disk SIZE or --connections N)");
     }
     crate::cmd::init::ensure_layout(ctx)?;
     let registry = ctx.registry();
@@ -48,13 +58,25 @@ fn set(ctx: &Context, args: &SetArgs) -> anyhow::Result<Tenant> {
         );
     }
     // Registry, then tenant: the order every command keeps.
-    let _tenant_lock =
-        sotolito_provisioner::lock::lock_tenant(&ctx.config().tenants_dir(), name)?;
+    let _tenant_lock = sotolito_provisioner::lock::lock_tenant(&ctx.config().tenants_dir(), name)?;
     if let Some(new) = args.disk {
         set_disk(ctx, &tenant, new)?;
         tenant.disk = new;
     }
-    registry.put(&lock, &tenant)?;
+    let old = tenant.clone();
+    if let Some(n) = args.connections {
+        // The cap is one element of the tenant's nft map: replaced at once.
+        tenant.limits.connections = Some(n);
+        sotolito_net::add_forward(ctx.config(), &tenant)?;
+    }
+    if let Err(e) = registry.put(&lock, &tenant) {
+        if args.connections.is_some() {
+            if let Err(undo) = sotolito_net::add_forward(ctx.config(), &old) {
+                tracing::warn!(tenant = %name, error = %undo, "cannot restore the old connection cap");
+            }
+        }
+        return Err(e.into());
+    }
     Ok(tenant)
 }
 

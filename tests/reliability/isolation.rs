@@ -392,28 +392,42 @@ fn connection_cap_holds_for_one_tenant_while_another_is_served() {
     let held = hold_in(&client_ns, 8081);
     serve_in(&client_ns, "0.0.0.0:8080", "internet");
 
-    // alpha opens 16 connections and keeps them 6 s.
-    let hold = format!(
-        "i=0; while [ $i -lt 16 ]; do (sleep 6 | nc {CLIENT_ADDR} 8081 >/dev/null 2>&1) & i=$((i+1)); done; wait"
-    );
-    let mut holder = h
-        .vpsctl_cmd(&["exec", "alpha", "--", "sh", "-c", &hold])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Bounded: the 16 connections are up within seconds.
-    for _ in 0..50 {
-        if held.load(Ordering::SeqCst) >= 16 {
-            break;
+    // alpha opens 16 connections and keeps them a few seconds.
+    let hold_16 = || {
+        let hold = format!(
+            "i=0; while [ $i -lt 16 ]; do (sleep 5 | nc {CLIENT_ADDR} 8081 >/dev/null 2>&1) & i=$((i+1)); done; wait"
+        );
+        let holder = h
+            .vpsctl_cmd(&["exec", "alpha", "--", "sh", "-c", &hold])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Bounded: the 16 connections are up within seconds.
+        for _ in 0..50 {
+            if held.load(Ordering::SeqCst) >= 16 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        held.load(Ordering::SeqCst),
-        16,
-        "alpha's 16 connections did not come up"
-    );
+        assert_eq!(
+            held.load(Ordering::SeqCst),
+            16,
+            "alpha's 16 connections did not come up"
+        );
+        holder
+    };
+    let all_closed = |mut holder: std::process::Child| {
+        let _ = holder.wait();
+        // Bounded: the held connections close when their sleep ends.
+        for _ in 0..50 {
+            if held.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let holder = hold_16();
     let get = format!("echo | nc -w 2 {CLIENT_ADDR} 8080");
     let (ok, out) = exec_ok(&h, "alpha", &get);
     assert!(
@@ -425,17 +439,21 @@ fn connection_cap_holds_for_one_tenant_while_another_is_served() {
         ok && out.contains("internet"),
         "beta was refused while alpha is at its cap: {out}"
     );
-    let _ = holder.wait();
-    // Bounded: the held connections close when their sleep ends.
-    for _ in 0..50 {
-        if held.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    all_closed(holder);
     let (ok, out) = exec_ok(&h, "alpha", &get);
     assert!(
         ok,
         "alpha stays refused after its connections closed: {out}"
     );
+
+    // `set` raises the cap of the running tenant at once.
+    h.ok(&["set", "alpha", "--connections", "32"]);
+    assert_eq!(h.json(&["status", "alpha"])["connections"], 32);
+    let holder = hold_16();
+    let (ok, out) = exec_ok(&h, "alpha", &get);
+    assert!(
+        ok && out.contains("internet"),
+        "alpha is still held to 16 after set --connections 32: {out}"
+    );
+    all_closed(holder);
 }
