@@ -1223,6 +1223,41 @@ fn edge_containment() {
         talk(&client.path(), addr(private, 8080), None).as_deref(),
         Ok("private 198.51.100.2")
     );
+    // Only out of the public interface once it is named: a public network
+    // routed through the private side is reachable before, not after.
+    sh(&[
+        "ip",
+        "-n",
+        &beyond.name,
+        "addr",
+        "add",
+        "203.0.113.1/32",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &host.name,
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        "10.20.0.2",
+    ]);
+    let elsewhere = Ipv4Addr::new(203, 0, 113, 1);
+    assert_eq!(
+        talk(&ca.ns_path(), addr(elsewhere, 8080), None).as_deref(),
+        Ok("private 10.20.0.1")
+    );
+    c.network.public_interface = "pub0".into();
+    inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
+    let out = talk(&ca.ns_path(), addr(elsewhere, 8080), None);
+    assert!(
+        out.is_err(),
+        "a tenant left through another interface than the public one: {out:?}"
+    );
+    assert!(talk(&ca.ns_path(), addr(CLIENT, 8080), None).is_ok());
     c = config(state.path());
     // Before the reconcile that starts the counts afresh: the control
     // for the host's port below.
