@@ -43,6 +43,29 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Where tenant `name`'s limits and container live in this host's
+    /// cgroups, under the driver runc is told to use.
+    pub fn tenant_cgroup(
+        &self,
+        name: &sotolito_config::TenantName,
+    ) -> anyhow::Result<sotolito_provisioner::cgroup::TenantCgroup> {
+        Ok(sotolito_provisioner::cgroup::TenantCgroup {
+            hierarchies: sotolito_provisioner::cgroup::Hierarchies::detect()?,
+            prefix: sotolito_provisioner::bundle::cgroup_prefix(&self.config().tenants_dir()),
+            name: name.clone(),
+            systemd: self.runc().systemd_cgroup,
+        })
+    }
+
+    /// Writes tenant `t`'s limits to its limit-holding cgroup.
+    pub fn apply_limits(&self, t: &sotolito_config::Tenant) -> anyhow::Result<()> {
+        let swap = t.limits.swap_or(self.config().defaults.swap);
+        self.tenant_cgroup(&t.name)?.apply(&t.limits, swap)?;
+        Ok(())
+    }
+}
+
 /// `auto` means systemd only where systemd is PID 1 (FACTS.md: runc's
 /// systemd driver fails elsewhere).
 fn use_systemd_cgroup(m: sotolito_config::host::CgroupManager) -> bool {

@@ -34,6 +34,9 @@ pub struct TenantView {
     pub disk_used: Option<u64>,
     /// The quota in bytes; null for unlimited.
     pub disk_limit: Option<u64>,
+    /// Swap beyond memory: `0`, a size, or `unlimited` (the tenant's own or
+    /// the host's `[defaults] swap`).
+    pub swap: String,
     pub created: String,
 }
 
@@ -77,6 +80,11 @@ impl TenantView {
             disk: t.disk.to_string(),
             disk_used: t.disk.bytes().and(disk_used),
             disk_limit: t.disk.bytes(),
+            swap: t
+                .limits
+                .swap
+                .unwrap_or(sotolito_config::SwapLimit::NONE)
+                .to_string(),
             created: humantime::format_rfc3339_seconds(t.created).to_string(),
         }
     }
@@ -169,10 +177,11 @@ pub fn print_status(v: &TenantView) -> anyhow::Result<()> {
     writeln!(out, "hosts:      {hosts}")?;
     writeln!(
         out,
-        "limits:     memory {}, cpu weight {}, pids {}, connections {}",
+        "limits:     memory {}, cpu weight {}, pids {}, swap {}, connections {}",
         v.memory,
         v.cpu_weight,
         v.pids,
+        v.swap,
         v.connections
             .map_or_else(|| "default".to_owned(), |n| n.to_string())
     )?;

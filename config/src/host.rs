@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::names::{gateway, CpuWeight, InvalidValue, LogSize, MemorySize, Problem};
+use crate::names::{gateway, CpuWeight, InvalidValue, LogSize, MemorySize, Problem, SwapLimit};
 use crate::quota::DiskQuota;
 use crate::Error;
 
@@ -271,6 +271,9 @@ pub struct Defaults {
     pub connections: u32,
     /// A tenant's writable storage unless `provision --disk` says otherwise.
     pub disk: DiskQuota,
+    /// Swap beyond the memory limit for tenants without their own `swap`:
+    /// `0` (none), a size, or `unlimited`.
+    pub swap: SwapLimit,
 }
 
 impl Defaults {
@@ -281,6 +284,8 @@ impl Defaults {
             cpu_weight: self.cpu_weight,
             pids: self.pids,
             connections: None,
+            // The record follows `[defaults] swap` until given its own.
+            swap: None,
         }
     }
 }
@@ -293,6 +298,7 @@ impl Default for Defaults {
             pids: 4096,
             connections: 4096,
             disk: DiskQuota::default(),
+            swap: SwapLimit::NONE,
         }
     }
 }

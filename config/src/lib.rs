@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 pub use host::{HostConfig, Loaded, Overrides};
 pub use names::{
-    CpuWeight, HostName, ImageName, InvalidValue, LogSize, MemorySize, SshPort, TenantName,
+    CpuWeight, HostName, ImageName, InvalidValue, LogSize, MemorySize, SshPort, SwapLimit,
+    TenantName,
 };
 pub use quota::DiskQuota;
 pub use registry::{Registry, RegistryLock};

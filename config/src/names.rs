@@ -28,6 +28,7 @@ pub enum Problem {
     BadUnit,
     NotInSubnet(Ipv4Net),
     Reserved(Ipv4Net),
+    BadSwap,
 }
 
 impl fmt::Display for Problem {
@@ -54,6 +55,10 @@ impl fmt::Display for Problem {
             Problem::BadUnit => write!(
                 f,
                 "is not a size (write a number with K, M, G or T, e.g. 512M or 2G)"
+            ),
+            Problem::BadSwap => write!(
+                f,
+                "is not a swap size (write 0, a size like 256M or 1G, or unlimited)"
             ),
             Problem::NotInSubnet(net) => write!(f, "is not inside the subnet {net}"),
             Problem::Reserved(net) => write!(
@@ -431,6 +436,64 @@ impl FromStr for LogSize {
     }
 }
 
+/// Swap a tenant may use beyond its memory limit: `0` (none, the default),
+/// a size written as for [`MemorySize`] (`256M`, `1G`), or `unlimited`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SwapLimit {
+    Bytes(u64),
+    Unlimited,
+}
+
+impl SwapLimit {
+    pub const NONE: SwapLimit = SwapLimit::Bytes(0);
+
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        const KIND: &str = "swap size";
+        let t = s.trim();
+        match t.to_ascii_lowercase().as_str() {
+            "unlimited" | "max" => return Ok(SwapLimit::Unlimited),
+            "0" => return Ok(SwapLimit::NONE),
+            _ => {}
+        }
+        let bytes = parse_size(KIND, s, 0).map_err(|e| match e.problem {
+            Problem::BadUnit => invalid(KIND, s, Problem::BadSwap),
+            _ => e,
+        })?;
+        Ok(SwapLimit::Bytes(bytes))
+    }
+}
+
+impl fmt::Display for SwapLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwapLimit::Unlimited => f.write_str("unlimited"),
+            SwapLimit::Bytes(0) => f.write_str("0"),
+            SwapLimit::Bytes(b) => fmt_size(*b, f),
+        }
+    }
+}
+
+impl From<SwapLimit> for String {
+    fn from(s: SwapLimit) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for SwapLimit {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        SwapLimit::new(&s)
+    }
+}
+
+impl FromStr for SwapLimit {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        SwapLimit::new(s)
+    }
+}
+
 /// systemd's CPUWeight scale, 1-10000 (100 is the default share).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "u64", into = "u64")]
@@ -534,6 +597,31 @@ pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_sizes() {
+        for (text, want) in [
+            ("0", "0"),
+            ("256M", "256M"),
+            ("1g", "1G"),
+            ("1K", "1K"),
+            ("unlimited", "unlimited"),
+            ("max", "unlimited"),
+        ] {
+            assert_eq!(SwapLimit::new(text).unwrap().to_string(), want, "{text}");
+        }
+        assert_eq!(SwapLimit::new("256M").unwrap(), SwapLimit::Bytes(256 << 20));
+        assert_eq!(
+            SwapLimit::new("lots").unwrap_err().to_string(),
+            r#"swap size "lots" is not a swap size (write 0, a size like 256M or 1G, or unlimited)"#
+        );
+        assert_eq!(
+            SwapLimit::new("-1").unwrap_err().to_string(),
+            r#"swap size "-1" is not a swap size (write 0, a size like 256M or 1G, or unlimited)"#
+        );
+        assert!(SwapLimit::new("").is_err());
+        assert!(SwapLimit::new("2000T").is_err());
+    }
 
     #[test]
     fn tenant_names() {

@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::{CpuWeight, HostName, ImageName, MemorySize, SshPort, SwapLimit, TenantName};
 use crate::quota::DiskQuota;
-use crate::names::{CpuWeight, HostName, ImageName, MemorySize, SshPort, TenantName};
 
 /// The record format this vpsctl writes; records of a newer format are
 /// refused rather than half-understood.
@@ -68,6 +68,16 @@ pub struct Limits {
     /// `defaults.connections` (records written before the cap existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+    /// Swap beyond `memory`; none: the host's `[defaults] swap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<SwapLimit>,
+}
+
+impl Limits {
+    /// The swap this tenant gets, given the host's default.
+    pub fn swap_or(&self, default: SwapLimit) -> SwapLimit {
+        self.swap.unwrap_or(default)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +209,12 @@ impl Tenant {
             other.nesting.to_string(),
         );
         cmp("disk", self.disk.to_string(), other.disk.to_string());
+        let swap = |t: &Tenant| {
+            t.limits
+                .swap
+                .map_or("default".to_owned(), |s| s.to_string())
+        };
+        cmp("swap", swap(self), swap(other));
         d
     }
 }
@@ -260,6 +276,13 @@ pub(crate) mod tests {
         );
         assert!(text.contains("ssh_port = 2201"), "{text}");
         assert_eq!(Tenant::from_toml(&text).unwrap(), t);
+        // A record written before swap existed follows the host default.
+        assert!(!text.contains("swap"), "{text}");
+        let mut own = t.clone();
+        own.limits.swap = Some(SwapLimit::new("256M").unwrap());
+        let text = own.to_toml();
+        assert!(text.contains("swap = \"256M\""), "{text}");
+        assert_eq!(Tenant::from_toml(&text).unwrap(), own);
     }
 
     #[test]

@@ -6,13 +6,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use sotolito_config::{Tenant, TenantName};
 
+use crate::cgroup::ContainerCgroup;
 use crate::{io_err, Error};
 
 /// The data dirs bound over the shared image, as in the original design.
@@ -87,17 +87,6 @@ impl HookCommand {
     }
 }
 
-/// runc's cgroupsPath: `slice:prefix:name` for the systemd driver, a path
-/// for cgroupfs. The prefix names the instance (see [`cgroup_prefix`]).
-pub fn cgroups_path(layout: &TenantLayout, name: &TenantName, systemd: bool) -> String {
-    let prefix = cgroup_prefix(layout.dir.parent().unwrap_or(Path::new("/")));
-    if systemd {
-        format!("machine.slice:{prefix}:{name}")
-    } else {
-        format!("/{prefix}/{name}")
-    }
-}
-
 /// `sotolito` for the default tenants dir, else `sotolito-HASH` of it: two
 /// instances on one host (the demo or tests beside a real install) must
 /// never share a tenant's cgroup, or deleting one would kill the other.
@@ -150,12 +139,13 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 }
 
 /// The config.json of `tenant`: overlay root, rw binds of its data dirs,
-/// /sbin/init as PID 1, limits from its record, net hooks.
+/// /sbin/init as PID 1 in `cgroup` (a child of the cgroup holding its
+/// limits, which the spec does not set), net hooks.
 pub fn render_spec(
     tenant: &Tenant,
     layout: &TenantLayout,
     hooks: Option<&HookCommand>,
-    systemd_cgroup: bool,
+    cgroup: &ContainerCgroup,
 ) -> Result<Spec, Error> {
     let caps = default_capabilities();
     let seccomp = crate::seccomp::render_seccomp(&caps, tenant.nesting)?;
@@ -220,12 +210,25 @@ pub fn render_spec(
             "sysfs",
             &["nosuid", "noexec", "nodev", "ro"],
         )?,
-        // systemd needs a writable cgroup tree of its own (FACTS.md).
+        // In the cgroup namespace each hierarchy shows the container's own
+        // cgroup as its root. cgroup v1: every controller read-only (the
+        // limits sit on the parent anyway), the name=systemd one made
+        // writable below; v2: the tenant's delegated subtree, writable.
         mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "rw"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "relatime",
+                if cgroup.systemd_bind.is_some() {
+                    "ro"
+                } else {
+                    "rw"
+                },
+            ],
         )?,
         mount("/run", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=755"])?,
         mount(
@@ -236,6 +239,24 @@ pub fn render_spec(
         )?,
         mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777"])?,
     ];
+    if let Some(dir) = &cgroup.systemd_bind {
+        // systemd needs its own hierarchy writable (FACTS.md): the
+        // container's own name=systemd cgroup, which runc has made by the
+        // time it mounts, and nothing above it.
+        let after = mounts
+            .iter()
+            .position(|m| m.destination() == Path::new("/sys/fs/cgroup"))
+            .map_or(mounts.len(), |i| i + 1);
+        mounts.insert(
+            after,
+            mount(
+                "/sys/fs/cgroup/systemd",
+                "bind",
+                &dir.display().to_string(),
+                &["rbind", "nosuid", "noexec", "nodev", "rw"],
+            )?,
+        );
+    }
     for d in DATA_DIRS {
         let src = layout.data().join(d);
         mounts.push(mount(
@@ -256,31 +277,17 @@ pub fn render_spec(
         ns(LinuxNamespaceType::Network)?,
         ns(LinuxNamespaceType::Cgroup)?,
     ];
-    let limits = &tenant.limits;
+    // Only the device rules: memory, pids and CPU live on the parent
+    // cgroup (crate::cgroup), out of the tenant's reach.
     let resources = LinuxResourcesBuilder::default()
         .devices(vec![LinuxDeviceCgroupBuilder::default()
             .allow(false)
             .access("rwm")
             .build()?])
-        .memory(
-            LinuxMemoryBuilder::default()
-                .limit(i64::try_from(limits.memory.bytes()).unwrap_or(i64::MAX))
-                .build()?,
-        )
-        .cpu(
-            LinuxCpuBuilder::default()
-                .shares(limits.cpu_weight.cpu_shares())
-                .build()?,
-        )
-        .pids(
-            LinuxPidsBuilder::default()
-                .limit(i64::from(limits.pids))
-                .build()?,
-        )
         .build()?;
     let linux = LinuxBuilder::default()
         .resources(resources)
-        .cgroups_path(cgroups_path(layout, &tenant.name, systemd_cgroup))
+        .cgroups_path(&cgroup.path)
         .namespaces(namespaces)
         .seccomp(seccomp)
         .masked_paths(
@@ -380,7 +387,7 @@ pub fn write_spec(layout: &TenantLayout, spec: &Spec) -> Result<(), Error> {
 mod tests {
     use super::*;
     use serde_json::Value;
-    use sotolito_config::{CpuWeight, ImageName, SshPort};
+    use sotolito_config::{ImageName, SshPort};
 
     fn tenant() -> Tenant {
         Tenant::new(
@@ -402,24 +409,61 @@ mod tests {
         let b = cgroup_prefix(Path::new("/tmp/b/state/tenants"));
         assert!(a.starts_with("sotolito-") && b.starts_with("sotolito-"));
         assert_ne!(a, b);
-        let layout = TenantLayout::new(
-            Path::new("/var/lib/sotolito/tenants"),
-            &TenantName::new("acme").unwrap(),
-        );
-        let name = TenantName::new("acme").unwrap();
-        assert_eq!(cgroups_path(&layout, &name, false), "/sotolito/acme");
-        assert_eq!(
-            cgroups_path(&layout, &name, true),
-            "machine.slice:sotolito:acme"
-        );
     }
 
-    fn rendered(hooks: Option<&HookCommand>) -> Value {
+    /// cgroup v1, as on a hybrid host.
+    fn cgroup() -> ContainerCgroup {
+        ContainerCgroup {
+            path: "/sotolito/acme/tenant".into(),
+            systemd_bind: Some("/sys/fs/cgroup/systemd/sotolito/acme/tenant".into()),
+        }
+    }
+
+    fn rendered_in(hooks: Option<&HookCommand>, cgroup: &ContainerCgroup) -> Value {
         let layout = TenantLayout::new(
             Path::new("/state/tenants"),
             &TenantName::new("acme").unwrap(),
         );
-        serde_json::to_value(render_spec(&tenant(), &layout, hooks, false).unwrap()).unwrap()
+        serde_json::to_value(render_spec(&tenant(), &layout, hooks, cgroup).unwrap()).unwrap()
+    }
+
+    fn rendered(hooks: Option<&HookCommand>) -> Value {
+        rendered_in(hooks, &cgroup())
+    }
+
+    #[test]
+    fn cgroup_controllers_read_only_systemd_writable() {
+        let s = rendered(None);
+        let mounts = s["mounts"].as_array().unwrap();
+        let at = |d: &str| mounts.iter().position(|m| m["destination"] == d).unwrap();
+        let cg = &mounts[at("/sys/fs/cgroup")];
+        assert!(cg["options"].as_array().unwrap().contains(&"ro".into()));
+        let sd = &mounts[at("/sys/fs/cgroup/systemd")];
+        assert_eq!(at("/sys/fs/cgroup/systemd"), at("/sys/fs/cgroup") + 1);
+        assert_eq!(sd["source"], "/sys/fs/cgroup/systemd/sotolito/acme/tenant");
+        assert!(sd["options"].as_array().unwrap().contains(&"rw".into()));
+        assert_eq!(s["linux"]["cgroupsPath"], "/sotolito/acme/tenant");
+        // The limits are not the container's to hold.
+        let r = &s["linux"]["resources"];
+        assert!(r.get("memory").is_none() && r.get("pids").is_none() && r.get("cpu").is_none());
+        assert_eq!(r["devices"][0]["allow"], false);
+        // v2: the tenant's delegated subtree, writable, nothing bound.
+        let v2 = rendered_in(
+            None,
+            &ContainerCgroup {
+                path: "/sotolito/acme/tenant".into(),
+                systemd_bind: None,
+            },
+        );
+        let mounts = v2["mounts"].as_array().unwrap();
+        assert!(!mounts
+            .iter()
+            .any(|m| m["destination"] == "/sys/fs/cgroup/systemd"));
+        let cg = mounts
+            .iter()
+            .find(|m| m["destination"] == "/sys/fs/cgroup")
+            .unwrap();
+        assert!(cg["options"].as_array().unwrap().contains(&"rw".into()));
     }
 
     #[test]
@@ -450,20 +494,16 @@ mod tests {
         for d in ["/run", "/run/lock", "/tmp"] {
             assert_eq!(find(d)["type"], "tmpfs");
         }
-        assert!(find("/sys/fs/cgroup")["options"]
-            .as_array()
-            .unwrap()
-            .contains(&"rw".into()));
         assert!(s.get("hooks").is_none());
     }
 
     #[test]
     fn json_is_stable() {
         let layout = TenantLayout::new(Path::new("/s"), &TenantName::new("acme").unwrap());
-        let a = spec_json(&render_spec(&tenant(), &layout, None, false).unwrap());
+        let a = spec_json(&render_spec(&tenant(), &layout, None, &cgroup()).unwrap());
         for _ in 0..5 {
             assert_eq!(
-                spec_json(&render_spec(&tenant(), &layout, None, false).unwrap()),
+                spec_json(&render_spec(&tenant(), &layout, None, &cgroup()).unwrap()),
                 a
             );
         }
@@ -511,13 +551,14 @@ mod tests {
             nesting: true,
             ..tenant()
         };
-        let n = serde_json::to_value(render_spec(&nested, &layout, None, false).unwrap()).unwrap();
+        let n =
+            serde_json::to_value(render_spec(&nested, &layout, None, &cgroup()).unwrap()).unwrap();
         assert_eq!(rule_of(&n, "unshare")["action"], "SCMP_ACT_ALLOW");
         assert_eq!(rule_of(&n, "keyctl")["errnoRet"], 38);
     }
 
     #[test]
-    fn namespaces_limits_and_hooks() {
+    fn namespaces_and_hooks() {
         let h = HookCommand {
             vpsctl: "/usr/bin/vpsctl".into(),
             config: "/etc/sotolito/sotolito.toml".into(),
@@ -546,17 +587,6 @@ mod tests {
             .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network", "cgroup"]);
         assert!(s["linux"]["namespaces"][4].get("path").is_none());
-        let r = &s["linux"]["resources"];
-        assert_eq!(r["memory"]["limit"], 512 * 1024 * 1024);
-        assert_eq!(
-            r["cpu"]["shares"],
-            CpuWeight::new(100).unwrap().cpu_shares()
-        );
-        assert_eq!(r["pids"]["limit"], 4096);
-        assert_eq!(
-            s["linux"]["cgroupsPath"],
-            format!("/{}/acme", cgroup_prefix(Path::new("/state/tenants")))
-        );
         let attach = &s["hooks"]["createRuntime"][0];
         assert_eq!(attach["path"], "/usr/bin/vpsctl");
         assert_eq!(

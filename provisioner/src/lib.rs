@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod busybox;
+pub mod cgroup;
 pub mod console;
 pub mod data;
 pub mod disk;
@@ -112,6 +113,14 @@ pub enum Error {
     Busybox(String),
     #[error("the seccomp profile is unusable: {0} (a bug in this vpsctl build: report it)")]
     Seccomp(String),
+    #[error("no cgroup v1 memory hierarchy or cgroup2 mount found in /proc/self/mountinfo (is /sys/fs/cgroup mounted? run vpsctl in the host's mount namespace)")]
+    NoCgroups,
+    #[error("swap is on but this kernel does not account it per cgroup, so tenant {tenant}'s swap limit cannot hold (boot with swapaccount=1, turn swap off, or allow it with [defaults] swap = \"unlimited\" or --swap unlimited)")]
+    SwapUnaccounted { tenant: String },
+    #[error("tenant {tenant} uses more than {memory} and the kernel could not reclaim enough (free memory inside the tenant, or pick a larger size)")]
+    MemoryInUse { tenant: String, memory: String },
+    #[error("cannot remove the cgroups of tenant {tenant}, processes are still in them: {dirs} (stop the tenant, then rerun)")]
+    CgroupBusy { tenant: String, dirs: String },
 }
 
 /// Attaches a path to an io::Error.

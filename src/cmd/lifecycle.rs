@@ -81,7 +81,7 @@ pub fn stop_signal(ctx: &Context, tenant: &Tenant) -> i32 {
 /// while holding) the registry lock's callers release it, except by
 /// deprovision, which holds the registry lock first: always registry, then
 /// tenant.
-fn lock(
+pub(crate) fn lock(
     ctx: &Context,
     name: &TenantName,
 ) -> anyhow::Result<sotolito_provisioner::lock::TenantLock> {
@@ -139,6 +139,8 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     // tenant is provisioned (this mounts it after a reboot).
     disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
     let layout = provision::write_bundle(ctx, &tenant)?;
+    // Read again under the tenant lock: a `set` may have changed them.
+    ctx.apply_limits(&ctx.registry().require(name)?)?;
     overlay::mount_root(name.as_str(), &img.rootfs(), &layout)?;
     if let Err(e) = supervise::start_detached(
         &runc,
@@ -157,6 +159,7 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
             return Ok(());
         }
         let _ = overlay::unmount_root(&layout);
+        let _ = ctx.tenant_cgroup(name).map(|c| c.teardown());
         return Err(e.into());
     }
     Ok(())
@@ -176,6 +179,7 @@ pub fn stop_container(
     let _lock = lock(ctx, name)?;
     let outcome = supervise::stop(&ctx.runc(), name.as_str(), signal, timeout)?;
     overlay::unmount_root(&provision::layout(ctx, name))?;
+    ctx.tenant_cgroup(name)?.teardown()?;
     Ok(outcome)
 }
 
@@ -301,6 +305,7 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
         }
         disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
         let layout = provision::write_bundle(ctx, &tenant)?;
+        ctx.apply_limits(&registry.require(name)?)?;
         overlay::mount_root(name.as_str(), &img.rootfs(), &layout)?;
         drop(prep_lock);
         tracing::info!(tenant = %name, console = %layout.console_log().display(), "running");
@@ -314,7 +319,9 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
             DEFAULT_STOP_TIMEOUT,
         );
         overlay::unmount_root(&layout)?;
+        let cleaned = ctx.tenant_cgroup(name)?.teardown();
         let code = result?;
+        cleaned?;
         tracing::info!(tenant = %name, code, "exited");
         Ok(code)
     })()

@@ -12,7 +12,8 @@ use clap::Args;
 use sotolito_config::names::{parse_connections, parse_http_port, parse_pids};
 use sotolito_config::tenant::FORMAT_VERSION;
 use sotolito_config::{
-    CpuWeight, Desired, DiskQuota, HostName, ImageName, Limits, MemorySize, SshPort, Tenant, TenantName,
+    CpuWeight, Desired, DiskQuota, HostName, ImageName, Limits, MemorySize, SshPort, SwapLimit,
+    Tenant, TenantName,
 };
 use sotolito_provisioner::data::{self, Seed};
 use sotolito_provisioner::tenantfs::Owner;
@@ -59,6 +60,10 @@ pub struct ProvisionArgs {
     /// together), e.g. 10G, or `unlimited` [default: config defaults.disk]
     #[arg(long, value_name = "SIZE")]
     pub disk: Option<DiskQuota>,
+    /// Swap beyond the memory limit: 0, a size, or unlimited [default:
+    /// config defaults.swap]
+    #[arg(long, value_name = "SIZE")]
+    pub swap: Option<SwapLimit>,
     /// Never request an ACME certificate for this host (repeatable; one of
     /// the --host names).
     #[arg(long = "no-acme", value_name = "HOST")]
@@ -113,12 +118,8 @@ pub fn tenant_owner(_ctx: &Context, _tenant: &Tenant) -> Owner {
 /// Writes the tenant's config.json (derived state, rewritten freely).
 pub fn write_bundle(ctx: &Context, tenant: &Tenant) -> anyhow::Result<TenantLayout> {
     let layout = layout(ctx, &tenant.name);
-    let spec = bundle::render_spec(
-        tenant,
-        &layout,
-        Some(&hook_command(ctx)?),
-        ctx.runc().systemd_cgroup,
-    )?;
+    let cgroup = ctx.tenant_cgroup(&tenant.name)?.container();
+    let spec = bundle::render_spec(tenant, &layout, Some(&hook_command(ctx)?), &cgroup)?;
     bundle::write_spec(&layout, &spec)?;
     restrict(ctx, tenant)?;
     Ok(layout)
@@ -228,11 +229,19 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
             |t| t.desired,
         ),
         acme_opt_out: args.no_acme.clone(),
-        limits: Limits {
-            memory: args.memory.unwrap_or(config.defaults.memory),
-            cpu_weight: args.cpu_weight.unwrap_or(config.defaults.cpu_weight),
-            pids: args.pids.unwrap_or(config.defaults.pids),
-            connections: args.connections,
+        // A limit flag left out keeps the record's value (it may have been
+        // changed by `set`), or takes the host's default for a new record.
+        limits: {
+            let base = existing
+                .as_ref()
+                .map_or_else(|| config.defaults.limits(), |t| t.limits);
+            Limits {
+                memory: args.memory.unwrap_or(base.memory),
+                cpu_weight: args.cpu_weight.unwrap_or(base.cpu_weight),
+                pids: args.pids.unwrap_or(base.pids),
+                swap: args.swap.or(base.swap),
+                connections: args.connections.or(base.connections),
+            }
         },
         nesting: args.nesting,
         disk: disk_quota,

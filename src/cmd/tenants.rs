@@ -9,11 +9,16 @@ use crate::output::{self, TenantView};
 pub fn view(ctx: &Context, tenant: &Tenant) -> TenantView {
     let state = ctx.runc().state(tenant.name.as_str());
     let layout = crate::cmd::provision::layout(ctx, &tenant.name);
-    TenantView::new(
+    let mut v = TenantView::new(
         tenant,
         state,
         sotolito_provisioner::disk::used_bytes(&layout),
-    )
+    );
+    v.swap = tenant
+        .limits
+        .swap_or(ctx.config().defaults.swap)
+        .to_string();
+    v
 }
 
 pub fn list(ctx: &Context) -> anyhow::Result<()> {

@@ -257,6 +257,7 @@ impl Drop for Host {
                 .args(["delete", "-f", &id])
                 .output();
         }
+        remove_instance_cgroups(&self.state().join("tenants"));
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
             let mut ours: Vec<&str> = mounts
                 .lines()
@@ -272,6 +273,28 @@ impl Drop for Host {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
     }
+}
+
+/// Removes the cgroups an instance left (tenants still running when a test
+/// ended: runc removes only the container's own cgroup), deepest first.
+pub fn remove_instance_cgroups(tenants_dir: &Path) {
+    fn rmdir_tree(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    rmdir_tree(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let prefix = sotolito_provisioner::bundle::cgroup_prefix(tenants_dir);
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            rmdir_tree(&h.path().join(&prefix));
+        }
+    }
+    rmdir_tree(&Path::new("/sys/fs/cgroup").join(&prefix));
 }
 
 /// Every file under `dir` with its contents (directories with none):
