@@ -302,6 +302,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn records_from_before_quotas_are_unlimited() {
+        let t = sample("acme", [172, 18, 0, 2], 2201, &[]);
+        assert_eq!(t.disk, DiskQuota::Limit(10 << 30));
+        let text = t.to_toml();
+        assert!(text.contains("disk = \"10G\""), "{text}");
+        let old: String = text
+            .lines()
+            .filter(|l| !l.starts_with("disk ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(Tenant::from_toml(&old).unwrap().disk, DiskQuota::Unlimited);
+    }
+
+    #[test]
     fn bad_records_say_where() {
         let t = sample("acme", [172, 18, 0, 2], 2201, &[]);
         let text = t.to_toml().replace("ssh_port = 2201", "ssh_port = 0");

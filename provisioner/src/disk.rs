@@ -30,26 +30,42 @@ const LOOP_CONTROL: &str = "/dev/loop-control";
 /// Checks that this host can enforce a quota: the tools, loop devices and
 /// btrfs. Each failure says what to install or load.
 pub fn check_enforceable() -> Result<(), Error> {
+    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    missing_support(
+        |tool| find_program(tool).is_some(),
+        Path::new(LOOP_CONTROL).exists(),
+        &filesystems,
+    )
+}
+
+/// What the host lacks for quotas (pure, for tests).
+fn missing_support(
+    has_tool: impl Fn(&str) -> bool,
+    loop_control: bool,
+    proc_filesystems: &str,
+) -> Result<(), Error> {
     let unenforceable = |reason: String, fix: &str| Error::DiskUnenforceable {
         reason,
         fix: fix.to_owned(),
     };
     for (tool, package) in [(MKFS, "btrfs-progs"), (BTRFS, "btrfs-progs"), ("losetup", "mount")] {
-        if find_program(tool).is_none() {
+        if !has_tool(tool) {
             return Err(unenforceable(
                 format!("{tool} is not installed"),
                 &format!("apt-get install {package}"),
             ));
         }
     }
-    if !Path::new(LOOP_CONTROL).exists() {
+    if !loop_control {
         return Err(unenforceable(
             format!("{LOOP_CONTROL} is missing (no loop device support)"),
             "modprobe loop, or give the container /dev/loop-control and /dev/loop*",
         ));
     }
-    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !filesystems.lines().any(|l| l.split_whitespace().last() == Some("btrfs")) {
+    if !proc_filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("btrfs"))
+    {
         return Err(unenforceable(
             "the kernel has no btrfs".into(),
             "modprobe btrfs",
@@ -393,6 +409,21 @@ mod tests {
 93 22 7:1 / /s/tenants/acme/data rw,nodev shared:52 - btrfs /dev/loop1 rw
 94 93 7:1 / /s/tenants/acme/data rw,nodev shared:53 - btrfs /dev/loop2 rw
 ";
+
+    #[test]
+    fn unenforceable_quotas_say_how_to_fix() {
+        let fs = "nodev\tproc\n\tbtrfs\n";
+        assert!(missing_support(|_| true, true, fs).is_ok());
+        let e = missing_support(|t| t != "mkfs.btrfs", true, fs).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a disk quota cannot be enforced here: mkfs.btrfs is not installed (apt-get install btrfs-progs, or provision with --disk unlimited)"
+        );
+        let e = missing_support(|_| true, false, fs).unwrap_err();
+        assert!(e.to_string().contains("modprobe loop"), "{e}");
+        let e = missing_support(|_| true, true, "nodev\tproc\n\text4\n").unwrap_err();
+        assert!(e.to_string().contains("modprobe btrfs"), "{e}");
+    }
 
     #[test]
     fn mount_sources() {

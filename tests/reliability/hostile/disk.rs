@@ -142,9 +142,29 @@ fn a_tenant_fills_only_its_own_quota() {
     let record = std::fs::read_to_string(state.join("registry/tenants/hog.toml")).unwrap();
     assert!(record.contains("disk = \"768M\""), "{record}");
 
+    // A tenant without a quota (as every record from before quotas) is put
+    // under one while stopped: its data moves onto an image, kept.
+    sh(&h, "free", "echo kept > /root/kept && echo upper > /usr/upper");
+    let out = h.vpsctl(&["set", "free", "--disk", "512M"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the tenant stopped"),
+        "set --disk on a running tenant without a quota: {out:?}"
+    );
+    h.ok(&["stop", "free", "--timeout", "1"]);
+    h.ok(&["set", "free", "--disk", "512M"]);
+    h.ok(&["start", "free"]);
+    assert_eq!(sh(&h, "free", "cat /root/kept /usr/upper"), "kept\nupper\n");
+    let (wrote, out) = fill(&h, "free", "/var/fill", 2 * quota / MIB);
+    assert!(
+        out.contains("No space left") && wrote <= quota,
+        "the converted tenant wrote {} MiB: {out}",
+        wrote / MIB
+    );
+    assert_eq!(h.json(&["status", "free"])["disk_limit"], quota);
+
     // One loop device per tenant with a quota; none after deprovision.
     let tenants = state.join("tenants");
-    assert_eq!(loop_devices_under(&tenants).len(), 2, "{:?}", loop_devices_under(&tenants));
+    assert_eq!(loop_devices_under(&tenants).len(), 3, "{:?}", loop_devices_under(&tenants));
     for t in ["hog", "other", "free"] {
         h.ok(&["deprovision", t, "--purge", "--timeout", "1"]);
     }
