@@ -199,6 +199,43 @@ impl Host {
         self.ok(&["image", "import", "busybox", rootfs.to_str().unwrap()]);
     }
 
+    /// Imports a Debian image with systemd and sshd named `deb`, from the
+    /// cache tarball the end-to-end test keeps (SOTOLITO_DEBIAN_TARBALL or
+    /// /var/cache/sotolito/debian-bookworm.tar.gz), made with debootstrap
+    /// from the test's own namespace (the host namespace has no route out)
+    /// when missing.
+    pub fn debian_image(&self) {
+        let tarball = std::env::var_os("SOTOLITO_DEBIAN_TARBALL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/sotolito/debian-bookworm.tar.gz"));
+        if tarball.is_file() {
+            self.ok(&["image", "import", "deb", tarball.to_str().unwrap()]);
+            return;
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["image", "debootstrap", "deb", "--include", "nginx-light"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn vpsctl");
+        assert!(
+            out.status.success(),
+            "vpsctl image debootstrap failed (apt-get install debootstrap; a route to the mirror): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = tarball.parent().expect("cache dir");
+        std::fs::create_dir_all(dir).unwrap();
+        let tmp = tarball.with_extension(format!("tmp{}", std::process::id()));
+        run(Command::new("tar")
+            .arg("-czf")
+            .arg(&tmp)
+            .arg("-C")
+            .arg(self.state().join("images/deb/rootfs"))
+            .arg("."));
+        std::fs::rename(&tmp, &tarball).unwrap();
+    }
+
     /// Provisions busybox tenant `name` with host `NAME.test`, SSH port
     /// `ssh_port` and the test key; `extra` adds flags (`--start`, ...).
     pub fn provision_busybox(&self, name: &str, ssh_port: u16, extra: &[&str]) -> Output {

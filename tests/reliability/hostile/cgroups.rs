@@ -438,3 +438,71 @@ fn set_changes_limits_live() {
     assert_eq!((l.pids.as_str(), l.shares.as_str()), ("200", "3072"));
     assert_eq!(h.json(&["status", "live"])["pids"], 200);
 }
+
+/// The Debian tenant: systemd boots to `running` with its controllers
+/// read-only, runs its units in its own name=systemd subtree (which the
+/// host sees below the tenant's cgroup), and its root cannot lift the
+/// limits either.
+#[test]
+fn systemd_tenant_boots_and_cannot_lift_its_limits() {
+    let h = Host::new("");
+    h.debian_image();
+    h.ok(&[
+        "provision",
+        "web",
+        "--image",
+        "deb",
+        "--start",
+        "--pids",
+        "256",
+        "--memory",
+        "256M",
+    ]);
+    let mut state = String::new();
+    for _ in 0..100 {
+        let o = h.vpsctl(&["exec", "web", "--", "systemctl", "is-system-running"]);
+        state = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        if state == "running" || state == "degraded" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let failed = h.vpsctl(&["exec", "web", "--", "systemctl", "--failed", "--no-legend"]);
+    assert_eq!(
+        state,
+        "running",
+        "failed units: {}",
+        String::from_utf8_lossy(&failed.stdout)
+    );
+    let pid = pid(&h, "web");
+
+    // Positive control: systemd wrote its own hierarchy (moved itself to
+    // init.scope, made system.slice), below the tenant's cgroup on the host.
+    let own_sd = cgroup_of(pid, "name=systemd");
+    assert!(
+        own_sd.ends_with("/web/tenant/init.scope"),
+        "systemd runs in {own_sd}"
+    );
+    let sd = mount_of("name=systemd").join(parent(&own_sd).trim_start_matches('/'));
+    assert!(
+        sd.join("system.slice").is_dir(),
+        "systemd's system.slice is not under {}",
+        sd.display()
+    );
+    let own_pids = cgroup_of(pid, "pids");
+    assert!(
+        own_pids.ends_with("/web/tenant"),
+        "systemd moved itself to {own_pids}: the tenant's pids hierarchy is writable"
+    );
+
+    let (ok, out) = exec(
+        &h,
+        "web",
+        "echo max > /sys/fs/cgroup/pids/pids.max; echo 9223372036854771712 > /sys/fs/cgroup/memory/memory.limit_in_bytes",
+    );
+    assert!(!ok, "tenant root wrote its controllers: {out}");
+    let l = held(pid);
+    assert_eq!(l.pids, "256", "pids.max on the host");
+    assert_eq!(l.memory, (256 * MIB).to_string(), "memory on the host");
+    assert_eq!(l.memsw, (256 * MIB).to_string(), "memory+swap on the host");
+}
