@@ -312,8 +312,95 @@ fn run_entry_point_obtains_certificates() {
     );
 }
 
-/// The proxy process of `run_entry_point_obtains_certificates`; does
-/// nothing unless that test started it.
+/// As `sotolito-proxy.service` runs it: the system user `sotolito-proxy`
+/// with CAP_NET_BIND_SERVICE alone (set by setpriv, PID 1 not being
+/// systemd here), against a state dir prepared as `vpsctl units install`
+/// prepares it. The proxy binds 80 and 443, reads the registry and writes
+/// the certificate ACME issues, as that user.
+#[test]
+fn run_entry_point_as_its_own_user_writes_certificates() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let host = "user.sotolito.internal";
+    let env = Env::world("user", 0, &[tenant("user", &[host], &[])]);
+    let c = &env.config;
+    // The test's temp dir stands for /var/lib (0755).
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod temp dir");
+    let config_file = env.dir.path().join("sotolito.toml");
+    let text = format!(
+        "[paths]\nstate_dir = {:?}\nrun_dir = {:?}\nconfig_dir = {:?}\n\
+         [proxy]\nhttp = \"127.0.0.1:80\"\nhttps = \"127.0.0.1:443\"\nadmin = \"127.0.0.1:9180\"\n\
+         [acme]\nenabled = true\ndirectory = {:?}\nemail = \"ops@sotolito.internal\"\nca_roots = [{:?}]\n",
+        c.paths.state_dir,
+        c.paths.run_dir,
+        c.paths.config_dir,
+        env::DIRECTORY,
+        env.pebble.listener_ca,
+    );
+    std::fs::write(&config_file, text).expect("write config");
+    let ids = sotolito_provisioner::proxy_user::ensure_user().expect("the proxy's user");
+    sotolito_provisioner::proxy_user::grant_access(
+        &sotolito_provisioner::proxy_user::ProxyPaths {
+            state_dir: &c.paths.state_dir,
+            registry_dir: &c.registry_dir(),
+            certs_dir: &c.certs_dir(),
+            config_file: &config_file,
+        },
+        ids,
+    )
+    .expect("grant access");
+    let exe = std::env::current_exe().expect("test binary");
+    let log = env.dir.path().join("run.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = env
+        .ns
+        .command("setpriv")
+        .args([
+            "--reuid=sotolito-proxy",
+            "--regid=sotolito-proxy",
+            "--clear-groups",
+            "--inh-caps=-all,+net_bind_service",
+            "--ambient-caps=-all,+net_bind_service",
+            "--bounding-set=-all,+net_bind_service",
+            "--no-new-privs",
+        ])
+        .arg(&exe)
+        .args(["--exact", "run_child", "--nocapture"])
+        .env(CHILD_CONFIG, &config_file)
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn the proxy process");
+    let root = env.pebble.root_pem(&env.ns);
+    let served = wait_for(Duration::from_secs(90), || {
+        env.served_cert(host, &root).ok()
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    if wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten()).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        served.is_some(),
+        "the proxy as sotolito-proxy obtained no certificate:\n{text}\n{}",
+        env.pebble.log_text()
+    );
+    let chain = c.certs_dir().join(host).join("fullchain.pem");
+    let meta = std::fs::metadata(&chain).expect("the issued chain");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (ids.uid, ids.gid),
+        "{} was not written by the proxy's user",
+        chain.display()
+    );
+}
+
+/// The proxy process of `run_entry_point_obtains_certificates` and
+/// `run_entry_point_as_its_own_user_writes_certificates`; does nothing
+/// unless one of them started it.
 #[test]
 fn run_child() {
     let Some(path) = std::env::var_os(CHILD_CONFIG) else {
