@@ -182,7 +182,18 @@ fn provision_killed_at_random_moments_converges() {
     let loops = loop_devices_under(&tenants);
     assert_eq!(loops.len(), RUNS as usize + 1, "{loops:#?}");
     h.ok(&["deprovision", "keeper", "--timeout", "1"]);
-    let loops = loop_devices_under(&tenants);
+    // The kernel frees an autoclear loop device when the last mount of it
+    // goes, in every mount namespace: a namespace another process on the
+    // machine is making right now holds a private copy for a moment.
+    // Bounded wait for that release; a copy still held after it fails.
+    let mut loops = loop_devices_under(&tenants);
+    for _ in 0..30 {
+        if loops.len() == RUNS as usize {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        loops = loop_devices_under(&tenants);
+    }
     assert_eq!(
         loops.len(),
         RUNS as usize,
