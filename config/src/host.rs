@@ -345,6 +345,12 @@ pub struct Runtime {
     /// A tenant's console log is rotated past this size, one old copy
     /// kept (`console.log.1`): at most twice this on disk per tenant.
     pub console_log_max: LogSize,
+    /// First host uid/gid of tenant id maps: tenants share base..base+65535;
+    /// isolated tenants get base+65536*k (1 <= k < idmap_ranges).
+    pub idmap_base: u32,
+    /// How many 65536-id ranges from idmap_base are sotolito's (the shared
+    /// one included).
+    pub idmap_ranges: u32,
 }
 
 impl Default for Runtime {
@@ -353,6 +359,19 @@ impl Default for Runtime {
             runc: "runc".into(),
             cgroup_manager: CgroupManager::Auto,
             console_log_max: LogSize::new("1M").expect("valid default"),
+            // Incus's default: above the ids a host's own users get, and
+            // clear of the 100000-range that useradd writes to /etc/subuid.
+            idmap_base: 1_000_000,
+            idmap_ranges: 1000,
+        }
+    }
+}
+
+impl Runtime {
+    pub fn idmap_pool(&self) -> crate::IdmapPool {
+        crate::IdmapPool {
+            base: self.idmap_base,
+            ranges: self.idmap_ranges,
         }
     }
 }
@@ -465,6 +484,27 @@ impl HostConfig {
                     "{} has host bits set (did you mean {}?)",
                     self.network.subnet,
                     self.network.subnet.trunc()
+                ),
+            ));
+        }
+        let rt = &self.runtime;
+        if rt.idmap_base < crate::idmap::RANGE_SIZE {
+            return Err(bad(
+                "runtime.idmap_base",
+                format!(
+                    "{} overlaps the host's own ids 0-65535 (use 1000000 or another base of at least 65536)",
+                    rt.idmap_base
+                ),
+            ));
+        }
+        let end = u64::from(rt.idmap_base)
+            + u64::from(rt.idmap_ranges) * u64::from(crate::idmap::RANGE_SIZE);
+        if rt.idmap_ranges == 0 || end > u64::from(u32::MAX) {
+            return Err(bad(
+                "runtime.idmap_ranges",
+                format!(
+                    "{} ranges of 65536 from {} do not fit in 1..2^32-1 host ids (use at least 1, and fewer)",
+                    rt.idmap_ranges, rt.idmap_base
                 ),
             ));
         }
@@ -775,6 +815,14 @@ mod tests {
             (
                 "[defaults]\nconnections = 3\n",
                 "config /etc/sotolito/sotolito.toml: defaults.connections: connection cap \"3\" is out of range 16-4194304",
+            ),
+            (
+                "[runtime]\nidmap_base = 1000\n",
+                "config /etc/sotolito/sotolito.toml: runtime.idmap_base: 1000 overlaps the host's own ids 0-65535 (use 1000000 or another base of at least 65536)",
+            ),
+            (
+                "[runtime]\nidmap_ranges = 100000\n",
+                "config /etc/sotolito/sotolito.toml: runtime.idmap_ranges: 100000 ranges of 65536 from 1000000 do not fit in 1..2^32-1 host ids (use at least 1, and fewer)",
             ),
             (
                 "[network]\nbridge = \"a-very-long-bridge-name\"\n",

@@ -2,6 +2,7 @@
 //! registry that every other part reads.
 
 pub mod host;
+pub mod idmap;
 pub mod names;
 pub mod quota;
 pub mod registry;
@@ -11,6 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use host::{HostConfig, Loaded, Overrides};
+pub use idmap::{Idmap, IdmapPool};
 pub use names::{
     CpuWeight, HostName, ImageName, InvalidValue, LogSize, MemorySize, SshPort, SwapLimit,
     TenantName,

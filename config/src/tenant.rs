@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::{CpuWeight, HostName, ImageName, MemorySize, SshPort, SwapLimit, TenantName};
 use crate::quota::DiskQuota;
+use crate::idmap::Idmap;
 
 /// The record format this vpsctl writes; records of a newer format are
 /// refused rather than half-understood.
@@ -44,6 +45,11 @@ pub struct Tenant {
     /// directory, so it reads as `unlimited`.
     #[serde(default = "unquoted")]
     pub disk: DiskQuota,
+    /// The host ids its ids map to. None: a record written before tenants
+    /// ran in a user namespace (its files are owned by host root); such a
+    /// tenant is refused by start until `vpsctl remap` converts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idmap: Option<Idmap>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -98,7 +104,8 @@ impl Desired {
 
 impl Tenant {
     /// A record as a plain `provision` makes it: HTTP on port 80, no host
-    /// names, keys or ACME opt-outs, meant to run, created now.
+    /// names, keys or ACME opt-outs, meant to run, created now; no id map
+    /// yet (provision sets it from the config's [`crate::IdmapPool`]).
     pub fn new(
         name: TenantName,
         image: ImageName,
@@ -121,6 +128,7 @@ impl Tenant {
             limits,
             nesting: false,
             disk: DiskQuota::default(),
+            idmap: None,
         }
     }
 
@@ -215,6 +223,10 @@ impl Tenant {
                 .map_or("default".to_owned(), |s| s.to_string())
         };
         cmp("swap", swap(self), swap(other));
+        // The range itself is bookkeeping; whether it is the tenant's own
+        // is a choice.
+        let isolated = |t: &Tenant| t.idmap.is_some_and(|m| m.isolated).to_string();
+        cmp("isolated idmap", isolated(self), isolated(other));
         d
     }
 }
@@ -313,6 +325,24 @@ pub(crate) mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         assert_eq!(Tenant::from_toml(&old).unwrap().disk, DiskQuota::Unlimited);
+    }
+
+    #[test]
+    fn idmap_round_trips_and_old_records_load_without_one() {
+        let old = sample("acme", [172, 18, 0, 2], 2201, &[]);
+        let text = old.to_toml();
+        assert!(!text.contains("idmap"), "{text}");
+        assert_eq!(Tenant::from_toml(&text).unwrap().idmap, None);
+        let mut t = old.clone();
+        t.idmap = Some(crate::Idmap {
+            host_id: 1_065_536,
+            size: 65536,
+            isolated: true,
+        });
+        let text = t.to_toml();
+        assert!(text.contains("host_id = 1065536"), "{text}");
+        assert_eq!(Tenant::from_toml(&text).unwrap(), t);
+        assert_eq!(old.differences(&t), vec!["isolated idmap false -> true"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder,
+    Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder,
     LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
     Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
@@ -54,6 +54,11 @@ impl TenantLayout {
     /// The tenant's disk image, mounted on `data` (absent: no quota).
     pub fn disk_image(&self) -> PathBuf {
         self.dir.join("disk.img")
+    }
+    /// Where the idmapped view of the image is mounted while the overlay
+    /// is being mounted (empty otherwise).
+    pub fn image_view(&self) -> PathBuf {
+        self.dir.join("image")
     }
     /// The container's console (stdout and stderr of its init).
     pub fn console_log(&self) -> PathBuf {
@@ -268,7 +273,7 @@ pub fn render_spec(
     }
 
     let ns = |t| LinuxNamespaceBuilder::default().typ(t).build();
-    let namespaces = vec![
+    let mut namespaces = vec![
         ns(LinuxNamespaceType::Pid)?,
         ns(LinuxNamespaceType::Ipc)?,
         ns(LinuxNamespaceType::Uts)?,
@@ -277,6 +282,18 @@ pub fn render_spec(
         ns(LinuxNamespaceType::Network)?,
         ns(LinuxNamespaceType::Cgroup)?,
     ];
+    let mut id_mappings = Vec::new();
+    if let Some(map) = &tenant.idmap {
+        // Tenant root is host id map.host_id: an unprivileged host user.
+        namespaces.push(ns(LinuxNamespaceType::User)?);
+        id_mappings.push(
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(map.host_id)
+                .size(map.size)
+                .build()?,
+        );
+    }
     // Only the device rules: memory, pids and CPU live on the parent
     // cgroup (crate::cgroup), out of the tenant's reach.
     let resources = LinuxResourcesBuilder::default()
@@ -285,7 +302,7 @@ pub fn render_spec(
             .access("rwm")
             .build()?])
         .build()?;
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .resources(resources)
         .cgroups_path(&cgroup.path)
         .namespaces(namespaces)
@@ -318,6 +335,10 @@ pub fn render_spec(
             .to_vec(),
         )
         .build()?;
+    if !id_mappings.is_empty() {
+        linux.set_uid_mappings(Some(id_mappings.clone()));
+        linux.set_gid_mappings(Some(id_mappings));
+    }
 
     let mut spec = SpecBuilder::default()
         .version("1.0.2-dev")
@@ -498,6 +519,23 @@ mod tests {
     }
 
     #[test]
+    fn a_user_namespace_maps_root_to_the_tenants_range() {
+        let mut t = tenant();
+        t.idmap = Some(sotolito_config::Idmap {
+            host_id: 1_065_536,
+            size: 65536,
+            isolated: true,
+        });
+        let layout = TenantLayout::new(Path::new("/s"), &TenantName::new("acme").unwrap());
+        let s = serde_json::to_value(render_spec(&t, &layout, None, false).unwrap()).unwrap();
+        let ns = s["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "user" && n.get("path").is_none()));
+        let want = serde_json::json!([{"containerID": 0, "hostID": 1_065_536, "size": 65536}]);
+        assert_eq!(s["linux"]["uidMappings"], want);
+        assert_eq!(s["linux"]["gidMappings"], want);
+    }
+
+    #[test]
     fn json_is_stable() {
         let layout = TenantLayout::new(Path::new("/s"), &TenantName::new("acme").unwrap());
         let a = spec_json(&render_spec(&tenant(), &layout, None, &cgroup()).unwrap());
@@ -587,6 +625,7 @@ mod tests {
             .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network", "cgroup"]);
         assert!(s["linux"]["namespaces"][4].get("path").is_none());
+        assert!(s["linux"].get("uidMappings").is_none());
         let attach = &s["hooks"]["createRuntime"][0];
         assert_eq!(attach["path"], "/usr/bin/vpsctl");
         assert_eq!(

@@ -10,7 +10,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use sotolito_config::Idmap;
+
 use crate::bundle::{TenantLayout, DATA_DIRS};
+use crate::idmap::{self, Shifted};
 use crate::image::copy_tree;
 use crate::tenantfs::{Owner, TenantTree};
 use crate::{io_err, Error};
@@ -33,15 +36,23 @@ pub fn is_seeded(layout: &TenantLayout) -> bool {
     layout.data().join(SEEDED_MARKER).exists()
 }
 
-/// Seeds the data dirs from `image_rootfs` unless that was done already.
+/// Seeds the data dirs from `image_rootfs` unless that was done already,
+/// owned by `idmap`'s ids when the tenant runs in a user namespace.
 /// Returns whether it seeded now.
-pub fn seed(layout: &TenantLayout, image_rootfs: &Path, seed: &Seed) -> Result<bool, Error> {
+pub fn seed(
+    layout: &TenantLayout,
+    image_rootfs: &Path,
+    seed: &Seed,
+    idmap: Option<&Idmap>,
+) -> Result<bool, Error> {
     let data = layout.data();
     remove_stale_partials(&data);
     if is_seeded(layout) {
         return Ok(false);
     }
     fs::create_dir_all(&data).map_err(io_err("create", &data))?;
+    // A seed redone from scratch copies host-owned files again.
+    remove_any(&data.join(idmap::MARKER))?;
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
         .map_err(io_err("chmod", &data))?;
     for d in DATA_DIRS {
@@ -83,9 +94,52 @@ pub fn seed(layout: &TenantLayout, image_rootfs: &Path, seed: &Seed) -> Result<b
         &TenantTree::open(&data.join("root"), seed.owner)?,
         &seed.ssh_keys,
     )?;
+    if let Some(map) = idmap {
+        // Everything above was written as host root, from an image owned by
+        // host ids: all of it moves into the tenant's range in one pass.
+        shift_into(layout, map)?;
+    }
     let marker = data.join(SEEDED_MARKER);
     fs::write(&marker, b"").map_err(io_err("write", &marker))?;
     Ok(true)
+}
+
+/// Moves the tenant's own files (data dirs and upper layer) into `map`'s
+/// range unless the marker says they are there: after seeding, for data
+/// kept from a tenant that had another range, and for a tenant made before
+/// user namespaces (`vpsctl remap`). The tenant must be stopped. The
+/// marker is written last; an interrupted shift is finished by a rerun.
+/// Returns what changed, or None when nothing had to.
+pub fn shift_into(layout: &TenantLayout, map: &Idmap) -> Result<Option<Shifted>, Error> {
+    let data = layout.data();
+    let from = idmap::read_marker(&data)?;
+    if from == map.host_id && data.join(idmap::MARKER).exists() {
+        return Ok(None);
+    }
+    let mut total = Shifted::default();
+    let trees = DATA_DIRS
+        .iter()
+        .map(|d| data.join(d))
+        .chain([layout.upper()]);
+    for tree in trees {
+        if fs::symlink_metadata(&tree).is_ok_and(|m| m.is_dir()) {
+            let s = idmap::shift_tree(&tree, from, map)?;
+            total.entries += s.entries;
+            total.changed += s.changed;
+        }
+    }
+    // runc's init, as the mapped root, must pass through data/ to bind its
+    // dirs; nobody else on the host may.
+    std::os::unix::fs::lchown(&data, Some(0), Some(map.host_id)).map_err(io_err("chown", &data))?;
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o710)).map_err(io_err("chmod", &data))?;
+    idmap::write_marker(&data, map)?;
+    Ok(Some(total))
+}
+
+/// Whether the tenant's own files are in `map`'s range (the marker says so).
+pub fn owned_by(layout: &TenantLayout, map: &Idmap) -> Result<bool, Error> {
+    let data = layout.data();
+    Ok(data.join(idmap::MARKER).exists() && idmap::read_marker(&data)? == map.host_id)
 }
 
 pub fn hosts_file(hostname: &str, ip: std::net::Ipv4Addr) -> String {
@@ -226,7 +280,7 @@ mod tests {
             &tmp.path().join("tenants"),
             &TenantName::new("acme").unwrap(),
         );
-        assert!(seed(&layout, &img, &seed_input()).unwrap());
+        assert!(seed(&layout, &img, &seed_input(), None).unwrap());
         let etc = layout.data().join("etc");
         assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "acme\n");
         assert!(fs::read_to_string(etc.join("hosts"))
@@ -247,7 +301,7 @@ mod tests {
 
         // Tenant edits survive a second seed.
         fs::write(etc.join("passwd"), "changed").unwrap();
-        assert!(!seed(&layout, &img, &seed_input()).unwrap());
+        assert!(!seed(&layout, &img, &seed_input(), None).unwrap());
         assert_eq!(fs::read_to_string(etc.join("passwd")).unwrap(), "changed");
     }
 
@@ -261,7 +315,7 @@ mod tests {
         );
         fs::create_dir_all(layout.data().join("etc")).unwrap();
         fs::write(layout.data().join("etc/half"), "x").unwrap();
-        assert!(seed(&layout, &img, &seed_input()).unwrap());
+        assert!(seed(&layout, &img, &seed_input(), None).unwrap());
         assert!(!layout.data().join("etc/half").exists());
         assert!(layout.data().join("etc/passwd").exists());
     }

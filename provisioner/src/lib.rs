@@ -7,8 +7,10 @@ pub mod cgroup;
 pub mod console;
 pub mod data;
 pub mod disk;
+pub mod idmap;
 pub mod image;
 pub mod lock;
+mod mount_attr;
 pub mod overlay;
 pub mod private;
 pub mod proxy_user;
@@ -109,6 +111,8 @@ pub enum Error {
         bytes: u64,
         message: String,
     },
+    #[error("user namespace: {0}")]
+    Idmap(String),
     #[error("{0} (see the busybox-static package)")]
     Busybox(String),
     #[error("the seccomp profile is unusable: {0} (a bug in this vpsctl build: report it)")]

@@ -10,6 +10,8 @@ use std::path::Path;
 
 use rustix::mount::{mount, unmount, MountFlags, UnmountFlags};
 
+use sotolito_config::Idmap;
+
 use crate::bundle::TenantLayout;
 use crate::{io_err, Error};
 
@@ -55,8 +57,16 @@ pub(crate) fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Mounts the overlay unless it is mounted already.
-pub fn mount_root(tenant: &str, lower: &Path, layout: &TenantLayout) -> Result<(), Error> {
+/// Mounts the overlay unless it is mounted already. With `idmap`, the
+/// image is seen through an idmapped mount (its root-owned files appear
+/// owned by the tenant's mapped root) made on `layout.image_view()` just
+/// for the overlay mount: the overlay keeps its own reference to it.
+pub fn mount_root(
+    tenant: &str,
+    lower: &Path,
+    layout: &TenantLayout,
+    idmap: Option<&Idmap>,
+) -> Result<(), Error> {
     let target = layout.rootfs();
     fs::create_dir_all(&target).map_err(io_err("create", &target))?;
     if is_mounted(&target) {
@@ -65,6 +75,27 @@ pub fn mount_root(tenant: &str, lower: &Path, layout: &TenantLayout) -> Result<(
     for d in [layout.upper(), layout.work()] {
         fs::create_dir_all(&d).map_err(io_err("create", &d))?;
     }
+    let Some(map) = idmap else {
+        return mount_overlay(tenant, lower, layout);
+    };
+    let view = layout.image_view();
+    fs::create_dir_all(&view).map_err(io_err("create", &view))?;
+    // Left by a run killed between the two mounts.
+    if is_mounted(&view) {
+        detach(&view)?;
+    }
+    crate::idmap::mount_idmapped(lower, &view, map)?;
+    let mounted = mount_overlay(tenant, &view, layout);
+    let detached = detach(&view);
+    mounted.and(detached)
+}
+
+fn detach(path: &Path) -> Result<(), Error> {
+    unmount(path, UnmountFlags::DETACH).map_err(|e| io_err("unmount", path)(e.into()))
+}
+
+fn mount_overlay(tenant: &str, lower: &Path, layout: &TenantLayout) -> Result<(), Error> {
+    let target = layout.rootfs();
     let opts = CString::new(overlay_options(lower, layout)).map_err(|_| Error::Mount {
         tenant: tenant.to_owned(),
         path: target.clone(),

@@ -12,7 +12,7 @@ use sotolito_config::{Desired, Tenant, TenantName};
 use sotolito_provisioner::runtime::ContainerStatus;
 use sotolito_provisioner::signal::{parse_signal, SIGKILL};
 use sotolito_provisioner::supervise::{self, Stopped, DEFAULT_STOP_TIMEOUT};
-use sotolito_provisioner::{disk, overlay, units};
+use sotolito_provisioner::{data, disk, overlay, units};
 
 use crate::cmd::{image, provision};
 use crate::context::Context;
@@ -107,8 +107,28 @@ pub fn start(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     print_state(ctx, name, "started")
 }
 
+/// Refuses a tenant whose files are not in its id range: one made before
+/// tenants ran in a user namespace (its root would be host root, and its
+/// host-root-owned files unusable to its mapped root), or one whose remap
+/// was interrupted. Both are fixed by `vpsctl remap`.
+pub fn require_idmapped(ctx: &Context, tenant: &Tenant) -> anyhow::Result<()> {
+    let name = &tenant.name;
+    let Some(map) = &tenant.idmap else {
+        bail!(
+            "tenant {name} was made before tenants ran in a user namespace and would run as host root (convert it, stopped, with: vpsctl remap {name})"
+        );
+    };
+    if !data::owned_by(&provision::layout(ctx, name), map)? {
+        bail!(
+            "tenant {name}'s files are not owned by its id range {map} yet (an interrupted provision or remap; finish it with: vpsctl remap {name})"
+        );
+    }
+    Ok(())
+}
+
 pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     crate::cmd::init::ensure_layout(ctx)?;
+    require_idmapped(ctx, &ctx.registry().require(name)?)?;
     let tenant = set_desired(ctx, name, Desired::Running)?;
     // Even when it runs already: start is when an upgrade tightens it.
     provision::restrict(ctx, &tenant)?;
@@ -141,7 +161,7 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     let layout = provision::write_bundle(ctx, &tenant)?;
     // Read again under the tenant lock: a `set` may have changed them.
     ctx.apply_limits(&ctx.registry().require(name)?)?;
-    overlay::mount_root(name.as_str(), &img.rootfs(), &layout)?;
+    overlay::mount_root(name.as_str(), &img.rootfs(), &layout, tenant.idmap.as_ref())?;
     if let Err(e) = supervise::start_detached(
         &runc,
         name.as_str(),
@@ -209,6 +229,8 @@ pub fn restart(ctx: &Context, args: &StopArgs) -> anyhow::Result<()> {
     let name = &args.name;
     (|| -> anyhow::Result<()> {
         let tenant = ctx.registry().require(name)?;
+        // Refused before it is stopped, not after.
+        require_idmapped(ctx, &tenant)?;
         if systemd_manages(ctx) {
             set_desired(ctx, name, Desired::Running)?;
             return systemctl("restart", name);
@@ -285,6 +307,7 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
         crate::cmd::init::ensure_layout(ctx)?;
         let registry = ctx.registry();
         let tenant = registry.require(name)?;
+        require_idmapped(ctx, &tenant)?;
         let img = image::store(ctx).require(&tenant.image)?;
         // Bridge and tables (if missing); sotolito-net.service reconciles at boot.
         crate::cmd::net::ensure_network(ctx)?;
@@ -306,7 +329,7 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
         disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
         let layout = provision::write_bundle(ctx, &tenant)?;
         ctx.apply_limits(&registry.require(name)?)?;
-        overlay::mount_root(name.as_str(), &img.rootfs(), &layout)?;
+        overlay::mount_root(name.as_str(), &img.rootfs(), &layout, tenant.idmap.as_ref())?;
         drop(prep_lock);
         tracing::info!(tenant = %name, console = %layout.console_log().display(), "running");
         let result = supervise::run_foreground(

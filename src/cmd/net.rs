@@ -156,6 +156,16 @@ fn attach(ctx: &Context, name: &TenantName, pid: Option<u32>) -> anyhow::Result<
         None => oci_state_pid().with_context(fail)?,
     };
     let tenant = ctx.registry().require(name).with_context(fail)?;
+    // This createRuntime hook runs inside `runc create` and `runc run`
+    // alike, after runc made the container's cgroups and before its init
+    // execs: the moment systemd in a user namespace needs its cgroups
+    // handed to its mapped root (read from the init itself).
+    if let Some(root) = sotolito_provisioner::idmap::mapped_root(pid)
+        .with_context(|| format!("failed to prepare tenant {name}"))?
+    {
+        sotolito_provisioner::idmap::delegate_cgroups(pid, root)
+            .with_context(|| format!("failed to hand its cgroups to tenant {name}"))?;
+    }
     sotolito_net::attach(ctx.config(), &tenant, pid).with_context(fail)
 }
 

@@ -73,6 +73,11 @@ pub struct ProvisionArgs {
     /// user-namespace surface to it; io_uring and the keyring stay refused.
     #[arg(long)]
     pub nesting: bool,
+    /// Give the tenant a host id range of its own instead of the shared
+    /// one (runtime.idmap_base): its root is then a different host user
+    /// from every other tenant's.
+    #[arg(long)]
+    pub isolated_idmap: bool,
     /// Start it once provisioned.
     #[arg(long)]
     pub start: bool,
@@ -110,9 +115,13 @@ pub fn hook_command(ctx: &Context) -> anyhow::Result<HookCommand> {
 
 /// The tenant's root as the host sees it: the owner of every file the host
 /// makes in its tree, and the group its private dirs are traversable by.
-/// Host root while tenants run without a user namespace.
-pub fn tenant_owner(_ctx: &Context, _tenant: &Tenant) -> Owner {
-    Owner::ROOT
+/// Its mapped root; host root only for a tenant made before user
+/// namespaces (which start refuses until `vpsctl remap`).
+pub fn tenant_owner(_ctx: &Context, tenant: &Tenant) -> Owner {
+    tenant.idmap.map_or(Owner::ROOT, |m| Owner {
+        uid: m.host_id,
+        gid: m.host_id,
+    })
 }
 
 /// Writes the tenant's config.json (derived state, rewritten freely).
@@ -208,6 +217,17 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
             (lease.ip, lease.ssh_port)
         }
     };
+    // A record keeps its range (its files are owned by it); a new one gets
+    // the shared range or a free one of its own.
+    let idmap = match &existing {
+        Some(t) if t.idmap.is_some_and(|m| m.isolated) == args.isolated_idmap => t.idmap,
+        _ => Some(
+            config
+                .runtime
+                .idmap_pool()
+                .plan(&registry.list()?, args.isolated_idmap)?,
+        ),
+    };
     let tenant = Tenant {
         version: FORMAT_VERSION,
         name: args.name.clone(),
@@ -245,6 +265,7 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
         },
         nesting: args.nesting,
         disk: disk_quota,
+        idmap,
     };
     if let Some(old) = &existing {
         let diff = old.differences(&tenant);
@@ -324,9 +345,15 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image, new: bool) -> anyhow::Re
         resolv_conf: data::resolv_conf_for_tenants(),
         owner: tenant_owner(ctx, tenant),
     };
-    let seeded = data::seed(&layout, &image.rootfs(), &seed)?;
+    let seeded = data::seed(&layout, &image.rootfs(), &seed, tenant.idmap.as_ref())?;
     if seeded {
         tracing::info!(tenant = %tenant.name, image = %tenant.image, "data seeded");
+    } else if let Some(map) = &tenant.idmap {
+        // Data kept from a tenant that had another range (or none): it was
+        // stopped by its deprovision, so its files can move.
+        if let Some(s) = data::shift_into(&layout, map)? {
+            tracing::info!(tenant = %tenant.name, idmap = %map, changed = s.changed, "kept data moved into the tenant's id range");
+        }
     }
     let cfg = cfg_path(ctx, &tenant.name);
     let text = units::render_tenant_cfg(tenant.ip, &ctx.config().network.bridge);
@@ -434,6 +461,13 @@ fn teardown(ctx: &Context, args: &DeprovisionArgs) -> anyhow::Result<bool> {
         "disk image",
         disk::unmount_data(&layout).map_err(Into::into),
     );
+    let view = layout.image_view();
+    if !overlay::is_mounted(&view) && view.exists() {
+        note(
+            "image view",
+            fs::remove_dir(&view).with_context(|| format!("cannot remove {}", view.display())),
+        );
+    }
     let root = layout.rootfs();
     if overlay::is_mounted(&root) {
         note(
