@@ -57,6 +57,9 @@ pub enum Command {
     Restart(crate::cmd::lifecycle::StopArgs),
     /// Send a signal to a tenant's init.
     Kill(crate::cmd::lifecycle::KillArgs),
+    /// Move a stopped tenant's files into a user namespace id range (converts
+    /// a tenant made before tenants ran in a user namespace).
+    Remap(crate::cmd::remap::RemapArgs),
     /// Run a tenant in the foreground (the systemd unit's ExecStart).
     Run { name: TenantName },
     /// Run a command in a tenant; exits with its status.

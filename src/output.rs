@@ -38,6 +38,9 @@ pub struct TenantView {
     /// the host's `[defaults] swap`).
     pub swap: String,
     pub created: String,
+    /// Host ids its ids 0.. map to; null for a tenant made before user
+    /// namespaces (convert it with `vpsctl remap`).
+    pub idmap: Option<sotolito_config::Idmap>,
 }
 
 impl TenantView {
@@ -86,6 +89,7 @@ impl TenantView {
                 .unwrap_or(sotolito_config::SwapLimit::NONE)
                 .to_string(),
             created: humantime::format_rfc3339_seconds(t.created).to_string(),
+            idmap: t.idmap,
         }
     }
 }
@@ -175,6 +179,11 @@ pub fn print_status(v: &TenantView) -> anyhow::Result<()> {
     writeln!(out, "ssh port:   {}", v.ssh_port)?;
     writeln!(out, "http port:  {}", v.http_port)?;
     writeln!(out, "hosts:      {hosts}")?;
+    let idmap = v.idmap.map_or_else(
+        || "none: runs as host root (convert it with vpsctl remap)".to_owned(),
+        |m| format!("host ids {m}"),
+    );
+    writeln!(out, "idmap:      {idmap}")?;
     writeln!(
         out,
         "limits:     memory {}, cpu weight {}, pids {}, swap {}, connections {}",

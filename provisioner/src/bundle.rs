@@ -527,7 +527,7 @@ mod tests {
             isolated: true,
         });
         let layout = TenantLayout::new(Path::new("/s"), &TenantName::new("acme").unwrap());
-        let s = serde_json::to_value(render_spec(&t, &layout, None, false).unwrap()).unwrap();
+        let s = serde_json::to_value(render_spec(&t, &layout, None, &cgroup()).unwrap()).unwrap();
         let ns = s["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.iter().any(|n| n["type"] == "user" && n.get("path").is_none()));
         let want = serde_json::json!([{"containerID": 0, "hostID": 1_065_536, "size": 65536}]);

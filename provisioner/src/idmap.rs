@@ -197,6 +197,25 @@ pub fn mount_idmapped(src: &Path, target: &Path, map: &Idmap) -> Result<(), Erro
     .map_err(failed("move_mount"))
 }
 
+/// The first directory on the way to `path` (itself included) that host
+/// id `id`, as uid and gid, may not pass through, with its mode: runc's
+/// init runs as the tenant's mapped root when it mounts the root and binds
+/// the data dirs, so the whole way must be open to it.
+pub fn blocked_for(path: &Path, id: u32) -> Option<(PathBuf, u32)> {
+    path.ancestors().find_map(|dir| {
+        let meta = fs::metadata(dir).ok()?;
+        let mode = meta.mode();
+        let x = if meta.uid() == id {
+            mode & 0o100
+        } else if meta.gid() == id {
+            mode & 0o010
+        } else {
+            mode & 0o001
+        };
+        (x == 0).then(|| (dir.to_path_buf(), mode & 0o7777))
+    })
+}
+
 /// The host uid that uid 0 of process `pid` is, when it runs in a user
 /// namespace that maps root elsewhere; None for host root.
 pub fn mapped_root(pid: u32) -> Result<Option<u32>, Error> {

@@ -12,7 +12,7 @@ use sotolito_config::{Desired, Tenant, TenantName};
 use sotolito_provisioner::runtime::ContainerStatus;
 use sotolito_provisioner::signal::{parse_signal, SIGKILL};
 use sotolito_provisioner::supervise::{self, Stopped, DEFAULT_STOP_TIMEOUT};
-use sotolito_provisioner::{data, disk, overlay, units};
+use sotolito_provisioner::{data, disk, idmap, overlay, units};
 
 use crate::cmd::{image, provision};
 use crate::context::Context;
@@ -118,9 +118,18 @@ pub fn require_idmapped(ctx: &Context, tenant: &Tenant) -> anyhow::Result<()> {
             "tenant {name} was made before tenants ran in a user namespace and would run as host root (convert it, stopped, with: vpsctl remap {name})"
         );
     };
-    if !data::owned_by(&provision::layout(ctx, name), map)? {
+    let layout = provision::layout(ctx, name);
+    if !data::owned_by(&layout, map)? {
         bail!(
             "tenant {name}'s files are not owned by its id range {map} yet (an interrupted provision or remap; finish it with: vpsctl remap {name})"
+        );
+    }
+    if let Some((dir, mode)) = idmap::blocked_for(&layout.data(), map.host_id) {
+        bail!(
+            "its root, host uid {}, may not pass through {} (mode {mode:o}) on the way to its files (chmod o+x {}, or put paths.state_dir where every user may pass)",
+            map.host_id,
+            dir.display(),
+            dir.display()
         );
     }
     Ok(())

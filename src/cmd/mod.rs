@@ -9,6 +9,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod net;
 pub(crate) mod provision;
 pub(crate) mod proxy;
+pub(crate) mod remap;
 pub(crate) mod set;
 pub(crate) mod tenants;
 pub(crate) mod units;
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => lifecycle::stop(&ctx, &args),
         Command::Restart(args) => lifecycle::restart(&ctx, &args),
         Command::Kill(args) => lifecycle::kill(&ctx, &args),
+        Command::Remap(args) => remap::run(&ctx, &args),
         Command::Run { name } => return lifecycle::run(&ctx, &name),
         Command::Exec(args) => return lifecycle::exec(&ctx, &args),
         Command::Set(args) => set::run(&ctx, &args),
