@@ -116,6 +116,7 @@ pub fn shift_into(layout: &TenantLayout, map: &Idmap) -> Result<Option<Shifted>,
     if from == map.host_id && data.join(idmap::MARKER).exists() {
         return Ok(None);
     }
+    let t0 = std::time::Instant::now();
     let mut total = Shifted::default();
     let trees = DATA_DIRS
         .iter()
@@ -133,6 +134,7 @@ pub fn shift_into(layout: &TenantLayout, map: &Idmap) -> Result<Option<Shifted>,
     std::os::unix::fs::lchown(&data, Some(0), Some(map.host_id)).map_err(io_err("chown", &data))?;
     fs::set_permissions(&data, fs::Permissions::from_mode(0o710)).map_err(io_err("chmod", &data))?;
     idmap::write_marker(&data, map)?;
+    tracing::debug!(data = %data.display(), idmap = %map, entries = total.entries, changed = total.changed, elapsed_us = t0.elapsed().as_micros() as u64, "shifted into the id range");
     Ok(Some(total))
 }
 

@@ -84,7 +84,9 @@ pub fn mount_root(
     if is_mounted(&view) {
         detach(&view)?;
     }
+    let t0 = std::time::Instant::now();
     crate::idmap::mount_idmapped(lower, &view, map)?;
+    tracing::debug!(tenant, idmap = %map, elapsed_us = t0.elapsed().as_micros() as u64, "image mounted idmapped");
     let mounted = mount_overlay(tenant, &view, layout);
     let detached = detach(&view);
     mounted.and(detached)
