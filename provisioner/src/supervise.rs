@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::console::{self, CappedLog};
 use crate::runtime::{tail_since, ContainerStatus, Runc, Runtime};
 use crate::signal::SIGKILL;
+use crate::tenantfs::Owner;
 use crate::Error;
 
 /// Default time between the stop signal and KILL. systemd inside a
@@ -97,6 +98,17 @@ pub fn stop(
     Ok(outcome)
 }
 
+/// The container's end of its console pipe belongs to its root (as runc
+/// does with the stdio pipes it makes): under a user namespace, tenant
+/// root may then reopen it as /proc/1/fd/1 like any container's logger.
+fn give_to(writer: &impl std::os::fd::AsFd, owner: Owner, console: &Path) -> Result<(), Error> {
+    if owner == Owner::ROOT {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(writer, Some(owner.uid), Some(owner.gid))
+        .map_err(crate::io_err("hand to the tenant the console pipe of", console))
+}
+
 /// Creates and starts the container detached and waits until it runs. Its
 /// console goes through a pipe to `pump`, a small process of its own
 /// (`vpsctl console-log`) that outlives us and writes the capped log at
@@ -107,8 +119,10 @@ pub fn start_detached(
     bundle: &Path,
     console: &Path,
     mut pump: Command,
+    owner: Owner,
 ) -> Result<(), Error> {
     let (reader, writer) = console::pipe()?;
+    give_to(&writer, owner, console)?;
     let mut pumper = pump
         .stdin(reader)
         .stdout(Stdio::null())
@@ -180,6 +194,7 @@ pub fn run_foreground(
     log_max: u64,
     stop_signal: i32,
     timeout: Duration,
+    owner: Owner,
 ) -> Result<i32, Error> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     use std::os::unix::process::CommandExt;
@@ -188,6 +203,7 @@ pub fn run_foreground(
         .map_err(|e| crate::io_err("handle signals for", bundle)(e))?;
     let mut log = CappedLog::open(console, log_max)?;
     let (reader, writer) = console::pipe()?;
+    give_to(&writer, owner, console)?;
     let err_writer = writer
         .try_clone()
         .map_err(crate::io_err("duplicate the console pipe of", bundle))?;
@@ -348,7 +364,7 @@ mod tests {
         let console = tmp.path().join("console.log");
         let mut pump = Command::new("sh");
         pump.arg("-c").arg(format!("cat > {}", console.display()));
-        start_detached(&f, "acme", Path::new("/b"), &console, pump).unwrap();
+        start_detached(&f, "acme", Path::new("/b"), &console, pump, Owner::ROOT).unwrap();
         assert_eq!(f.calls(), ["create", "start", "state"]);
     }
 }

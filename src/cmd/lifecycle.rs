@@ -177,6 +177,7 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
         layout.bundle(),
         &layout.console_log(),
         console_pump(ctx, &layout.console_log())?,
+        provision::tenant_owner(ctx, &tenant),
     ) {
         // A concurrent start won the race: its container uses the mount.
         if runc
@@ -349,6 +350,7 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
             ctx.config().runtime.console_log_max.bytes(),
             img.meta.stop_signal,
             DEFAULT_STOP_TIMEOUT,
+            provision::tenant_owner(ctx, &tenant),
         );
         overlay::unmount_root(&layout)?;
         let cleaned = ctx.tenant_cgroup(name)?.teardown();

@@ -228,8 +228,10 @@ fn host_users_cannot_reach_tenant_files() {
     }
     for (p, want) in [
         (h.state().join("tenants"), 0o711),
-        (t.clone(), 0o700),
-        (t.join("data"), 0o700),
+        // 0710: group = the tenant's mapped root (user namespace), whom
+        // runc's init runs as on its way to the rootfs and data binds.
+        (t.clone(), 0o710),
+        (t.join("data"), 0o710),
         (h.state().join("images"), 0o700),
     ] {
         assert_eq!(mode(&p), want, "{} is mode {:o}", p.display(), mode(&p));
@@ -260,8 +262,10 @@ fn lock_files_are_private_even_when_made_before() {
     h.ok(&["start", "locky"]);
     for (p, want) in [
         (h.state().join("tenants"), 0o711),
-        (t.clone(), 0o700),
-        (t.join("data"), 0o700),
+        // 0710: group = the tenant's mapped root (user namespace), whom
+        // runc's init runs as on its way to the rootfs and data binds.
+        (t.clone(), 0o710),
+        (t.join("data"), 0o710),
     ] {
         assert_eq!(
             mode(&p),
