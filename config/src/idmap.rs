@@ -46,7 +46,11 @@ impl fmt::Display for Idmap {
             "{}-{}{}",
             self.host_id,
             self.last(),
-            if self.isolated { " (isolated)" } else { " (shared)" }
+            if self.isolated {
+                " (isolated)"
+            } else {
+                " (shared)"
+            }
         )
     }
 }
@@ -103,6 +107,7 @@ impl IdmapPool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::tenant::tests::sample;

@@ -5,9 +5,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::idmap::Idmap;
 use crate::names::{CpuWeight, HostName, ImageName, MemorySize, SshPort, SwapLimit, TenantName};
 use crate::quota::DiskQuota;
-use crate::idmap::Idmap;
 
 /// The record format this vpsctl writes; records of a newer format are
 /// refused rather than half-understood.

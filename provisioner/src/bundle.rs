@@ -6,9 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxIdMappingBuilder,
-    LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, HookBuilder, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 use sotolito_config::{Tenant, TenantName};
 
@@ -529,7 +530,9 @@ mod tests {
         let layout = TenantLayout::new(Path::new("/s"), &TenantName::new("acme").unwrap());
         let s = serde_json::to_value(render_spec(&t, &layout, None, &cgroup()).unwrap()).unwrap();
         let ns = s["linux"]["namespaces"].as_array().unwrap();
-        assert!(ns.iter().any(|n| n["type"] == "user" && n.get("path").is_none()));
+        assert!(ns
+            .iter()
+            .any(|n| n["type"] == "user" && n.get("path").is_none()));
         let want = serde_json::json!([{"containerID": 0, "hostID": 1_065_536, "size": 65536}]);
         assert_eq!(s["linux"]["uidMappings"], want);
         assert_eq!(s["linux"]["gidMappings"], want);

@@ -132,7 +132,8 @@ pub fn shift_into(layout: &TenantLayout, map: &Idmap) -> Result<Option<Shifted>,
     // runc's init, as the mapped root, must pass through data/ to bind its
     // dirs; nobody else on the host may.
     std::os::unix::fs::lchown(&data, Some(0), Some(map.host_id)).map_err(io_err("chown", &data))?;
-    fs::set_permissions(&data, fs::Permissions::from_mode(0o710)).map_err(io_err("chmod", &data))?;
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o710))
+        .map_err(io_err("chmod", &data))?;
     idmap::write_marker(&data, map)?;
     tracing::debug!(data = %data.display(), idmap = %map, entries = total.entries, changed = total.changed, elapsed_us = t0.elapsed().as_micros() as u64, "shifted into the id range");
     Ok(Some(total))

@@ -87,7 +87,10 @@ pub fn shift_tree(root: &Path, from: u32, to: &Idmap) -> Result<Shifted, Error> 
     while let Some(path) = stack.pop() {
         let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
         stats.entries += 1;
-        let (uid, gid) = (shift_id(meta.uid(), from, to), shift_id(meta.gid(), from, to));
+        let (uid, gid) = (
+            shift_id(meta.uid(), from, to),
+            shift_id(meta.gid(), from, to),
+        );
         if (uid, gid) != (meta.uid(), meta.gid()) {
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
                 .map_err(io_err("chown", &path))?;
@@ -226,7 +229,10 @@ pub fn mapped_root(pid: u32) -> Result<Option<u32>, Error> {
 
 fn parse_mapped_root(uid_map: &str) -> Option<u32> {
     uid_map.lines().find_map(|l| {
-        let f: Vec<u32> = l.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        let f: Vec<u32> = l
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
         match f[..] {
             [0, host, _] if host != 0 => Some(host),
             _ => None,
@@ -371,7 +377,10 @@ mod tests {
 
     #[test]
     fn root_of_a_uid_map() {
-        assert_eq!(parse_mapped_root("         0          0 4294967295\n"), None);
+        assert_eq!(
+            parse_mapped_root("         0          0 4294967295\n"),
+            None
+        );
         assert_eq!(
             parse_mapped_root("         0    1000000      65536\n"),
             Some(1_000_000)

@@ -105,8 +105,10 @@ fn give_to(writer: &impl std::os::fd::AsFd, owner: Owner, console: &Path) -> Res
     if owner == Owner::ROOT {
         return Ok(());
     }
-    std::os::unix::fs::fchown(writer, Some(owner.uid), Some(owner.gid))
-        .map_err(crate::io_err("hand to the tenant the console pipe of", console))
+    std::os::unix::fs::fchown(writer, Some(owner.uid), Some(owner.gid)).map_err(crate::io_err(
+        "hand to the tenant the console pipe of",
+        console,
+    ))
 }
 
 /// Creates and starts the container detached and waits until it runs. Its
@@ -186,6 +188,7 @@ fn wait_child(child: &mut Child, timeout: Duration) {
 /// bytes (see [`crate::console`]). SIGTERM, SIGINT or SIGHUP to us becomes the image's stop
 /// signal to the container, then KILL after `timeout`. Returns the
 /// container's exit code.
+#[allow(clippy::too_many_arguments)] // one caller, `vpsctl run`, names each
 pub fn run_foreground(
     runc: &Runc,
     id: &str,

@@ -43,7 +43,11 @@ fn probe_without_userns(h: &Host, tenant: &str, script: &str) -> (bool, String) 
     let ns = linux["namespaces"].as_array_mut().unwrap();
     let before = ns.len();
     ns.retain(|n| n["type"] != "user");
-    assert_eq!(ns.len(), before - 1, "the tenant's spec has a user namespace");
+    assert_eq!(
+        ns.len(),
+        before - 1,
+        "the tenant's spec has a user namespace"
+    );
     linux.insert(
         "cgroupsPath".into(),
         format!("/sotolito-userns-control-{}", std::process::id()).into(),
@@ -101,8 +105,15 @@ fn tenant_root_is_an_unprivileged_host_user() {
     // 2. The kernel says so from inside.
     let (ok, out) = exec(&h, "acme", "cat /proc/self/uid_map /proc/self/gid_map");
     assert!(ok, "{out}");
-    let maps: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(maps, [["0", "1000000", "65536"], ["0", "1000000", "65536"]], "{out}");
+    let maps: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        maps,
+        [["0", "1000000", "65536"], ["0", "1000000", "65536"]],
+        "{out}"
+    );
 
     // 3. A host-root-only file in its own tree stays unreadable to it,
     //    even with CAP_DAC_OVERRIDE inside.
@@ -132,7 +143,9 @@ fn tenant_root_is_an_unprivileged_host_user() {
     assert!(out.contains("host-only-secret"), "{out}");
     assert!(out.contains("4294967295"), "no user namespace: {out}");
     assert_eq!(
-        fs::symlink_metadata(data.join("root/made-as-host-root")).unwrap().uid(),
+        fs::symlink_metadata(data.join("root/made-as-host-root"))
+            .unwrap()
+            .uid(),
         0
     );
 }
@@ -151,7 +164,10 @@ fn isolated_tenants_get_disjoint_ranges() {
     assert_eq!(shared, (BASE, 65536, false));
     assert!(a.2 && b.2, "{a:?} {b:?}");
     let disjoint = |x: (u32, u32, bool), y: (u32, u32, bool)| x.0 + x.1 <= y.0 || y.0 + y.1 <= x.0;
-    assert!(disjoint(a, b) && disjoint(a, shared) && disjoint(b, shared), "{shared:?} {a:?} {b:?}");
+    assert!(
+        disjoint(a, b) && disjoint(a, shared) && disjoint(b, shared),
+        "{shared:?} {a:?} {b:?}"
+    );
     for (name, map) in [("own1", a), ("own2", b)] {
         let (ok, out) = exec(&h, name, "cat /proc/self/uid_map; touch /root/mine");
         assert!(ok, "{out}");
@@ -163,15 +179,37 @@ fn isolated_tenants_get_disjoint_ranges() {
         assert_eq!(fs::metadata(f).unwrap().uid(), map.0);
     }
     // A purged tenant's range is free again; a rerun keeps the range.
-    h.ok(&["deprovision", "own1", "--purge"]);
+    h.ok(&["deprovision", "own1", "--purge", "--timeout", "2"]);
     h.provision_busybox("own3", 2204, &["--isolated-idmap"]);
     assert_eq!(idmap(&h, "own3"), a);
     h.provision_busybox("own2", 2203, &["--isolated-idmap", "--start"]);
     assert_eq!(idmap(&h, "own2"), b);
+    // Kept data follows its tenant into another range: provisioned again
+    // on the shared range, its files move there.
+    h.ok(&["deprovision", "own2", "--timeout", "2"]);
+    let mine = h.state().join("tenants/own2/data/root/mine");
+    assert_eq!(fs::metadata(&mine).unwrap().uid(), b.0, "kept as it was");
+    h.provision_busybox("own2", 2203, &["--start"]);
+    assert_eq!(idmap(&h, "own2"), shared);
+    assert_eq!(fs::metadata(&mine).unwrap().uid(), BASE);
+    let (ok, out) = exec(&h, "own2", "ls -ln /root/mine");
+    assert!(ok && out.split_whitespace().nth(2) == Some("0"), "{out}");
+    h.ok(&["stop", "own2", "--timeout", "2"]);
+    h.ok(&["remap", "own2", "--isolated-idmap"]);
+    assert_eq!(idmap(&h, "own2"), b);
+    assert_eq!(fs::metadata(&mine).unwrap().uid(), b.0);
     // Changing the choice on a rerun is refused, as for any other setting.
     let o = h.vpsctl(&[
-        "provision", "own2", "--image", "busybox", "--host", "own2.test", "--ssh-port", "2203",
-        "--ssh-key", h.write_key().to_str().unwrap(),
+        "provision",
+        "own2",
+        "--image",
+        "busybox",
+        "--host",
+        "own2.test",
+        "--ssh-port",
+        "2203",
+        "--ssh-key",
+        h.write_key().to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -181,7 +219,10 @@ fn isolated_tenants_get_disjoint_ranges() {
 /// Turns a stopped tenant back into one made before user namespaces: its
 /// record without the id map, its files owned by host ids as they were.
 fn make_old_style(h: &Host, name: &str) {
-    let record = h.state().join("registry/tenants").join(format!("{name}.toml"));
+    let record = h
+        .state()
+        .join("registry/tenants")
+        .join(format!("{name}.toml"));
     let text = fs::read_to_string(&record).unwrap();
     let old: String = text
         .split("\n[idmap]")
@@ -249,13 +290,20 @@ fn a_tenant_made_before_user_namespaces_is_refused_until_remapped() {
     assert_eq!(h.json(&["remap", "old"])["changed"], 0);
 
     h.ok(&["start", "old"]);
-    let (ok, out) = exec(&h, "old", "cat /root/kept; ls -ln /root/kept; cat /proc/self/uid_map");
+    let (ok, out) = exec(
+        &h,
+        "old",
+        "cat /root/kept; ls -ln /root/kept; cat /proc/self/uid_map",
+    );
     assert!(ok, "{out}");
     assert!(out.starts_with("kept\n"), "{out}");
     assert!(out.contains(" 33 ") && out.contains("1000000"), "{out}");
     // remap refuses a running tenant, changing nothing.
     let o = h.vpsctl(&["remap", "old", "--isolated-idmap"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("vpsctl stop old"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("vpsctl stop old"),
+        "{err}"
+    );
     assert_eq!(idmap(&h, "old"), (BASE, 65536, false));
 }
