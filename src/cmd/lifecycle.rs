@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use sotolito_config::{Desired, Tenant, TenantName};
+use sotolito_config::{Desired, Idmap, Tenant, TenantName};
 use sotolito_provisioner::runtime::ContainerStatus;
 use sotolito_provisioner::signal::{parse_signal, SIGKILL};
 use sotolito_provisioner::supervise::{self, Stopped, DEFAULT_STOP_TIMEOUT};
@@ -107,17 +107,22 @@ pub fn start(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     print_state(ctx, name, "started")
 }
 
-/// Refuses a tenant whose files are not in its id range: one made before
-/// tenants ran in a user namespace (its root would be host root, and its
-/// host-root-owned files unusable to its mapped root), or one whose remap
-/// was interrupted. Both are fixed by `vpsctl remap`.
-pub fn require_idmapped(ctx: &Context, tenant: &Tenant) -> anyhow::Result<()> {
+/// Refuses a tenant made before tenants ran in a user namespace: its root
+/// would be host root. `vpsctl remap` converts it.
+pub fn require_idmap(tenant: &Tenant) -> anyhow::Result<Idmap> {
     let name = &tenant.name;
-    let Some(map) = &tenant.idmap else {
-        bail!(
+    tenant.idmap.with_context(|| {
+        format!(
             "tenant {name} was made before tenants ran in a user namespace and would run as host root (convert it, stopped, with: vpsctl remap {name})"
-        );
-    };
+        )
+    })
+}
+
+/// Once its data is mounted: refuses a tenant whose files are not in its
+/// id range (an interrupted remap), or whose files its mapped root cannot
+/// reach on the host.
+fn require_owned(ctx: &Context, tenant: &Tenant, map: &Idmap) -> anyhow::Result<()> {
+    let name = &tenant.name;
     let layout = provision::layout(ctx, name);
     if !data::owned_by(&layout, map)? {
         bail!(
@@ -137,7 +142,7 @@ pub fn require_idmapped(ctx: &Context, tenant: &Tenant) -> anyhow::Result<()> {
 
 pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     crate::cmd::init::ensure_layout(ctx)?;
-    require_idmapped(ctx, &ctx.registry().require(name)?)?;
+    let map = require_idmap(&ctx.registry().require(name)?)?;
     let tenant = set_desired(ctx, name, Desired::Running)?;
     // Even when it runs already: start is when an upgrade tightens it.
     provision::restrict(ctx, &tenant)?;
@@ -167,10 +172,11 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     // the bundle sets the modes of its root. It stays mounted while the
     // tenant is provisioned (this mounts it after a reboot).
     disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
+    require_owned(ctx, &tenant, &map)?;
     let layout = provision::write_bundle(ctx, &tenant)?;
     // Read again under the tenant lock: a `set` may have changed them.
     ctx.apply_limits(&ctx.registry().require(name)?)?;
-    overlay::mount_root(name.as_str(), &img.rootfs(), &layout, tenant.idmap.as_ref())?;
+    overlay::mount_root(name.as_str(), &img.rootfs(), &layout, Some(&map))?;
     if let Err(e) = supervise::start_detached(
         &runc,
         name.as_str(),
@@ -240,7 +246,7 @@ pub fn restart(ctx: &Context, args: &StopArgs) -> anyhow::Result<()> {
     (|| -> anyhow::Result<()> {
         let tenant = ctx.registry().require(name)?;
         // Refused before it is stopped, not after.
-        require_idmapped(ctx, &tenant)?;
+        require_idmap(&tenant)?;
         if systemd_manages(ctx) {
             set_desired(ctx, name, Desired::Running)?;
             return systemctl("restart", name);
@@ -317,7 +323,7 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
         crate::cmd::init::ensure_layout(ctx)?;
         let registry = ctx.registry();
         let tenant = registry.require(name)?;
-        require_idmapped(ctx, &tenant)?;
+        let map = require_idmap(&tenant)?;
         let img = image::store(ctx).require(&tenant.image)?;
         // Bridge and tables (if missing); sotolito-net.service reconciles at boot.
         crate::cmd::net::ensure_network(ctx)?;
@@ -337,9 +343,10 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
             None => {}
         }
         disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
+        require_owned(ctx, &tenant, &map)?;
         let layout = provision::write_bundle(ctx, &tenant)?;
         ctx.apply_limits(&registry.require(name)?)?;
-        overlay::mount_root(name.as_str(), &img.rootfs(), &layout, tenant.idmap.as_ref())?;
+        overlay::mount_root(name.as_str(), &img.rootfs(), &layout, Some(&map))?;
         drop(prep_lock);
         tracing::info!(tenant = %name, console = %layout.console_log().display(), "running");
         let result = supervise::run_foreground(

@@ -7,10 +7,10 @@
 use anyhow::{bail, Context as _};
 use clap::Args;
 use sotolito_config::{Tenant, TenantName};
-use sotolito_provisioner::data;
 use sotolito_provisioner::idmap::Shifted;
 use sotolito_provisioner::overlay;
 use sotolito_provisioner::runtime::ContainerStatus;
+use sotolito_provisioner::{data, disk};
 
 use crate::cmd::{lifecycle, provision};
 use crate::context::Context;
@@ -65,6 +65,8 @@ fn remap(ctx: &Context, args: &RemapArgs) -> anyhow::Result<(Tenant, Option<Shif
     {
         bail!("it is running (stop it first: vpsctl stop {name})");
     }
+    // Its data may be on a disk image, unmounted since a reboot.
+    disk::mount_data(name.as_str(), &layout)?;
     if !data::is_seeded(&layout) {
         bail!(
             "it has no seeded data in {} (provision it again to seed it)",
