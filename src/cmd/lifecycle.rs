@@ -172,8 +172,9 @@ pub fn start_tenant(ctx: &Context, name: &TenantName) -> anyhow::Result<()> {
     // the bundle sets the modes of its root. It stays mounted while the
     // tenant is provisioned (this mounts it after a reboot).
     disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
-    require_owned(ctx, &tenant, &map)?;
+    // After the bundle: writing it sets the modes of data/.
     let layout = provision::write_bundle(ctx, &tenant)?;
+    require_owned(ctx, &tenant, &map)?;
     // Read again under the tenant lock: a `set` may have changed them.
     ctx.apply_limits(&ctx.registry().require(name)?)?;
     overlay::mount_root(name.as_str(), &img.rootfs(), &layout, Some(&map))?;
@@ -343,8 +344,8 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
             None => {}
         }
         disk::mount_data(name.as_str(), &provision::layout(ctx, name))?;
-        require_owned(ctx, &tenant, &map)?;
         let layout = provision::write_bundle(ctx, &tenant)?;
+        require_owned(ctx, &tenant, &map)?;
         ctx.apply_limits(&registry.require(name)?)?;
         overlay::mount_root(name.as_str(), &img.rootfs(), &layout, Some(&map))?;
         drop(prep_lock);
