@@ -443,9 +443,12 @@ impl Sandbox {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
+    /// The client's network only (`nsenter --net`, as for the host): a
+    /// copied mount namespace would hold the tenants' disks mounted.
     fn in_client(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new("ip")
-            .args(["netns", "exec", &self.client_ns])
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.client_ns))
+            .arg("--")
             .args(args)
             .stdin(Stdio::null())
             .output()

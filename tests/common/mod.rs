@@ -172,9 +172,12 @@ impl Host {
         serde_json::from_slice(&o.stdout).expect("vpsctl printed JSON")
     }
 
+    /// Runs in the client's network namespace only (`nsenter --net`): `ip
+    /// netns exec` would also copy every mount into a new mount namespace,
+    /// holding other tests' tenant disks mounted while the command runs.
     pub fn in_client(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.client_ns])
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.client_ns))
             .args(args)
             .stdin(Stdio::null())
             .output()
