@@ -292,11 +292,9 @@ fn busybox_tenant_lifecycle() {
         cfg.contains(&format!("VPS_IP={ip}\n")) && cfg.contains("VPS_NET=sotoprov0\n"),
         "{cfg}"
     );
-    assert_eq!(
-        fs::read_link(sb.path("systemd/sotolito-vps.target.wants/sotolito-vps@acme.service"))
-            .expect("link"),
-        Path::new("../sotolito-vps@.service")
-    );
+    // Never started: desired stopped, no boot link (start makes it).
+    let wants = sb.path("systemd/sotolito-vps.target.wants/sotolito-vps@acme.service");
+    assert!(fs::symlink_metadata(&wants).is_err());
     let port = s["ssh_port"].as_u64().expect("port");
     assert!(
         sb.nft_map().contains(&format!("{port} : {ip} . 22")),
@@ -305,6 +303,10 @@ fn busybox_tenant_lifecycle() {
     );
 
     sb.ok(&["start", "acme"]);
+    assert_eq!(
+        fs::read_link(&wants).expect("link"),
+        Path::new("../sotolito-vps@.service")
+    );
     let s = sb.status("acme");
     assert_eq!(s["state"], "running");
     assert_eq!(s["desired"], "running");

@@ -186,8 +186,9 @@ fn wait_child(child: &mut Child, timeout: Duration) {
 /// `vpsctl run`: `runc run` in the foreground, its console piped to a
 /// thread of ours that writes the log at `console`, capped at `log_max`
 /// bytes (see [`crate::console`]). SIGTERM, SIGINT or SIGHUP to us becomes the image's stop
-/// signal to the container, then KILL after `timeout`. Returns the
-/// container's exit code.
+/// signal to the container, then KILL after `timeout`. `on_running` is
+/// called once, when runc first reports the container running (systemd's
+/// readiness). Returns the container's exit code.
 #[allow(clippy::too_many_arguments)] // one caller, `vpsctl run`, names each
 pub fn run_foreground(
     runc: &Runc,
@@ -198,6 +199,7 @@ pub fn run_foreground(
     stop_signal: i32,
     timeout: Duration,
     owner: Owner,
+    on_running: impl FnOnce(),
 ) -> Result<i32, Error> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     use std::os::unix::process::CommandExt;
@@ -213,6 +215,9 @@ pub fn run_foreground(
     let pump = std::thread::spawn(move || console::pump(reader, &mut log));
     let mut child = runc
         .run_command(id, bundle)
+        // runc would relay the tenant's own sd_notify to our unit (as
+        // another PID, refused); readiness is ours to tell (`on_running`).
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(writer)
         .stderr(err_writer)
@@ -222,12 +227,24 @@ pub fn run_foreground(
         .map_err(|e| runc.spawn_error(e))?;
     let mut stopping: Option<Instant> = None;
     let mut killed = false;
+    let mut on_running = Some(on_running);
     let status = loop {
         if let Some(status) = child
             .try_wait()
             .map_err(crate::io_err("wait for runc in", bundle))?
         {
             break status;
+        }
+        if on_running.is_some()
+            && runc
+                .state(id)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.status == ContainerStatus::Running)
+        {
+            if let Some(f) = on_running.take() {
+                f();
+            }
         }
         if signals.pending().next().is_some() && stopping.is_none() {
             tracing::info!(container = id, signal = stop_signal, "stopping");

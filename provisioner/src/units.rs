@@ -48,7 +48,9 @@ impl UnitContext {
 }
 
 /// sotolito-vps@.service, as in the original setup. Limits live in each
-/// tenant's config.json, not here. KillMode=mixed: SIGTERM goes to
+/// tenant's config.json, not here. Type=notify: `vpsctl run` sends READY=1
+/// once runc reports the container running, so `systemctl start` returns
+/// only then. KillMode=mixed: SIGTERM goes to
 /// `vpsctl run` only, which turns it into the image's stop signal; KILL to
 /// everything after TimeoutStopSec.
 pub fn render_template(u: &UnitContext) -> String {
@@ -61,7 +63,8 @@ pub fn render_template(u: &UnitContext) -> String {
          Before={TARGET}\n\
          \n\
          [Service]\n\
-         Type=simple\n\
+         Type=notify\n\
+         NotifyAccess=main\n\
          Slice=machine.slice\n\
          Delegate=yes\n\
          EnvironmentFile={cfg}/%i.cfg\n\
@@ -270,6 +273,9 @@ mod tests {
     fn template_as_the_original() {
         let t = render_template(&ctx());
         for line in [
+            // Ready once the container runs (`vpsctl run` says so).
+            "Type=notify",
+            "NotifyAccess=main",
             "Slice=machine.slice",
             "Delegate=yes",
             "EnvironmentFile=/etc/sotolito/tenants/%i.cfg",

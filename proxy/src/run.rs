@@ -120,8 +120,9 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
 }
 
 /// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, which
-/// may be abstract (a leading `@`).
-fn notify(state: &str) {
+/// may be abstract (a leading `@`); nothing without it. `vpsctl run`
+/// uses it too.
+pub fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };

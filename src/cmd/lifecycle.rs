@@ -359,6 +359,9 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
             img.meta.stop_signal,
             DEFAULT_STOP_TIMEOUT,
             provision::tenant_owner(ctx, &tenant),
+            // The unit is Type=notify: `systemctl start` returns once the
+            // container runs, not when `runc run` was merely spawned.
+            || sotolito_proxy::notify("READY=1"),
         );
         overlay::unmount_root(&layout)?;
         let cleaned = ctx.tenant_cgroup(name)?.teardown();

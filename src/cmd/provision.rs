@@ -281,7 +281,7 @@ fn provision(ctx: &Context, args: ProvisionArgs) -> anyhow::Result<(Tenant, Outc
     check_disk(&layout(ctx, &tenant.name), &tenant)?;
     // Everything below is idempotent: a rerun after a failure converges,
     // and a rerun with the same settings changes nothing.
-    let seeded = apply(ctx, &tenant, &image, existing.is_none())?;
+    let seeded = apply(ctx, &tenant, &image)?;
     if existing.is_none() {
         registry.put(&lock, &tenant)?;
     }
@@ -322,10 +322,9 @@ fn check_disk(layout: &TenantLayout, tenant: &Tenant) -> anyhow::Result<()> {
 }
 
 /// Returns whether the data was seeded now.
-/// `new`: no record yet. The boot link of an existing record is `start`'s
-/// and `stop`'s to set (a stopped tenant stays stopped across a reboot);
-/// a new one gets it, as does a running one that lost it.
-fn apply(ctx: &Context, tenant: &Tenant, image: &Image, new: bool) -> anyhow::Result<bool> {
+/// The boot link is `start`'s and `stop`'s to set (a stopped tenant stays
+/// stopped across a reboot); a running one that lost it gets it back.
+fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<bool> {
     // The disk before the bundle: writing the bundle sets the modes of
     // data/, which is then the image's root.
     if let Some(bytes) = tenant.disk.bytes() {
@@ -360,7 +359,10 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image, new: bool) -> anyhow::Re
     if fs::read_to_string(&cfg).ok().as_deref() != Some(text.as_str()) {
         write_atomic(&cfg, &text)?;
     }
-    if new || tenant.desired == Desired::Running {
+    // The boot link follows the desired state: a tenant provisioned
+    // without --start is not started by sotolito-vps.target at boot (as
+    // `vpsctl boot` does not start it).
+    if tenant.desired == Desired::Running {
         units::enable_instance(&ctx.config().paths.systemd_dir, &tenant.name)?;
     }
     Ok(seeded)

@@ -43,13 +43,15 @@ fn assert_converged(h: &Host, name: &str, port: u16) {
     let cfg = h.root.join("etc/tenants").join(format!("{name}.cfg"));
     let cfg = std::fs::read_to_string(&cfg).unwrap_or_else(|e| panic!("{}: {e}", cfg.display()));
     assert!(cfg.contains(&format!("VPS_IP={ip}")), "{cfg}");
+    // Provisioned without --start: desired stopped, so no boot link.
+    assert_eq!(st["desired"], "stopped");
     let wants = h
         .root
         .join("systemd/sotolito-vps.target.wants")
         .join(format!("sotolito-vps@{name}.service"));
     assert!(
-        wants.symlink_metadata().is_ok(),
-        "{} missing",
+        wants.symlink_metadata().is_err(),
+        "{} links a tenant that should stay stopped at boot",
         wants.display()
     );
 }
