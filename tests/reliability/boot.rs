@@ -306,8 +306,11 @@ fn boot_after_a_reboot_starts_what_should_run_and_only_that() {
     // A failed start leaves nothing mounted for bad.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        mounts.contains(&format!("{}/", h.state().join("tenants/alpha").display())),
-        "no mount of alpha's: the mount checks look in the wrong place"
+        mounts.contains(&format!(
+            " {} ",
+            h.state().join("tenants/alpha/rootfs").display()
+        )),
+        "no mount of alpha's root: the mount checks look in the wrong place"
     );
     assert!(
         !mounts.contains(&format!("{}/", h.state().join("tenants/bad").display())),
