@@ -1,0 +1,821 @@
+//! A VPS host with systemd as PID 1: a Debian test host booted with
+//! `systemd-nspawn --boot` in a network namespace of its own, a client
+//! namespace as the internet, tenants as runc containers inside it under
+//! our units. It is rebooted (its PID 1 halted, booted again from the same
+//! disk in a fresh network namespace) and what should run comes back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::{CLIENT_ADDR, HOST_ADDR};
+
+/// The tenant image (Debian with systemd, sshd, nginx-light); `vpsctl
+/// demo --debian` builds it the same way.
+const DEBIAN_CACHE: &str = "/var/cache/sotolito/debian-bookworm.tar.gz";
+/// The test host's disk: the tenant image plus what a sotolito host needs.
+/// Bump the suffix when the package list changes.
+const HOST_CACHE: &str = "/var/cache/sotolito/test-host-bookworm-v1.tar.gz";
+const HOST_PACKAGES: &str = "runc nftables busybox-static curl iproute2";
+/// Where the test host sees the cache dir (read-only).
+const CACHE_IN_HOST: &str = "/var/cache/sotolito";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn sh(cmd: &mut Command) -> Output {
+    let o = cmd.stdin(Stdio::null()).output().expect("spawn");
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn require_tools() {
+    crate::common::require_root_and_tools();
+    for (tool, package) in [
+        ("systemd-nspawn", "systemd-container"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("debootstrap", "debootstrap"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is missing: apt-get install {package} (scripts/install-deps)"
+        );
+    }
+}
+
+/// Builds `path` once with `build(partial)` under a lock, so that
+/// concurrent test runs build it once.
+fn cached(path: &str, build: impl FnOnce(&Path)) {
+    let path = Path::new(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let lock = std::fs::File::create(path.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    if !path.exists() {
+        let partial = path.with_extension("partial");
+        build(&partial);
+        std::fs::rename(&partial, path).unwrap();
+    }
+}
+
+fn debian_image() {
+    cached(DEBIAN_CACHE, |partial| {
+        let tmp = tempfile::tempdir().unwrap();
+        sh(Command::new(env!("CARGO_BIN_EXE_vpsctl"))
+            .arg("--state-dir")
+            .arg(tmp.path())
+            .args(["image", "debootstrap", "debian", "--include", "nginx-light"]));
+        sh(Command::new("tar")
+            .arg("-C")
+            .arg(tmp.path().join("images/debian/rootfs"))
+            .arg("-czf")
+            .arg(partial)
+            .arg("."));
+    });
+}
+
+fn host_image() {
+    debian_image();
+    cached(HOST_CACHE, |partial| {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        std::fs::create_dir(&root).unwrap();
+        sh(Command::new("tar")
+            .args(["-xzf", DEBIAN_CACHE, "-C"])
+            .arg(&root));
+        std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf")).unwrap();
+        sh(Command::new("chroot").arg(&root).args([
+            "sh",
+            "-c",
+            &format!(
+                "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q {HOST_PACKAGES} \
+                 && apt-get clean && systemctl mask nginx.service"
+            ),
+        ]));
+        // nspawn mounts the cgroup v1 controllers read-only; a sotolito host
+        // needs them writable to give tenants their limits. Its own
+        // namespaces make them the test host's subtree, not the machine's.
+        std::fs::write(
+            root.join("etc/systemd/system/test-host-cgroups.service"),
+            "[Unit]\nDescription=test host: cgroup controllers writable (delegated by the machine)\n\
+             DefaultDependencies=no\nBefore=sysinit.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\n\
+             ExecStart=/bin/sh -c 'mount -o remount,bind,rw /sys/fs/cgroup; for c in /sys/fs/cgroup/*/; do mount -o remount,bind,rw \"$c\"; done'\n\n\
+             [Install]\nWantedBy=sysinit.target\n",
+        )
+        .unwrap();
+        sh(Command::new("chroot").arg(&root).args([
+            "systemctl",
+            "enable",
+            "test-host-cgroups.service",
+        ]));
+        std::fs::write(root.join("etc/hostname"), "testhost\n").unwrap();
+        sh(Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-czf")
+            .arg(partial)
+            .arg("."));
+    });
+}
+
+/// The test host: its disk, its cgroups, its namespaces and, while booted,
+/// its systemd-nspawn. Drop halts it and removes everything.
+struct TestHost {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    root: PathBuf,
+    machine: String,
+    ns: String,
+    client_ns: String,
+    cgroups: Vec<PathBuf>,
+    nspawn: Option<Child>,
+    boots: u32,
+}
+
+impl TestHost {
+    fn new() -> TestHost {
+        require_tools();
+        host_image();
+        let tmp = tempfile::Builder::new()
+            .prefix("sotolito-systemd-host-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().to_owned();
+        let root = dir.join("rootfs");
+        std::fs::create_dir(&root).unwrap();
+        sh(Command::new("tar")
+            .args(["-xzf", HOST_CACHE, "-C"])
+            .arg(&root));
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut h = TestHost {
+            _tmp: tmp,
+            dir,
+            root,
+            machine: format!("sotolito-th-{id}"),
+            ns: format!("sotolito-th-host-{id}"),
+            client_ns: format!("sotolito-th-client-{id}"),
+            cgroups: Vec::new(),
+            nspawn: None,
+            boots: 0,
+        };
+        sh(Command::new("ip").args(["netns", "add", &h.client_ns]));
+        sh(Command::new("ip").args(["-n", &h.client_ns, "link", "set", "lo", "up"]));
+        // The host's cgroups: a subtree of its own in every hierarchy, so
+        // that its tenants' cgroups (machine.slice/...) are not the machine's.
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let cg = ctrl.path().join(&h.machine);
+            if !ctrl.path().join("cgroup.procs").exists() {
+                continue;
+            }
+            std::fs::create_dir(&cg).unwrap();
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(ctrl.path().join(f)) {
+                    std::fs::write(cg.join(f), v.trim()).unwrap();
+                }
+            }
+            h.cgroups.push(cg);
+        }
+        h.key();
+        h
+    }
+
+    /// A fresh "host" network namespace wired to the client one: what a
+    /// reboot gives (no bridge, veth or nft rule of the last boot).
+    fn wire(&self) {
+        // The last boot's uplink first: a deleted namespace's devices go
+        // asynchronously.
+        let _ = Command::new("ip")
+            .args(["-n", &self.client_ns, "link", "del", "eth0"])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        sh(Command::new("ip").args(["netns", "add", &self.ns]));
+        sh(Command::new("ip").args([
+            "-n",
+            &self.ns,
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.client_ns,
+        ]));
+        sh(Command::new("ip").args([
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{HOST_ADDR}/24"),
+            "dev",
+            "uplink",
+        ]));
+        sh(Command::new("ip").args(["-n", &self.ns, "link", "set", "uplink", "up"]));
+        sh(Command::new("ip").args([
+            "-n",
+            &self.client_ns,
+            "addr",
+            "add",
+            &format!("{CLIENT_ADDR}/24"),
+            "dev",
+            "eth0",
+        ]));
+        sh(Command::new("ip").args(["-n", &self.client_ns, "link", "set", "eth0", "up"]));
+        // The host's default route (the proxy and DNAT need none, but
+        // `public_interface` = the default route's interface).
+        sh(Command::new("ip").args([
+            "-n",
+            &self.ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            CLIENT_ADDR,
+        ]));
+    }
+
+    /// Boots the host and waits until its systemd says running; returns
+    /// the time from the nspawn start to that.
+    fn boot(&mut self) -> Duration {
+        assert!(self.nspawn.is_none(), "already booted");
+        self.wire();
+        let log =
+            std::fs::File::create(self.dir.join(format!("console-{}.log", self.boots))).unwrap();
+        self.boots += 1;
+        let procs: Vec<String> = self
+            .cgroups
+            .iter()
+            .map(|c| c.join("cgroup.procs").display().to_string())
+            .collect();
+        let t0 = Instant::now();
+        // Into the host's cgroups first, then exec nspawn (it and all it
+        // starts stay there).
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "for f in {}; do echo $$ > \"$f\" || exit 1; done; exec \"$@\"",
+                procs.join(" ")
+            ))
+            .arg("sh")
+            .args([
+                "systemd-nspawn",
+                "--quiet",
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--console=read-only",
+                // Nesting: runc inside needs every capability and the
+                // keyring calls nspawn's seccomp filter denies.
+                "--capability=all",
+                "--system-call-filter=@keyring",
+                &format!("--network-namespace-path=/run/netns/{}", self.ns),
+                &format!("--bind-ro={CACHE_IN_HOST}"),
+                &format!(
+                    "--bind-ro={}:/usr/local/bin/vpsctl",
+                    env!("CARGO_BIN_EXE_vpsctl")
+                ),
+                "-M",
+                &self.machine,
+                "-D",
+            ])
+            .arg(&self.root)
+            // /proc/sys writable: the host sets ip_forward and bridge
+            // sysctls in its own network namespace.
+            .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn systemd-nspawn");
+        self.nspawn = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(pid) = self.pid1() {
+                let o = Command::new("nsenter")
+                    .args([
+                        "-t",
+                        &pid.to_string(),
+                        "-a",
+                        "systemctl",
+                        "is-system-running",
+                    ])
+                    .output()
+                    .unwrap();
+                let state = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+                if state == "running" {
+                    return t0.elapsed();
+                }
+                if state == "degraded" {
+                    panic!(
+                        "the test host booted degraded: {}",
+                        String::from_utf8_lossy(
+                            &self.run(&["systemctl", "--failed", "--no-legend"]).stdout
+                        )
+                    );
+                }
+            }
+            if let Some(status) = self.nspawn.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "systemd-nspawn exited ({status}) while booting: {}",
+                    self.console()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test host did not boot in 60 s: {}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("console-{}.log", self.boots - 1)))
+            .unwrap_or_default()
+    }
+
+    /// The host's PID 1 (nspawn's child), once it runs systemd.
+    fn pid1(&self) -> Option<u32> {
+        let nspawn = self.nspawn.as_ref()?.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children")).ok()?;
+        children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .find(|p: &u32| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+            })
+    }
+
+    /// Halts the host as a reboot does (systemd stops every unit) and
+    /// waits for nspawn to exit; returns how long the shutdown took.
+    fn halt(&mut self) -> Duration {
+        let mut child = self.nspawn.take().expect("booted");
+        let t0 = Instant::now();
+        // nspawn turns SIGTERM into the host's orderly poweroff.
+        sh(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "the test host's shutdown failed ({status}): {}",
+                    self.console()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the test host did not halt in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = t0.elapsed();
+        let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.machine));
+        took
+    }
+
+    /// A command in the test host, in all its namespaces.
+    fn run(&self, args: &[&str]) -> Output {
+        let pid = self.pid1().expect("the test host runs");
+        Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-a", "--"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "in the test host, {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn vpsctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["vpsctl", "--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).expect("vpsctl printed JSON")
+    }
+
+    fn client(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.client_ns))
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("nsenter client")
+    }
+
+    /// The test's ssh key pair (private key on the machine, public key
+    /// inside the host as /root/tenant-key.pub).
+    fn key(&self) -> PathBuf {
+        let key = self.dir.join("id_ed25519");
+        if !key.exists() {
+            sh(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key));
+            std::fs::copy(
+                key.with_extension("pub"),
+                self.root.join("root/tenant-key.pub"),
+            )
+            .unwrap();
+        }
+        key
+    }
+
+    /// `hostname` of the tenant behind `port`, logged in with ssh through
+    /// the host's DNAT port from the client namespace.
+    fn ssh(&self, port: u16, cmd: &str) -> Result<String, String> {
+        let key = self.key();
+        let o = self.client(&[
+            "ssh",
+            "-i",
+            key.to_str().unwrap(),
+            "-p",
+            &port.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=3",
+            "-o",
+            "LogLevel=ERROR",
+            &format!("root@{HOST_ADDR}"),
+            cmd,
+        ]);
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(format!(
+                "ssh -p {port}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    }
+
+    /// The page the proxy serves for `host` to the client namespace.
+    fn http(&self, host: &str) -> Result<String, String> {
+        let o = self.client(&[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "5",
+            "-H",
+            &format!("Host: {host}"),
+            &format!("http://{HOST_ADDR}/"),
+        ]);
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(format!(
+                "HTTP {host}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    }
+
+    fn banner(&self, port: u16) -> Result<String, String> {
+        let o = self.client(&["nc", "-w", "2", HOST_ADDR, &port.to_string()]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if out.contains("SSH-2.0") {
+            Ok(out)
+        } else {
+            Err(format!(
+                "no banner on {port}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ))
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.nspawn.take() {
+            // Halt; if it hangs, KILL takes the whole pid namespace.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .output();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.machine));
+        for n in [&self.ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+        // Deepest first: a cgroup goes only once its children are gone.
+        for cg in &self.cgroups {
+            let mut dirs = Vec::new();
+            let mut stack = vec![cg.clone()];
+            while let Some(d) = stack.pop() {
+                if let Ok(entries) = std::fs::read_dir(&d) {
+                    stack.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.path()),
+                    );
+                }
+                dirs.push(d);
+            }
+            for d in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Every running tenant reachable from the client: ssh into `deb` (its
+/// data file read back), HTTP by Host through the proxy to `web` and
+/// `deb`, `web`'s banner through its DNAT port. Returns how long it took.
+fn all_reachable(h: &TestHost, t0: Instant) -> Duration {
+    let marker = eventually(Duration::from_secs(60), || h.ssh(2202, "cat /root/marker")).unwrap();
+    assert_eq!(marker, "written before the reboot\n");
+    let page = eventually(Duration::from_secs(60), || h.http("web.test")).unwrap();
+    assert!(page.contains("hello from web"), "{page}");
+    let page = eventually(Duration::from_secs(60), || h.http("deb.test")).unwrap();
+    assert!(
+        page.to_lowercase().contains("nginx"),
+        "deb's page through the proxy: {page}"
+    );
+    eventually(Duration::from_secs(60), || h.banner(2201)).unwrap();
+    t0.elapsed()
+}
+
+fn is_active(h: &TestHost, unit: &str) -> String {
+    String::from_utf8_lossy(&h.run(&["systemctl", "is-active", unit]).stdout)
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn systemd_host_runs_tenants_and_brings_them_back_after_reboots() {
+    let mut h = TestHost::new();
+    let booted = h.boot();
+    eprintln!("test host: systemd running {booted:?} after nspawn started");
+    assert_eq!(h.ok(&["cat", "/proc/1/comm"]).trim(), "systemd");
+
+    // Disk images need loop devices, which nspawn does not give the host.
+    h.ok(&["vpsctl", "units", "install"]);
+    h.ok(&["systemctl", "daemon-reload"]);
+    h.ok(&["vpsctl", "init"]);
+    // busybox rootfs built inside the host from its own busybox-static.
+    let bb = h.root.join("root/busybox-rootfs");
+    sotolito_provisioner::busybox::busybox_rootfs_from(&h.root.join("bin/busybox"), &bb).unwrap();
+    // busybox init honours no signal from outside its pid namespace: KILL
+    // is its honest stop signal (else every stop waits the timeout).
+    h.ok(&[
+        "vpsctl",
+        "image",
+        "import",
+        "busybox",
+        "/root/busybox-rootfs",
+        "--stop-signal",
+        "KILL",
+    ]);
+    h.ok(&[
+        "vpsctl",
+        "image",
+        "import",
+        "debian",
+        &format!("{CACHE_IN_HOST}/debian-bookworm.tar.gz"),
+    ]);
+    let key = "/root/tenant-key.pub";
+    h.ok(&[
+        "vpsctl",
+        "provision",
+        "web",
+        "--image",
+        "busybox",
+        "--host",
+        "web.test",
+        "--ssh-port",
+        "2201",
+        "--ssh-key",
+        key,
+        "--disk",
+        "unlimited",
+        "--start",
+    ]);
+    h.ok(&[
+        "vpsctl",
+        "provision",
+        "deb",
+        "--image",
+        "debian",
+        "--host",
+        "deb.test",
+        "--ssh-port",
+        "2202",
+        "--ssh-key",
+        key,
+        "--disk",
+        "unlimited",
+        "--start",
+    ]);
+    h.ok(&[
+        "vpsctl",
+        "provision",
+        "idle",
+        "--image",
+        "busybox",
+        "--host",
+        "idle.test",
+        "--ssh-port",
+        "2203",
+        "--ssh-key",
+        key,
+        "--disk",
+        "unlimited",
+    ]);
+    h.ok(&["systemctl", "start", "sotolito-proxy.service"]);
+
+    assert_eq!(is_active(&h, "sotolito-vps@web"), "active");
+    assert_eq!(is_active(&h, "sotolito-vps@deb"), "active");
+    assert_eq!(is_active(&h, "sotolito-vps@idle"), "inactive");
+    assert_eq!(is_active(&h, "sotolito-proxy"), "active");
+    assert_eq!(is_active(&h, "sotolito-net"), "active");
+    let hostname = eventually(Duration::from_secs(60), || h.ssh(2202, "hostname")).unwrap();
+    assert_eq!(hostname.trim(), "deb");
+    h.ssh(2202, "echo 'written before the reboot' > /root/marker && mkdir -p /var/log/journal && journalctl --flush")
+        .unwrap();
+    all_reachable(&h, Instant::now());
+    assert!(
+        h.banner(2203).is_err(),
+        "idle answers although it was never started"
+    );
+
+    // Tenants run in the units' cgroups, under systemd's cgroup driver.
+    let web_pid = h.vpsctl_json(&["status", "web"])["pid"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let cgroup = h.ok(&["cat", &format!("/proc/{web_pid}/cgroup")]);
+    assert!(
+        cgroup
+            .lines()
+            .any(|l| l.starts_with("9:name=systemd:/") && l.ends_with("/sotolito-web.scope")),
+        "web's cgroups: {cgroup}"
+    );
+
+    // A graceful stop of the systemd tenant: SIGRTMIN+3, its own shutdown.
+    let t0 = Instant::now();
+    h.ok(&["systemctl", "stop", "sotolito-vps@deb"]);
+    let stop_took = t0.elapsed();
+    eprintln!("systemctl stop sotolito-vps@deb took {stop_took:?}");
+    let deb = h.vpsctl_json(&["status", "deb"]);
+    assert_eq!(deb["state"], "stopped", "{deb}");
+    let journal = h.ok(&[
+        "journalctl",
+        "-b",
+        "--no-pager",
+        "-o",
+        "cat",
+        "-u",
+        "sotolito-vps@deb",
+    ]);
+    assert!(
+        journal.contains("stopping") && journal.contains("signal=37"),
+        "no graceful stop in deb's journal:\n{journal}"
+    );
+    assert!(
+        !journal.contains("killing"),
+        "deb was killed, not stopped:\n{journal}"
+    );
+    assert!(
+        journal.contains("exited tenant=deb code=0"),
+        "deb's exit in the journal:\n{journal}"
+    );
+    let links = h.ok(&["ip", "-o", "link", "show"]);
+    assert!(!links.contains("sv-deb"), "deb's veth is left: {links}");
+    let mounts = h.ok(&["cat", "/proc/self/mountinfo"]);
+    assert!(
+        !mounts.contains("/tenants/deb/"),
+        "deb's mounts are left: {mounts}"
+    );
+    let ps = h.ok(&["ps", "-eo", "pid,args"]);
+    assert!(!ps.contains("run deb"), "deb's processes are left: {ps}");
+    // `systemctl start` returns once the container runs.
+    h.ok(&["systemctl", "start", "sotolito-vps@deb"]);
+    assert_eq!(
+        h.vpsctl_json(&["status", "deb"])["state"],
+        "running",
+        "right after systemctl start"
+    );
+    eprintln!(
+        "deb's journal (start, stop, start):\n{}",
+        h.ok(&["journalctl", "-b", "--no-pager", "-u", "sotolito-vps@deb"])
+    );
+
+    // Logs in the host's journal: the proxy's, and the tenants' hooks'.
+    let proxy = h.ok(&[
+        "journalctl",
+        "-b",
+        "--no-pager",
+        "-o",
+        "cat",
+        "-u",
+        "sotolito-proxy",
+    ]);
+    assert!(
+        proxy.contains("listening") || proxy.contains("routes"),
+        "the proxy logs nothing to the journal:\n{proxy}"
+    );
+
+    for round in 1..=2 {
+        let jobs = h.run(&["sh", "-c", "vpsctl exec deb -- systemctl list-jobs --no-pager; vpsctl exec deb -- systemctl list-units --no-pager --state=activating,deactivating; vpsctl exec deb -- loginctl list-sessions --no-pager"]);
+        eprintln!(
+            "reboot {round}, deb before the halt:\n{}{}",
+            String::from_utf8_lossy(&jobs.stdout),
+            String::from_utf8_lossy(&jobs.stderr)
+        );
+        let down = h.halt();
+        let up = h.boot();
+        let t0 = Instant::now();
+        let reachable = all_reachable(&h, t0);
+        eprintln!(
+            "reboot {round}: shutdown {down:?}; systemd running after {up:?}; every tenant reachable {:?} after that",
+            reachable
+        );
+        assert_eq!(is_active(&h, "sotolito-vps@web"), "active");
+        assert_eq!(is_active(&h, "sotolito-vps@deb"), "active");
+        assert_eq!(
+            is_active(&h, "sotolito-vps@idle"),
+            "inactive",
+            "idle started at boot"
+        );
+        assert_eq!(h.vpsctl_json(&["status", "idle"])["state"], "stopped");
+        assert!(h.banner(2203).is_err(), "idle answers after reboot {round}");
+        let shutdown = h.ok(&[
+            "sh", "-c",
+            "journalctl -b -1 --no-pager -o short-precise | grep -E 'Stopp|sotolito|vpsctl|Timed out|Killing' | tail -25",
+        ]);
+        eprintln!("reboot {round}, the shutdown in the journal:\n{shutdown}");
+        let tj = h.run(&[
+            "sh", "-c",
+            "ls -la /var/lib/sotolito/tenants/deb/data/var/log/journal; journalctl -D /var/lib/sotolito/tenants/deb/data/var/log/journal/* --no-pager -o short-precise | grep -v -i 'audit' | tail -60; tail -30 /var/lib/sotolito/tenants/deb/console.log",
+        ]);
+        let tenant_journal = format!(
+            "{}{}",
+            String::from_utf8_lossy(&tj.stdout),
+            String::from_utf8_lossy(&tj.stderr)
+        );
+        let previous = h.ok(&[
+            "journalctl",
+            "-b",
+            "-1",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-u",
+            "sotolito-vps@deb",
+        ]);
+        assert!(
+            previous.contains("exited tenant=deb code=0"),
+            "deb did not shut down cleanly with the host:\n{previous}\ndeb's own journal:\n{tenant_journal}"
+        );
+    }
+}
