@@ -242,8 +242,16 @@ fn link(dir: &Path, name: &str, target: &str) -> Result<bool, Error> {
     if fs::read_link(&path).is_ok_and(|t| t == Path::new(target)) {
         return Ok(false);
     }
-    let _ = fs::remove_file(&path);
-    std::os::unix::fs::symlink(target, &path).map_err(io_err("link", &path))?;
+    // A link made under a temporary name and renamed over the real one:
+    // concurrent callers (parallel `start`s of one tenant) all succeed, and
+    // the name is never missing in between.
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("link", &tmp))?;
+    if let Err(e) = fs::rename(&tmp, &path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("link", &path)(e));
+    }
     Ok(true)
 }
 
