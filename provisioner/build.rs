@@ -23,5 +23,6 @@ fn main() {
         ),
     };
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(out.join("docker-default.json"), bytes).expect("write OUT_DIR/docker-default.json");
+    std::fs::write(out.join("docker-default.json"), bytes)
+        .expect("write OUT_DIR/docker-default.json");
 }

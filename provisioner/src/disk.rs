@@ -48,7 +48,11 @@ fn missing_support(
         reason,
         fix: fix.to_owned(),
     };
-    for (tool, package) in [(MKFS, "btrfs-progs"), (BTRFS, "btrfs-progs"), ("losetup", "mount")] {
+    for (tool, package) in [
+        (MKFS, "btrfs-progs"),
+        (BTRFS, "btrfs-progs"),
+        ("losetup", "mount"),
+    ] {
         if !has_tool(tool) {
             return Err(unenforceable(
                 format!("{tool} is not installed"),
@@ -149,7 +153,14 @@ fn make_temporary_image(layout: &TenantLayout, bytes: u64) -> Result<PathBuf, Er
         MKFS,
         "btrfs-progs",
         &[
-            "-q", "-f", "--mixed", "--metadata", "single", "--data", "single", &tmp_str,
+            "-q",
+            "-f",
+            "--mixed",
+            "--metadata",
+            "single",
+            "--data",
+            "single",
+            &tmp_str,
         ],
     ) {
         let _ = fs::remove_file(&tmp);
@@ -195,8 +206,8 @@ pub fn adopt_data(tenant: &str, layout: &TenantLayout, bytes: u64) -> Result<(),
                 ],
             )?;
             let r = crate::image::copy_tree(&data, &mnt);
-            let u = unmount(&mnt, UnmountFlags::empty())
-                .map_err(|e| io_err("unmount", &mnt)(e.into()));
+            let u =
+                unmount(&mnt, UnmountFlags::empty()).map_err(|e| io_err("unmount", &mnt)(e.into()));
             r.and(u)
         })();
         let _ = fs::remove_dir(&mnt);
@@ -207,7 +218,10 @@ pub fn adopt_data(tenant: &str, layout: &TenantLayout, bytes: u64) -> Result<(),
         fs::rename(&tmp, &img).map_err(io_err("rename", &img))?;
     }
     if !is_mounted(&data)
-        && fs::read_dir(&data).map_err(io_err("read", &data))?.next().is_some()
+        && fs::read_dir(&data)
+            .map_err(io_err("read", &data))?
+            .next()
+            .is_some()
     {
         let aside = layout
             .dir
@@ -261,7 +275,11 @@ pub fn mount_data(tenant: &str, layout: &TenantLayout) -> Result<(), Error> {
     fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
         .map_err(io_err("chmod", &data))?;
     // A plain data dir with files would be hidden under the mount.
-    if fs::read_dir(&data).map_err(io_err("read", &data))?.next().is_some() {
+    if fs::read_dir(&data)
+        .map_err(io_err("read", &data))?
+        .next()
+        .is_some()
+    {
         return Err(Error::DiskHidden {
             tenant: tenant.to_owned(),
             data,
@@ -365,7 +383,11 @@ pub fn resize(tenant: &str, layout: &TenantLayout, bytes: u64) -> Result<(), Err
     if bytes >= current {
         set_len(bytes)?;
         run("losetup", "mount", &["-c", &dev])?;
-        run(BTRFS, "btrfs-progs", &["filesystem", "resize", "max", &data_str])
+        run(
+            BTRFS,
+            "btrfs-progs",
+            &["filesystem", "resize", "max", &data_str],
+        )
     } else {
         run(
             BTRFS,
@@ -437,7 +459,9 @@ mod tests {
             Some(("btrfs".into(), "/dev/loop2".into()))
         );
         assert_eq!(
-            mount_source(INFO, Path::new("/s/tenants/acme/rootfs")).unwrap().0,
+            mount_source(INFO, Path::new("/s/tenants/acme/rootfs"))
+                .unwrap()
+                .0,
             "overlay"
         );
         assert_eq!(mount_source(INFO, Path::new("/s/tenants/none/data")), None);

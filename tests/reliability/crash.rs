@@ -63,10 +63,18 @@ fn mount_holders(dir: &Path) -> Vec<String> {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let p = e.path();
         let info = std::fs::read_to_string(p.join("mountinfo")).unwrap_or_default();
-        if info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&want))) {
+        if info
+            .lines()
+            .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&want)))
+        {
             let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
             let ns = std::fs::read_link(p.join("ns/mnt")).unwrap_or_default();
-            out.push(format!("{} {} {}", e.file_name().to_string_lossy(), comm.trim(), ns.display()));
+            out.push(format!(
+                "{} {} {}",
+                e.file_name().to_string_lossy(),
+                comm.trim(),
+                ns.display()
+            ));
         }
     }
     out

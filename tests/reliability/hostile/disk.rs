@@ -18,15 +18,19 @@ fn small_state_fs(h: &Host, size: &str) {
     std::fs::create_dir_all(&state).unwrap();
     for (prog, args) in [
         ("truncate", vec!["-s", size, img.to_str().unwrap()]),
-        ("mkfs.ext4", vec!["-q", "-F", "-m", "0", img.to_str().unwrap()]),
+        (
+            "mkfs.ext4",
+            vec!["-q", "-F", "-m", "0", img.to_str().unwrap()],
+        ),
         (
             "mount",
             vec!["-o", "loop", img.to_str().unwrap(), state.to_str().unwrap()],
         ),
     ] {
-        let o = Command::new(prog).args(&args).output().unwrap_or_else(|e| {
-            panic!("{prog}: {e} (apt-get install e2fsprogs mount)")
-        });
+        let o = Command::new(prog)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("{prog}: {e} (apt-get install e2fsprogs mount)"));
         assert!(
             o.status.success(),
             "{prog} {args:?}: {}",
@@ -56,7 +60,9 @@ fn fill(h: &Host, tenant: &str, file: &str, mib: u64) -> (u64, String) {
     let out = sh(
         h,
         tenant,
-        &format!("dd if=/dev/zero of={file} bs=1M count={mib} 2>&1; sync; echo size=$(wc -c < {file})"),
+        &format!(
+            "dd if=/dev/zero of={file} bs=1M count={mib} 2>&1; sync; echo size=$(wc -c < {file})"
+        ),
     );
     let size = out
         .lines()
@@ -85,7 +91,10 @@ fn a_tenant_fills_only_its_own_quota() {
     let (usr, _) = fill(&h, "hog", "/usr/fill", 200);
     let (root, _) = fill(&h, "hog", "/root/fill", 200);
     let (var, out) = fill(&h, "hog", "/var/fill", 2 * quota / MIB);
-    assert!(out.contains("No space left"), "the fill of /var did not hit ENOSPC: {out}");
+    assert!(
+        out.contains("No space left"),
+        "the fill of /var did not hit ENOSPC: {out}"
+    );
     let total = usr + root + var;
     assert!(
         total <= quota && total >= quota / 10 * 7,
@@ -94,8 +103,15 @@ fn a_tenant_fills_only_its_own_quota() {
         quota / MIB
     );
     for dir in ["/var", "/root", "/usr", "/home"] {
-        let out = sh(&h, "hog", &format!("dd if=/dev/zero of={dir}/more bs=1M count=8 2>&1"));
-        assert!(out.contains("No space left"), "a write to {dir} of a full tenant: {out}");
+        let out = sh(
+            &h,
+            "hog",
+            &format!("dd if=/dev/zero of={dir}/more bs=1M count=8 2>&1"),
+        );
+        assert!(
+            out.contains("No space left"),
+            "a write to {dir} of a full tenant: {out}"
+        );
     }
     let free_after = free_bytes(&state);
     assert!(
@@ -107,21 +123,35 @@ fn a_tenant_fills_only_its_own_quota() {
 
     // Positive control: the neighbour, same quota, still writes.
     let (wrote, out) = fill(&h, "other", "/var/ok", 64);
-    assert_eq!(wrote, 64 * MIB, "the neighbour could not write within its quota: {out}");
+    assert_eq!(
+        wrote,
+        64 * MIB,
+        "the neighbour could not write within its quota: {out}"
+    );
 
     // Without a quota (the operator's explicit --disk unlimited) the same
     // fill goes beyond 512M: the probe itself is not what stops the hog.
     let (wrote, out) = fill(&h, "free", "/var/fill", quota / MIB + 128);
-    assert_eq!(wrote, quota + 128 * MIB, "an unlimited tenant stopped early: {out}");
+    assert_eq!(
+        wrote,
+        quota + 128 * MIB,
+        "an unlimited tenant stopped early: {out}"
+    );
     sh(&h, "free", "rm -f /var/fill");
 
     // status shows used and limit.
     let st = h.json(&["status", "hog"]);
     assert_eq!(st["disk_limit"], quota, "{st}");
     let used = st["disk_used"].as_u64().unwrap_or_else(|| panic!("{st}"));
-    assert!(used >= total && used <= quota, "used {used} of {quota}: {st}");
+    assert!(
+        used >= total && used <= quota,
+        "used {used} of {quota}: {st}"
+    );
     let st = h.json(&["status", "free"]);
-    assert!(st["disk_limit"].is_null() && st["disk_used"].is_null(), "{st}");
+    assert!(
+        st["disk_limit"].is_null() && st["disk_used"].is_null(),
+        "{st}"
+    );
     let list = h.json(&["list"]);
     let hog = list
         .as_array()
@@ -144,7 +174,11 @@ fn a_tenant_fills_only_its_own_quota() {
 
     // A tenant without a quota (as every record from before quotas) is put
     // under one while stopped: its data moves onto an image, kept.
-    sh(&h, "free", "echo kept > /root/kept && echo upper > /usr/upper");
+    sh(
+        &h,
+        "free",
+        "echo kept > /root/kept && echo upper > /usr/upper",
+    );
     let out = h.vpsctl(&["set", "free", "--disk", "512M"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("needs the tenant stopped"),
@@ -164,7 +198,12 @@ fn a_tenant_fills_only_its_own_quota() {
 
     // One loop device per tenant with a quota; none after deprovision.
     let tenants = state.join("tenants");
-    assert_eq!(loop_devices_under(&tenants).len(), 3, "{:?}", loop_devices_under(&tenants));
+    assert_eq!(
+        loop_devices_under(&tenants).len(),
+        3,
+        "{:?}",
+        loop_devices_under(&tenants)
+    );
     for t in ["hog", "other", "free"] {
         h.ok(&["deprovision", t, "--purge", "--timeout", "1"]);
     }
