@@ -220,13 +220,9 @@ fn tls_alpn_01_on_443() {
 
 const CHILD_CONFIG: &str = "SOTOLITO_ACME_TEST_CONFIG";
 
-/// `sotolito_proxy::run` (what `vpsctl proxy` calls) started from a config
-/// file with `[acme] enabled`, in its own process inside the namespace,
-/// obtains a certificate with the default timing, and stops on SIGTERM.
-#[test]
-fn run_entry_point_obtains_certificates() {
-    let host = "run.sotolito.internal";
-    let env = Env::world("run", 0, &[tenant("run", &[host], &[])]);
+/// The config file `vpsctl proxy` runs with against this world: loopback
+/// ports, ACME on against pebble.
+fn write_run_config(env: &Env) -> std::path::PathBuf {
     let c = &env.config;
     let config_file = env.dir.path().join("sotolito.toml");
     let text = format!(
@@ -240,6 +236,17 @@ fn run_entry_point_obtains_certificates() {
         env.pebble.listener_ca,
     );
     std::fs::write(&config_file, text).expect("write config");
+    config_file
+}
+
+/// `sotolito_proxy::run` (what `vpsctl proxy` calls) started from a config
+/// file with `[acme] enabled`, in its own process inside the namespace,
+/// obtains a certificate with the default timing, and stops on SIGTERM.
+#[test]
+fn run_entry_point_obtains_certificates() {
+    let host = "run.sotolito.internal";
+    let env = Env::world("run", 0, &[tenant("run", &[host], &[])]);
+    let config_file = write_run_config(&env);
     let exe = std::env::current_exe().expect("test binary");
     let log = env.dir.path().join("run.log");
     let out = std::fs::File::create(&log).expect("log");
@@ -326,18 +333,7 @@ fn run_entry_point_as_its_own_user_writes_certificates() {
     // The test's temp dir stands for /var/lib (0755).
     std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod temp dir");
-    let config_file = env.dir.path().join("sotolito.toml");
-    let text = format!(
-        "[paths]\nstate_dir = {:?}\nrun_dir = {:?}\nconfig_dir = {:?}\n\
-         [proxy]\nhttp = \"127.0.0.1:80\"\nhttps = \"127.0.0.1:443\"\nadmin = \"127.0.0.1:9180\"\n\
-         [acme]\nenabled = true\ndirectory = {:?}\nemail = \"ops@sotolito.internal\"\nca_roots = [{:?}]\n",
-        c.paths.state_dir,
-        c.paths.run_dir,
-        c.paths.config_dir,
-        env::DIRECTORY,
-        env.pebble.listener_ca,
-    );
-    std::fs::write(&config_file, text).expect("write config");
+    let config_file = write_run_config(&env);
     let ids = sotolito_provisioner::proxy_user::ensure_user().expect("the proxy's user");
     sotolito_provisioner::proxy_user::grant_access(
         &sotolito_provisioner::proxy_user::ProxyPaths {
