@@ -106,7 +106,7 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
         std::slice::from_ref(&dnat),
     );
     // The DNAT for connections the host itself opens to its own address;
-    // `dstnat` is refused as a priority name in output (FACTS.md). Never
+    // `dstnat` is refused as a priority name in output (nft 1.0.6). Never
     // loopback: a host service on 127.0.0.1 with a port in the SSH range
     // keeps its connections.
     chain(

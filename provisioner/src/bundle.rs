@@ -246,7 +246,7 @@ pub fn render_spec(
         mount("/tmp", "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777"])?,
     ];
     if let Some(dir) = &cgroup.systemd_bind {
-        // systemd needs its own hierarchy writable (FACTS.md): the
+        // systemd needs its own hierarchy writable: the
         // container's own name=systemd cgroup, which runc has made by the
         // time it mounts, and nothing above it.
         let after = mounts
