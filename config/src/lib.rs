@@ -1,6 +1,7 @@
 //! sotolito-config: the host config, tenant records, validated names and the
 //! registry that every other part reads.
 
+pub mod atomic;
 pub mod host;
 pub mod idmap;
 pub mod names;
@@ -11,6 +12,7 @@ pub mod tenant;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use atomic::WriteError;
 pub use host::{HostConfig, Loaded, Overrides};
 pub use idmap::{Idmap, IdmapPool};
 pub use names::{
@@ -42,6 +44,8 @@ pub enum Error {
     Record { path: PathBuf, message: String },
     #[error(transparent)]
     Invalid(#[from] InvalidValue),
+    #[error(transparent)]
+    Write(#[from] WriteError),
     #[error("{what} is taken by tenant {owner} ({hint})")]
     Conflict {
         what: String,

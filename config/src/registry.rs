@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -218,26 +218,12 @@ pub fn check_conflicts(others: &[Tenant], tenant: &Tenant) -> Result<(), Error> 
     Ok(())
 }
 
-/// Replaces `path` with `data` so that readers see the old or the new file.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // One temp name per target: writers are serialized by the registry lock,
-    // and a temp file left by a killed writer is simply overwritten.
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-    // The proxy's user reads the registry through its group (the setgid
-    // directory gives the group), whatever the writer's umask.
-    f.set_permissions(<fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o640))
-        .map_err(io_err("chmod", &tmp))?;
-    f.write_all(data).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("sync", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
-    sync_dir(dir)
+/// Registry files are 0640: the proxy's user reads them through its group
+/// (the setgid directory gives the group), whatever the writer's umask.
+const RECORD_MODE: u32 = 0o640;
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
+    Ok(crate::atomic::write(path, data, RECORD_MODE)?)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {

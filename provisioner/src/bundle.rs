@@ -399,9 +399,7 @@ pub fn write_spec(layout: &TenantLayout, spec: &Spec) -> Result<(), Error> {
     if fs::read(&path).is_ok_and(|old| old == text) {
         return Ok(());
     }
-    let tmp = layout.dir.join(".config.json.tmp");
-    fs::write(&tmp, &text).map_err(io_err("write", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("rename into", &path))
+    Ok(sotolito_config::atomic::write(&path, &text, 0o644)?)
 }
 
 #[cfg(test)]

@@ -100,7 +100,8 @@ pub fn seed(
         shift_into(layout, map)?;
     }
     let marker = data.join(SEEDED_MARKER);
-    fs::write(&marker, b"").map_err(io_err("write", &marker))?;
+    // Durable before it is trusted: a seed is never redone once it is here.
+    sotolito_config::atomic::write(&marker, b"", 0o644)?;
     Ok(true)
 }
 

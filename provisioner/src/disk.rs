@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use rustix::fs::{flock, FlockOperation};
 use rustix::io::{fcntl_setfd, FdFlags};
 use rustix::mount::{mount_change, unmount, MountPropagationFlags, UnmountFlags};
+use sotolito_config::atomic;
 
 use crate::bundle::TenantLayout;
 use crate::overlay::{is_mounted, unescape};
@@ -125,10 +126,7 @@ pub fn create_image(layout: &TenantLayout, bytes: u64) -> Result<bool, Error> {
         return Ok(false);
     }
     let tmp = make_temporary_image(layout, bytes)?;
-    fs::rename(&tmp, &img).map_err(io_err("rename", &img))?;
-    if let Ok(d) = fs::File::open(&layout.dir) {
-        let _ = d.sync_all();
-    }
+    atomic::commit(&tmp, &img)?;
     Ok(true)
 }
 
@@ -215,7 +213,7 @@ pub fn adopt_data(tenant: &str, layout: &TenantLayout, bytes: u64) -> Result<(),
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, &img).map_err(io_err("rename", &img))?;
+        atomic::commit(&tmp, &img)?;
     }
     if !is_mounted(&data)
         && fs::read_dir(&data)

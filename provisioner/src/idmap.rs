@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
-use sotolito_config::Idmap;
+use sotolito_config::{atomic, Idmap};
 
 use crate::{io_err, Error};
 
@@ -45,9 +45,7 @@ pub fn read_marker(data: &Path) -> Result<u32, Error> {
 /// Written after a shift has finished (and by a seed that made the files).
 pub fn write_marker(data: &Path, map: &Idmap) -> Result<(), Error> {
     let path = data.join(MARKER);
-    let tmp = data.join(".idmap.tmp");
-    fs::write(&tmp, marker_text(map)).map_err(io_err("write", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("rename into", &path))
+    Ok(atomic::write(&path, marker_text(map).as_bytes(), 0o644)?)
 }
 
 /// Where host id `id` of files that start at host id `from` goes in `to`.

@@ -127,6 +127,18 @@ pub enum Error {
     CgroupBusy { tenant: String, dirs: String },
 }
 
+/// A file put into place with `sotolito_config::atomic` keeps its step and
+/// path.
+impl From<sotolito_config::WriteError> for Error {
+    fn from(e: sotolito_config::WriteError) -> Self {
+        Error::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Attaches a path to an io::Error.
 pub(crate) fn io_err(
     action: &'static str,

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use sotolito_config::TenantName;
+use sotolito_config::{atomic, TenantName};
 
 use crate::{io_err, Error};
 
@@ -193,9 +193,7 @@ pub fn install(systemd_dir: &Path, u: &UnitContext) -> Result<Vec<PathBuf>, Erro
         if fs::read_to_string(&path).is_ok_and(|old| old == text) {
             continue;
         }
-        let tmp = systemd_dir.join(format!(".{name}.tmp"));
-        fs::write(&tmp, &text).map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("rename into", &path))?;
+        atomic::write(&path, text.as_bytes(), 0o644)?;
         changed.push(path);
     }
     let wants = systemd_dir.join("multi-user.target.wants");
@@ -242,16 +240,9 @@ fn link(dir: &Path, name: &str, target: &str) -> Result<bool, Error> {
     if fs::read_link(&path).is_ok_and(|t| t == Path::new(target)) {
         return Ok(false);
     }
-    // A link made under a temporary name and renamed over the real one:
-    // concurrent callers (parallel `start`s of one tenant) all succeed, and
+    // Concurrent callers (parallel `start`s of one tenant) all succeed, and
     // the name is never missing in between.
-    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("link", &tmp))?;
-    if let Err(e) = fs::rename(&tmp, &path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("link", &path)(e));
-    }
+    atomic::symlink(Path::new(target), &path)?;
     Ok(true)
 }
 

@@ -357,7 +357,7 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<bool> 
     let cfg = cfg_path(ctx, &tenant.name);
     let text = units::render_tenant_cfg(tenant.ip, &ctx.config().network.bridge);
     if fs::read_to_string(&cfg).ok().as_deref() != Some(text.as_str()) {
-        write_atomic(&cfg, &text)?;
+        sotolito_config::atomic::write(&cfg, text.as_bytes(), 0o644)?;
     }
     // The boot link follows the desired state: a tenant provisioned
     // without --start is not started by sotolito-vps.target at boot (as
@@ -366,12 +366,6 @@ fn apply(ctx: &Context, tenant: &Tenant, image: &Image) -> anyhow::Result<bool> 
         units::enable_instance(&ctx.config().paths.systemd_dir, &tenant.name)?;
     }
     Ok(seeded)
-}
-
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("cfg.tmp");
-    fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn deprovision(ctx: &Context, args: DeprovisionArgs) -> anyhow::Result<()> {

@@ -6,9 +6,8 @@
 //! and renamed, 0600.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -189,35 +188,12 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), Error> {
         })
 }
 
-/// Writes `data` to `path` atomically (temp file in the same dir, fsync,
-/// rename), mode 0600.
+/// Writes `data` to `path` atomically, mode 0600 (`sotolito_config::atomic`).
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let err = |source| Error::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(err)
+    sotolito_config::atomic::write(path, data, 0o600).map_err(|e| Error::Write {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Installs a new certificate for HOST: the marker first (so a crash never
