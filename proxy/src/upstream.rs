@@ -98,7 +98,7 @@ impl Pool {
                 .await
                 .map_err(UpstreamError::Connect)?;
         }
-        // Flat writes, as on the client side (see server.rs). A response
+        // Flat writes, as on the client side (see server/conn.rs). A response
         // the client does not read waits in this read buffer: bounded to
         // what a head may be plus one stream window (hyper's default grows
         // to ~400 KiB).

@@ -1,0 +1,218 @@
+//! One client connection: TLS handshake, then HTTP/1 (behind the strict
+//! framing gate) or HTTP/2, each request handed to `forward`, and a
+//! graceful close when the worker drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::balance::Assigned;
+use super::listen::{DrainToken, Worker};
+use super::Kind;
+use crate::body::BudgetedBody;
+use crate::forward::{self, ConnCtx};
+use crate::gate::{Gate, Switch};
+use crate::headers::PeerValues;
+use crate::limit::ConnPermit;
+use crate::route::normalize_host;
+use crate::stream::{GuardedStream, Timeouts};
+use crate::upstream::{self, Pool};
+
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
+/// A connection being served by `worker`; what it holds is given back
+/// (limits, balance count, drain token) when it is dropped.
+pub(super) struct Conn {
+    pub(super) worker: Arc<Worker>,
+    pub(super) peer: SocketAddr,
+    pub(super) pool: Arc<Pool>,
+    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) permit: ConnPermit,
+    pub(super) _token: DrainToken,
+    pub(super) _assigned: Assigned,
+}
+
+impl Conn {
+    pub(super) async fn serve(self, stream: TcpStream, kind: Kind) {
+        let metrics = self.worker.shared.metrics.clone();
+        metrics.open_connections.inc();
+        let settings = &self.worker.shared.settings;
+        let pool = if settings.proxy_protocol {
+            let local = stream.local_addr().unwrap_or(self.peer);
+            let header = upstream::proxy_v2_header(self.peer, local);
+            Pool::new(settings.connect_timeout, Some(header))
+        } else {
+            self.pool.clone()
+        };
+        let trusted = settings
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&self.peer.ip()));
+        let ctx = ConnCtx {
+            shared: self.worker.shared.clone(),
+            routes: self.worker.routes.clone(),
+            stats: self.worker.stats.clone(),
+            peer: self.peer,
+            tls: false,
+            sni: None,
+            h2: false,
+            pool,
+            peer_values: PeerValues::new(self.peer.ip()),
+            trusted,
+            forwarded: Default::default(),
+            switch: None,
+        };
+        match (kind, &self.worker.tls) {
+            // Boxed, as the TLS and HTTP/2 states are kilobytes that every
+            // plain connection's task would otherwise carry (and tokio's
+            // spawn copies).
+            (Kind::Https, Some(acceptor)) => Box::pin(self.serve_tls(stream, acceptor, ctx)).await,
+            _ => self.serve_h1(stream, ctx).await,
+        }
+        metrics.open_connections.dec();
+    }
+    async fn serve_tls(&self, stream: TcpStream, acceptor: &TlsAcceptor, mut ctx: ConnCtx) {
+        let metrics = &self.worker.shared.metrics;
+        let timeout = self.worker.shared.settings.header_read_timeout;
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                metrics.tls_handshakes.inc();
+                tls
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
+                metrics.tls_handshake_failures.inc();
+                return;
+            }
+            Err(_) => {
+                metrics.tls_handshake_failures.inc();
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        ctx.tls = true;
+        ctx.sni = session
+            .server_name()
+            .and_then(normalize_host)
+            .map(|s| s.into_owned().into_boxed_str());
+        ctx.h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+        if ctx.h2 {
+            Box::pin(self.serve_h2(tls, ctx)).await;
+        } else {
+            self.serve_h1(tls, ctx).await;
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        let s = &self.worker.shared.settings;
+        Timeouts {
+            header_read: s.header_read_timeout,
+            idle: s.idle_timeout,
+        }
+    }
+
+    async fn serve_h1<T>(&self, io: T, mut ctx: ConnCtx)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.worker.shared.settings;
+        let switch = Switch::default();
+        ctx.switch = Some(switch.clone());
+        let gate = Gate::new(s.max_header_bytes, switch);
+        let io = GuardedStream::new(io, Some(gate), self.timeouts());
+        let ctx = Arc::new(ctx);
+        let svc = service_fn(move |req| forward::handle(ctx.clone(), req));
+        let mut builder = http1::Builder::new();
+        builder
+            .max_buf_size(s.max_header_bytes.max(8192))
+            .max_headers(s.max_headers)
+            // GuardedStream times out slow heads and idle connections.
+            .header_read_timeout(None)
+            // One flat write per response: measured ~4% less CPU per
+            // request than writev of head and body for small responses.
+            .writev(false);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        let mut shutdown = self.shutdown.clone();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %self.peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = shutdown.changed() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+
+    async fn serve_h2<T>(&self, io: T, ctx: ConnCtx)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let s = &self.worker.shared.settings;
+        let io = GuardedStream::new(io, None, self.timeouts());
+        let ctx = Arc::new(ctx);
+        let budget = self.permit.stream_budget();
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            // Taken when the stream opens, given back when its response
+            // body is done: a client that never reads keeps its places.
+            let permit = budget.acquire();
+            async move {
+                let Some(permit) = permit else {
+                    return Ok(forward::too_many_streams().map(|body| BudgetedBody {
+                        body,
+                        _permit: None,
+                    }));
+                };
+                let resp = forward::handle(ctx, req).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| BudgetedBody {
+                    body,
+                    _permit: Some(permit),
+                }))
+            }
+        });
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        // Envoy's edge guidance: 64 KiB per stream, 1 MiB per connection
+        // for what a client may send before we read it; and at most one
+        // stream window of response queued per stream whatever windows the
+        // client announces (hyper's default is 400 KiB: a client that
+        // opens its windows and never reads pinned ~650 KiB per stream,
+        // measured with benches/h2-memory).
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .adaptive_window(false)
+            .max_send_buf_size(H2_SEND_BUFFER)
+            .max_concurrent_streams(s.max_h2_streams)
+            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        let mut shutdown = self.shutdown.clone();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %self.peer, error = %e, "h2 connection ended");
+                }
+                return;
+            }
+            _ = shutdown.changed() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}
