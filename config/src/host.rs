@@ -10,7 +10,9 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::names::{gateway, CpuWeight, InvalidValue, LogSize, MemorySize, Problem, SwapLimit};
+use crate::names::{
+    gateway, CpuWeight, InvalidValue, LogSize, MemorySize, Pids, Problem, SwapLimit,
+};
 use crate::quota::DiskQuota;
 use crate::Error;
 
@@ -265,7 +267,7 @@ impl Default for Proxy {
 pub struct Defaults {
     pub memory: MemorySize,
     pub cpu_weight: CpuWeight,
-    pub pids: u32,
+    pub pids: Pids,
     /// Concurrent connections a tenant may open (nft `ct count`), unless
     /// its record says otherwise (`provision --connections`).
     pub connections: u32,
@@ -295,7 +297,7 @@ impl Default for Defaults {
         Defaults {
             memory: MemorySize::new("512M").expect("valid default"),
             cpu_weight: CpuWeight::new(100).expect("valid default"),
-            pids: 4096,
+            pids: Pids::new(4096).expect("valid default"),
             connections: 4096,
             disk: DiskQuota::default(),
             swap: SwapLimit::NONE,
@@ -547,12 +549,6 @@ impl HostConfig {
         if let Err(e) = crate::names::check_connections(u64::from(self.defaults.connections)) {
             return Err(bad("defaults.connections", e.to_string()));
         }
-        if self.defaults.pids < 16 {
-            return Err(bad(
-                "defaults.pids",
-                format!("{} is below 16", self.defaults.pids),
-            ));
-        }
         Ok(())
     }
 
@@ -699,7 +695,7 @@ mod tests {
         assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(30));
         assert_eq!(c.defaults.memory.to_string(), "512M");
         assert_eq!(c.defaults.cpu_weight.get(), 100);
-        assert_eq!(c.defaults.pids, 4096);
+        assert_eq!(c.defaults.pids.get(), 4096);
         assert_eq!(c.defaults.connections, 4096);
         assert_eq!(c.network.forward_policy, ForwardPolicy::Drop);
         assert!(!c.network.block_smtp);
@@ -811,6 +807,10 @@ mod tests {
             (
                 "[network]\ntenant_dns = [\"127.0.0.53\"]\n",
                 "config /etc/sotolito/sotolito.toml: network.tenant_dns: 127.0.0.53 is not reachable from tenants (give a resolver's own address)",
+            ),
+            (
+                "[defaults]\npids = 1\n",
+                "config /etc/sotolito/sotolito.toml line 2: defaults.pids: pids limit \"1\" is out of range 16-4194304",
             ),
             (
                 "[defaults]\nconnections = 3\n",

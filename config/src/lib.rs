@@ -16,8 +16,8 @@ pub use atomic::WriteError;
 pub use host::{HostConfig, Loaded, Overrides};
 pub use idmap::{Idmap, IdmapPool};
 pub use names::{
-    CpuWeight, HostName, ImageName, InvalidValue, LogSize, MemorySize, SshPort, SwapLimit,
-    TenantName,
+    CpuWeight, HostName, HttpPort, ImageName, InvalidValue, LogSize, MemorySize, Pids, SshPort,
+    SwapLimit, TenantName,
 };
 pub use quota::DiskQuota;
 pub use registry::{Registry, RegistryLock};

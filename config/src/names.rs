@@ -256,53 +256,95 @@ fn parse_in_range(kind: &'static str, s: &str, min: u64, max: u64) -> Result<u64
     Ok(n)
 }
 
-/// A TCP port on the host that forwards to a tenant's sshd (1-65535).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "u64", into = "u16")]
-pub struct SshPort(u16);
+/// A bounded integer: validated by `new` (a number from a file) and
+/// `from_str` (text from the command line) with one message, kept in the
+/// smallest type that holds it, and written back as a plain number.
+macro_rules! number_newtype {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $kind:literal, $min:expr, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "u64", into = "u64")]
+        pub struct $name($inner);
 
-impl SshPort {
-    pub fn new(port: u64) -> Result<Self, InvalidValue> {
-        if port == 0 || port > 65535 {
-            return Err(invalid(
-                "ssh port",
-                &port.to_string(),
-                Problem::OutOfRange { min: 1, max: 65535 },
-            ));
+        impl $name {
+            pub const MIN: $inner = $min;
+            pub const MAX: $inner = $max;
+
+            pub fn new(n: u64) -> Result<Self, InvalidValue> {
+                if n < u64::from(Self::MIN) || n > u64::from(Self::MAX) {
+                    return Err(invalid(
+                        $kind,
+                        &n.to_string(),
+                        Problem::OutOfRange {
+                            min: Self::MIN.into(),
+                            max: Self::MAX.into(),
+                        },
+                    ));
+                }
+                Ok($name(n as $inner))
+            }
+
+            pub fn get(self) -> $inner {
+                self.0
+            }
         }
-        Ok(SshPort(port as u16))
-    }
 
-    pub fn get(self) -> u16 {
-        self.0
+        impl TryFrom<u64> for $name {
+            type Error = InvalidValue;
+            fn try_from(v: u64) -> Result<Self, InvalidValue> {
+                $name::new(v)
+            }
+        }
+
+        impl From<$name> for u64 {
+            fn from(v: $name) -> u64 {
+                v.0.into()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, InvalidValue> {
+                $name::new(parse_in_range($kind, s, Self::MIN.into(), Self::MAX.into())?)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+number_newtype!(
+    /// A TCP port on the host that forwards to a tenant's sshd (1-65535).
+    SshPort(u16), "ssh port", 1, 65535
+);
+
+number_newtype!(
+    /// The port a tenant's web server listens on inside the tenant
+    /// (1-65535): where the proxy sends the requests for its hosts.
+    HttpPort(u16), "http port", 1, 65535
+);
+
+impl HttpPort {
+    /// A tenant provisioned without `--http-port` serves on 80.
+    pub const DEFAULT: HttpPort = HttpPort(80);
+}
+
+impl Default for HttpPort {
+    fn default() -> Self {
+        HttpPort::DEFAULT
     }
 }
 
-impl TryFrom<u64> for SshPort {
-    type Error = InvalidValue;
-    fn try_from(v: u64) -> Result<Self, InvalidValue> {
-        SshPort::new(v)
-    }
-}
-
-impl From<SshPort> for u16 {
-    fn from(p: SshPort) -> u16 {
-        p.0
-    }
-}
-
-impl FromStr for SshPort {
-    type Err = InvalidValue;
-    fn from_str(s: &str) -> Result<Self, InvalidValue> {
-        SshPort::new(parse_in_range("ssh port", s, 1, 65535)?)
-    }
-}
-
-impl fmt::Display for SshPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+number_newtype!(
+    /// A tenant's process limit (`pids.max`, systemd's `TasksMax`): at
+    /// least 16, since systemd needs a few to boot, and at most the
+    /// kernel's PID_MAX_LIMIT (4194304, include/linux/threads.h).
+    Pids(u32), "pids limit", 16, 4_194_304
+);
 
 /// Bytes from `512M`, `1G`, `64K` or a plain number (binary units), between
 /// `min` and 1 PiB.
@@ -551,11 +593,6 @@ impl fmt::Display for CpuWeight {
     }
 }
 
-/// Parses a pids limit (at least 16: systemd needs a few to boot).
-pub fn parse_pids(s: &str) -> Result<u32, InvalidValue> {
-    Ok(parse_in_range("pids limit", s, 16, 4_194_304)? as u32)
-}
-
 /// The bounds of a connection cap: one connection can never be enough, and
 /// a cap above the kernel's conntrack table size means no cap.
 pub const CONNECTIONS_MIN: u64 = 16;
@@ -569,11 +606,6 @@ pub fn parse_connections(s: &str) -> Result<u32, InvalidValue> {
 /// Checks a connection cap read from a file.
 pub fn check_connections(n: u64) -> Result<u32, InvalidValue> {
     parse_connections(&n.to_string())
-}
-
-/// Parses an HTTP port a tenant serves on.
-pub fn parse_http_port(s: &str) -> Result<u16, InvalidValue> {
-    Ok(parse_in_range("http port", s, 1, 65535)? as u16)
 }
 
 /// Checks that `ip` may be given to a tenant in `subnet`: inside it, and not
@@ -812,11 +844,28 @@ mod tests {
             "10001".parse::<CpuWeight>().unwrap_err().to_string(),
             r#"cpu weight "10001" is out of range 1-10000"#
         );
-        assert_eq!(parse_pids("4096").unwrap(), 4096);
-        assert!(parse_pids("1").is_err());
+        assert_eq!("4096".parse::<Pids>().unwrap().get(), 4096);
         assert_eq!(
-            parse_http_port("0").unwrap_err().to_string(),
+            "1".parse::<Pids>().unwrap_err().to_string(),
+            r#"pids limit "1" is out of range 16-4194304"#
+        );
+        assert_eq!(
+            Pids::new(4_194_305).unwrap_err().to_string(),
+            r#"pids limit "4194305" is out of range 16-4194304"#
+        );
+        assert_eq!(
+            "0".parse::<HttpPort>().unwrap_err().to_string(),
             r#"http port "0" is out of range 1-65535"#
+        );
+        assert_eq!(
+            HttpPort::new(65536).unwrap_err().to_string(),
+            r#"http port "65536" is out of range 1-65535"#
+        );
+        assert_eq!("8080".parse::<HttpPort>().unwrap().get(), 8080);
+        assert_eq!(HttpPort::default().get(), 80);
+        assert_eq!(
+            "x".parse::<SshPort>().unwrap_err().problem,
+            Problem::NotANumber
         );
     }
 

@@ -6,7 +6,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::idmap::Idmap;
-use crate::names::{CpuWeight, HostName, ImageName, MemorySize, SshPort, SwapLimit, TenantName};
+use crate::names::{
+    CpuWeight, HostName, HttpPort, ImageName, MemorySize, Pids, SshPort, SwapLimit, TenantName,
+};
 use crate::quota::DiskQuota;
 
 /// The record format this vpsctl writes; records of a newer format are
@@ -21,8 +23,8 @@ pub struct Tenant {
     pub image: ImageName,
     pub ip: Ipv4Addr,
     pub ssh_port: SshPort,
-    #[serde(default = "default_http_port")]
-    pub http_port: u16,
+    #[serde(default)]
+    pub http_port: HttpPort,
     #[serde(default)]
     pub hosts: Vec<HostName>,
     /// OpenSSH public key lines, installed once into root's authorized_keys.
@@ -60,16 +62,12 @@ fn unquoted() -> DiskQuota {
     DiskQuota::Unlimited
 }
 
-fn default_http_port() -> u16 {
-    80
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub memory: MemorySize,
     pub cpu_weight: CpuWeight,
-    pub pids: u32,
+    pub pids: Pids,
     /// Concurrent connections the tenant may open; none: the host's
     /// `defaults.connections` (records written before the cap existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,7 +117,7 @@ impl Tenant {
             image,
             ip,
             ssh_port,
-            http_port: default_http_port(),
+            http_port: HttpPort::DEFAULT,
             hosts: Vec::new(),
             ssh_keys: Vec::new(),
             created: SystemTime::now(),
@@ -353,6 +351,20 @@ pub(crate) mod tests {
             Tenant::from_toml(&text).unwrap_err(),
             "ssh_port: ssh port \"0\" is out of range 1-65535"
         );
+        let text = t.to_toml().replace("http_port = 80", "http_port = 0");
+        assert_eq!(
+            Tenant::from_toml(&text).unwrap_err(),
+            "http_port: http port \"0\" is out of range 1-65535"
+        );
+        let text = t.to_toml().replace("pids = 4096", "pids = 15");
+        assert_eq!(
+            Tenant::from_toml(&text).unwrap_err(),
+            "limits.pids: pids limit \"15\" is out of range 16-4194304"
+        );
+        // A record without http_port (written before it was recorded)
+        // serves on 80.
+        let old = t.to_toml().replace("http_port = 80\n", "");
+        assert_eq!(Tenant::from_toml(&old).unwrap().http_port.get(), 80);
         let newer = t.to_toml().replace("version = 1", "version = 9");
         assert!(Tenant::from_toml(&newer)
             .unwrap_err()

@@ -485,7 +485,7 @@ mod tests {
         Limits {
             memory: MemorySize::new("512M").unwrap(),
             cpu_weight: CpuWeight::new(200).unwrap(),
-            pids: 100,
+            pids: sotolito_config::Pids::new(100).unwrap(),
             swap: None,
             connections: None,
         }

@@ -62,7 +62,7 @@ impl RouteTable {
         for t in tenants {
             let route = Arc::new(Route::new(
                 t.name.as_str(),
-                SocketAddr::from((t.ip, t.http_port)),
+                SocketAddr::from((t.ip, t.http_port.get())),
             ));
             for host in &t.hosts {
                 if let Some(owner) = table.insert_name(host, route.clone()) {

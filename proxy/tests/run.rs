@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use common::{get, Backend};
 use sotolito_config::{
-    HostConfig, HostName, ImageName, Loaded, Registry, SshPort, Tenant, TenantName,
+    HostConfig, HostName, HttpPort, ImageName, Loaded, Registry, SshPort, Tenant, TenantName,
 };
 use sotolito_proxy::{run, RunOptions};
 
 fn tenant(name: &str, ip: Ipv4Addr, http_port: u16, ssh: u64, host: &str) -> Tenant {
     Tenant {
-        http_port,
+        http_port: HttpPort::new(http_port.into()).unwrap(),
         hosts: vec![HostName::new(host).unwrap()],
         ..Tenant::new(
             TenantName::new(name).unwrap(),

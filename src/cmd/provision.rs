@@ -9,11 +9,11 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use sotolito_config::names::{parse_connections, parse_http_port, parse_pids};
+use sotolito_config::names::parse_connections;
 use sotolito_config::tenant::FORMAT_VERSION;
 use sotolito_config::{
-    CpuWeight, Desired, DiskQuota, HostName, ImageName, Limits, MemorySize, SshPort, SwapLimit,
-    Tenant, TenantName,
+    CpuWeight, Desired, DiskQuota, HostName, HttpPort, ImageName, Limits, MemorySize, Pids,
+    SshPort, SwapLimit, Tenant, TenantName,
 };
 use sotolito_provisioner::data::{self, Seed};
 use sotolito_provisioner::tenantfs::Owner;
@@ -41,8 +41,8 @@ pub struct ProvisionArgs {
     #[arg(long, value_name = "ADDR")]
     pub ip: Option<Ipv4Addr>,
     /// Port the tenant serves HTTP on.
-    #[arg(long, value_name = "PORT", value_parser = parse_http_port, default_value = "80")]
-    pub http_port: u16,
+    #[arg(long, value_name = "PORT", default_value = "80")]
+    pub http_port: HttpPort,
     /// Memory limit, e.g. 512M, 2G [default: config defaults.memory]
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<MemorySize>,
@@ -50,8 +50,8 @@ pub struct ProvisionArgs {
     #[arg(long, value_name = "WEIGHT")]
     pub cpu_weight: Option<CpuWeight>,
     /// Process limit [default: config defaults.pids]
-    #[arg(long, value_name = "N", value_parser = parse_pids)]
-    pub pids: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub pids: Option<Pids>,
     /// Concurrent connections the tenant may open (a tenant over it is
     /// refused new ones) [default: config defaults.connections]
     #[arg(long, value_name = "N", value_parser = parse_connections)]

@@ -5,8 +5,8 @@
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use sotolito_config::names::{parse_connections, parse_pids};
-use sotolito_config::{CpuWeight, DiskQuota, MemorySize, SwapLimit, Tenant, TenantName};
+use sotolito_config::names::parse_connections;
+use sotolito_config::{CpuWeight, DiskQuota, MemorySize, Pids, SwapLimit, Tenant, TenantName};
 use sotolito_provisioner::disk;
 use sotolito_provisioner::runtime::ContainerStatus;
 
@@ -23,8 +23,8 @@ pub struct SetArgs {
     #[arg(long, value_name = "WEIGHT")]
     pub cpu_weight: Option<CpuWeight>,
     /// Process limit.
-    #[arg(long, value_name = "N", value_parser = parse_pids)]
-    pub pids: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub pids: Option<Pids>,
     /// Swap beyond the memory limit: 0, a size, or unlimited.
     #[arg(long, value_name = "SIZE")]
     pub swap: Option<SwapLimit>,

@@ -78,7 +78,7 @@ fn record(name: &str, addr: SocketAddr, host: &str, port: u64) -> Tenant {
         unreachable!()
     };
     Tenant {
-        http_port: addr.port(),
+        http_port: sotolito_config::HttpPort::new(addr.port().into()).expect("a bound port"),
         hosts: vec![HostName::new(host).unwrap()],
         ..Tenant::new(
             TenantName::new(name).unwrap(),
