@@ -8,8 +8,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
+use oci_spec::image::{
+    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
 use super::fsops::copy_tree;
 use crate::{io_err, Error};
@@ -270,9 +274,11 @@ pub fn apply_layer(reader: impl Read, root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn read_json(path: &Path) -> Result<Value, Error> {
+/// A JSON document of the image, typed: `what` names it in the message when
+/// it is not one (`not an OCI image manifest: missing field `layers``).
+fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T, Error> {
     let text = fs::read(path).map_err(io_err("read", path))?;
-    serde_json::from_slice(&text).map_err(|e| bad(path, format!("invalid JSON: {e}")))
+    serde_json::from_slice(&text).map_err(|e| bad(path, format!("not {what}: {e}")))
 }
 
 fn sha256_of(mut r: impl Read, path: &Path) -> Result<String, Error> {
@@ -304,11 +310,9 @@ fn sha256_hex(digest: &str, layout: &Path) -> Result<String, Error> {
 }
 
 /// The blob of a descriptor, its digest verified.
-fn verified_blob(layout: &Path, desc: &Value, what: &str) -> Result<PathBuf, Error> {
-    let digest = desc["digest"]
-        .as_str()
-        .ok_or_else(|| bad(layout, format!("{what} has no digest")))?;
-    let hex = sha256_hex(digest, layout)?;
+fn verified_blob(layout: &Path, desc: &Descriptor, what: &str) -> Result<PathBuf, Error> {
+    let digest = desc.digest().to_string();
+    let hex = sha256_hex(&digest, layout)?;
     let path = layout.join("blobs/sha256").join(&hex);
     let file = File::open(&path)
         .map_err(|e| bad(layout, format!("{what} blob {digest} is missing: {e}")))?;
@@ -323,45 +327,58 @@ fn verified_blob(layout: &Path, desc: &Value, what: &str) -> Result<PathBuf, Err
     Ok(path)
 }
 
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
+/// What an index may point to for us: an image manifest, or another index
+/// (OCI's, or the manifest list of Docker's own media types).
+enum Pointed {
+    Manifest,
+    Index,
+}
+
+fn pointed(desc: &Descriptor) -> Pointed {
+    match desc.media_type() {
+        MediaType::ImageIndex => Pointed::Index,
+        MediaType::Other(m) if m == "application/vnd.docker.distribution.manifest.list.v2+json" => {
+            Pointed::Index
+        }
+        _ => Pointed::Manifest,
     }
+}
+
+/// linux on this host's architecture, or no platform said (a single-image
+/// index); one that names ours is preferred.
+fn platform_ok(desc: &Descriptor) -> bool {
+    desc.platform()
+        .as_ref()
+        .is_none_or(|p| *p.os() == Os::Linux && *p.architecture() == Arch::default())
 }
 
 /// The image manifest for this host out of an index (nested indexes too).
-fn pick_manifest(layout: &Path, index: &Value, depth: u32) -> Result<Value, Error> {
-    let manifests = index["manifests"]
-        .as_array()
-        .ok_or_else(|| bad(layout, "index.json has no manifests"))?;
-    let platform_ok = |m: &Value| {
-        let p = &m["platform"];
-        p.is_null() || (p["os"] == "linux" && p["architecture"] == host_arch())
-    };
+fn pick_manifest(layout: &Path, index: &ImageIndex, depth: u32) -> Result<ImageManifest, Error> {
+    let manifests = index.manifests();
     let chosen = manifests
         .iter()
-        .find(|m| platform_ok(m) && !m["platform"].is_null())
+        .find(|m| platform_ok(m) && m.platform().is_some())
         .or_else(|| manifests.iter().find(|m| platform_ok(m)))
-        .ok_or_else(|| bad(layout, format!("no manifest for linux/{}", host_arch())))?;
+        .ok_or_else(|| bad(layout, format!("no manifest for linux/{}", Arch::default())))?;
     let path = verified_blob(layout, chosen, "manifest")?;
-    let doc = read_json(&path)?;
-    let is_index = chosen["mediaType"]
-        .as_str()
-        .is_some_and(|m| m.contains("index"))
-        || doc["manifests"].is_array();
-    if is_index {
-        if depth > 4 {
-            return Err(bad(layout, "indexes nested too deep"));
+    match pointed(chosen) {
+        Pointed::Index => {
+            if depth > 4 {
+                return Err(bad(layout, "indexes nested too deep"));
+            }
+            let doc: ImageIndex = read_json(&path, "an OCI image index")?;
+            pick_manifest(layout, &doc, depth + 1)
         }
-        return pick_manifest(layout, &doc, depth + 1);
+        Pointed::Manifest => read_json(&path, "an OCI image manifest"),
     }
-    Ok(doc)
 }
 
-fn stop_signal_of(config: &Value, path: &Path) -> Result<Option<i32>, Error> {
-    match config["config"]["StopSignal"].as_str() {
+fn stop_signal_of(config: &ImageConfiguration, path: &Path) -> Result<Option<i32>, Error> {
+    match config
+        .config()
+        .as_ref()
+        .and_then(|c| c.stop_signal().as_deref())
+    {
         Some(s) if !s.is_empty() => crate::signal::parse_signal(s)
             .map(Some)
             .map_err(|_| bad(path, format!("the image's StopSignal {s:?} is unknown"))),
@@ -370,14 +387,12 @@ fn stop_signal_of(config: &Value, path: &Path) -> Result<Option<i32>, Error> {
 }
 
 fn import_oci(layout: &Path, rootfs: &Path, progress: bool) -> Result<Imported, Error> {
-    let index = read_json(&layout.join("index.json"))?;
+    let index: ImageIndex = read_json(&layout.join("index.json"), "an OCI image index")?;
     let manifest = pick_manifest(layout, &index, 0)?;
-    let config_path = verified_blob(layout, &manifest["config"], "config")?;
-    let config = read_json(&config_path)?;
+    let config_path = verified_blob(layout, manifest.config(), "config")?;
+    let config: ImageConfiguration = read_json(&config_path, "an OCI image config")?;
     let stop_signal = stop_signal_of(&config, layout)?;
-    let layers = manifest["layers"]
-        .as_array()
-        .ok_or_else(|| bad(layout, "the manifest has no layers"))?;
+    let layers = manifest.layers();
     fs::create_dir_all(rootfs).map_err(io_err("create", rootfs))?;
     for (i, layer) in layers.iter().enumerate() {
         let path = verified_blob(layout, layer, &format!("layer {}", i + 1))?;
@@ -410,11 +425,20 @@ fn name_digest(name: &str) -> Option<String> {
         .then(|| hex.to_ascii_lowercase())
 }
 
+/// One image of a `docker save` archive's manifest.json (Docker's own
+/// format, which oci-spec does not cover; the config it names is an OCI
+/// image config).
+#[derive(Debug, Deserialize)]
+struct DockerImage {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
 fn import_docker(dir: &Path, rootfs: &Path, progress: bool) -> Result<Imported, Error> {
-    let manifest = read_json(&dir.join("manifest.json"))?;
-    let entries = manifest
-        .as_array()
-        .ok_or_else(|| bad(dir, "manifest.json is not a list"))?;
+    let entries: Vec<DockerImage> =
+        read_json(&dir.join("manifest.json"), "a docker save manifest")?;
     let [entry] = entries.as_slice() else {
         return Err(bad(
             dir,
@@ -424,9 +448,7 @@ fn import_docker(dir: &Path, rootfs: &Path, progress: bool) -> Result<Imported, 
             ),
         ));
     };
-    let config_name = entry["Config"]
-        .as_str()
-        .ok_or_else(|| bad(dir, "manifest.json names no Config"))?;
+    let config_name = entry.config.as_str();
     let config_path = member(dir, config_name)?;
     if let Some(hex) = name_digest(config_name) {
         let actual = sha256_of(
@@ -441,23 +463,16 @@ fn import_docker(dir: &Path, rootfs: &Path, progress: bool) -> Result<Imported, 
             });
         }
     }
-    let config = read_json(&config_path)?;
+    let config: ImageConfiguration = read_json(&config_path, "an OCI image config")?;
     let stop_signal = stop_signal_of(&config, dir)?;
-    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let layers = entry["Layers"]
-        .as_array()
-        .ok_or_else(|| bad(dir, "manifest.json names no Layers"))?;
+    let diff_ids = config.rootfs().diff_ids();
+    let layers = &entry.layers;
     if !diff_ids.is_empty() && diff_ids.len() != layers.len() {
         return Err(bad(dir, "the config's diff_ids do not match the layers"));
     }
     fs::create_dir_all(rootfs).map_err(io_err("create", rootfs))?;
     for (i, layer) in layers.iter().enumerate() {
-        let name = layer
-            .as_str()
-            .ok_or_else(|| bad(dir, "a layer name is not a string"))?;
+        let name = layer.as_str();
         let path = member(dir, name)?;
         // diff_ids are digests of the uncompressed layer.
         if let Some(want) = diff_ids.get(i) {
@@ -487,6 +502,10 @@ fn import_docker(dir: &Path, rootfs: &Path, progress: bool) -> Result<Imported, 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use oci_spec::image::{
+        ConfigBuilder, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder,
+        PlatformBuilder, RootFsBuilder,
+    };
 
     fn layer(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -585,34 +604,75 @@ mod tests {
         assert!(!tmp.path().join("escape").exists());
     }
 
-    fn write_blob(layout: &Path, data: &[u8]) -> String {
+    /// Writes `data` as a blob and returns its descriptor.
+    fn write_blob(layout: &Path, media: MediaType, data: &[u8]) -> Descriptor {
         let hex = format!("{:x}", Sha256::digest(data));
         fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
         fs::write(layout.join("blobs/sha256").join(&hex), data).unwrap();
-        format!("sha256:{hex}")
+        let digest: oci_spec::image::Digest = format!("sha256:{hex}").parse().unwrap();
+        Descriptor::new(media, data.len() as u64, digest)
+    }
+
+    fn image_config(stop: Option<&str>, diff_ids: Vec<String>) -> Vec<u8> {
+        let mut run = ConfigBuilder::default();
+        if let Some(s) = stop {
+            run = run.stop_signal(s);
+        }
+        let config = ImageConfigurationBuilder::default()
+            .architecture(Arch::default())
+            .os(Os::Linux)
+            .config(run.build().unwrap())
+            .rootfs(RootFsBuilder::default().diff_ids(diff_ids).build().unwrap())
+            .build()
+            .unwrap();
+        serde_json::to_vec(&config).unwrap()
+    }
+
+    fn manifest(config: Descriptor, layers: Vec<Descriptor>) -> Vec<u8> {
+        let m = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(config)
+            .layers(layers)
+            .build()
+            .unwrap();
+        serde_json::to_vec(&m).unwrap()
+    }
+
+    fn index(manifests: Vec<Descriptor>) -> Vec<u8> {
+        let i = ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .manifests(manifests)
+            .build()
+            .unwrap();
+        serde_json::to_vec(&i).unwrap()
     }
 
     fn oci_layout(dir: &Path, layers: &[Vec<u8>], stop: Option<&str>) {
-        let mut config =
-            serde_json::json!({"architecture": host_arch(), "os": "linux", "config": {}});
-        if let Some(s) = stop {
-            config["config"]["StopSignal"] = s.into();
-        }
-        let cfg = write_blob(dir, config.to_string().as_bytes());
-        let layer_descs: Vec<Value> = layers
+        let cfg = write_blob(dir, MediaType::ImageConfig, &image_config(stop, Vec::new()));
+        let layer_descs = layers
             .iter()
             .map(|l| {
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 std::io::Write::write_all(&mut gz, l).unwrap();
-                let data = gz.finish().unwrap();
-                serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": write_blob(dir, &data), "size": data.len()})
+                write_blob(dir, MediaType::ImageLayerGzip, &gz.finish().unwrap())
             })
             .collect();
-        let manifest = serde_json::json!({"schemaVersion": 2, "config": {"digest": cfg}, "layers": layer_descs});
-        let m = write_blob(dir, manifest.to_string().as_bytes());
-        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m}]});
-        fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        let m = write_blob(dir, MediaType::ImageManifest, &manifest(cfg, layer_descs));
+        fs::write(dir.join("index.json"), index(vec![m])).unwrap();
         fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    }
+
+    fn on(desc: &Descriptor, os: &str, arch: &str) -> Descriptor {
+        let mut d = desc.clone();
+        d.set_platform(Some(
+            PlatformBuilder::default()
+                .os(Os::from(os))
+                .architecture(Arch::from(arch))
+                .build()
+                .unwrap(),
+        ));
+        d
     }
 
     #[test]
@@ -623,28 +683,62 @@ mod tests {
         oci_layout(&layout, &[layer(&[("mine", Some("1"))])], None);
         // Wrap our manifest in a multi-platform index next to another
         // arch and an attestation, as registries and docker save make.
-        let ours: Value =
-            serde_json::from_str(&fs::read_to_string(layout.join("index.json")).unwrap()).unwrap();
-        let ours = &ours["manifests"][0];
-        let other_arch = if host_arch() == "arm64" {
+        let ours: ImageIndex = read_json(&layout.join("index.json"), "an index").unwrap();
+        let ours = &ours.manifests()[0];
+        let other_arch = if Arch::default() == Arch::ARM64 {
             "amd64"
         } else {
             "arm64"
         };
-        let theirs = write_blob(&layout, br#"{"schemaVersion":2,"config":{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},"layers":[]}"#);
-        let inner = serde_json::json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": theirs, "platform": {"os": "linux", "architecture": other_arch}},
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": theirs, "platform": {"os": "unknown", "architecture": "unknown"}},
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": ours["digest"], "platform": {"os": "linux", "architecture": host_arch()}},
-        ]});
-        let inner = write_blob(&layout, inner.to_string().as_bytes());
-        let outer = serde_json::json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": inner}
-        ]});
-        fs::write(layout.join("index.json"), outer.to_string()).unwrap();
+        let nothing = write_blob(&layout, MediaType::ImageConfig, b"{}");
+        let theirs = write_blob(
+            &layout,
+            MediaType::ImageManifest,
+            &manifest(nothing, Vec::new()),
+        );
+        let inner = index(vec![
+            on(&theirs, "linux", other_arch),
+            on(&theirs, "unknown", "unknown"),
+            on(ours, "linux", &Arch::default().to_string()),
+        ]);
+        let inner = write_blob(&layout, MediaType::ImageIndex, &inner);
+        fs::write(layout.join("index.json"), index(vec![inner])).unwrap();
         let rootfs = tmp.path().join("rootfs");
         import_into(&layout, &rootfs, tmp.path(), false).unwrap();
         assert_eq!(fs::read_to_string(rootfs.join("mine")).unwrap(), "1");
+    }
+
+    #[test]
+    fn documents_that_are_not_what_they_claim_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        fs::create_dir(&layout).unwrap();
+        // An index pointing at a "manifest" without config or layers.
+        let m = write_blob(&layout, MediaType::ImageManifest, br#"{"schemaVersion":2}"#);
+        fs::write(layout.join("index.json"), index(vec![m])).unwrap();
+        let err = import_into(&layout, &tmp.path().join("r1"), tmp.path(), false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("not an OCI image manifest: missing field `config`"),
+            "{err}"
+        );
+        // A digest that would climb out of blobs/ never becomes a path.
+        fs::write(
+            layout.join("index.json"),
+            r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":2,"digest":"sha256:../../../etc/passwd"}]}"#,
+        )
+        .unwrap();
+        let err = import_into(&layout, &tmp.path().join("r2"), tmp.path(), false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not an OCI image index"), "{err}");
+        let err = sha256_hex("sha256:../../../etc/passwd", &layout)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("malformed digest"), "{err}");
     }
 
     #[test]
@@ -691,13 +785,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let l = layer(&[("sbin/", None), ("sbin/init", Some("#!/bin/sh"))]);
         let diff = format!("sha256:{:x}", Sha256::digest(&l));
-        let config = serde_json::json!({"config": {"StopSignal": "SIGRTMIN+3"}, "rootfs": {"type": "layers", "diff_ids": [diff]}});
-        let config = config.to_string();
-        let config_name = format!("{:x}.json", Sha256::digest(config.as_bytes()));
+        let config = image_config(Some("SIGRTMIN+3"), vec![diff]);
+        let config_name = format!("{:x}.json", Sha256::digest(&config));
         let manifest = serde_json::json!([{"Config": config_name, "RepoTags": ["x:latest"], "Layers": ["abc/layer.tar"]}]).to_string();
         let mut b = tar::Builder::new(Vec::new());
         for (name, data) in [
-            (config_name.as_str(), config.as_bytes()),
+            (config_name.as_str(), &config[..]),
             ("abc/layer.tar", &l[..]),
             ("manifest.json", manifest.as_bytes()),
         ] {
