@@ -354,6 +354,17 @@ pub fn render_spec(
         .mounts(mounts)
         .linux(linux)
         .build()?;
+    if let Some(unit) = &cgroup.stop_first {
+        // runc passes `org.systemd.property.*` to the scope it creates, as
+        // GVariant text (an array of unit names here).
+        spec.set_annotations(Some(
+            [(
+                "org.systemd.property.Before".to_owned(),
+                format!("['{unit}']"),
+            )]
+            .into(),
+        ));
+    }
     if let Some(h) = hooks {
         let hook = |verb| {
             HookBuilder::default()
@@ -436,6 +447,7 @@ mod tests {
         ContainerCgroup {
             path: "/sotolito/acme/tenant".into(),
             systemd_bind: Some("/sys/fs/cgroup/systemd/sotolito/acme/tenant".into()),
+            stop_first: None,
         }
     }
 
@@ -473,6 +485,7 @@ mod tests {
             &ContainerCgroup {
                 path: "/sotolito/acme/tenant".into(),
                 systemd_bind: None,
+                stop_first: None,
             },
         );
         let mounts = v2["mounts"].as_array().unwrap();
@@ -484,6 +497,25 @@ mod tests {
             .find(|m| m["destination"] == "/sys/fs/cgroup")
             .unwrap();
         assert!(cg["options"].as_array().unwrap().contains(&"rw".into()));
+        assert!(v2
+            .pointer("/annotations/org.systemd.property.Before")
+            .is_none());
+    }
+
+    #[test]
+    fn systemd_scope_stops_after_the_tenant_unit() {
+        let s = rendered_in(
+            None,
+            &ContainerCgroup {
+                path: "sotolito-acme.slice:sotolito:acme".into(),
+                systemd_bind: None,
+                stop_first: Some("sotolito-vps@acme.service".into()),
+            },
+        );
+        assert_eq!(
+            s["annotations"]["org.systemd.property.Before"],
+            "['sotolito-vps@acme.service']"
+        );
     }
 
     #[test]

@@ -212,6 +212,13 @@ pub struct ContainerCgroup {
     /// while every controller stays read-only. None on v2, where the
     /// tenant's cgroup2 mount shows only its own (delegated) subtree.
     pub systemd_bind: Option<PathBuf>,
+    /// systemd driver: the unit that must stop before the container's
+    /// scope does (its `Before=`). At a host's shutdown systemd stops every
+    /// unit at once; unordered, the scope's stop SIGTERMs every process of
+    /// the tenant, its systemd re-executes on that, and the tenant's stop
+    /// signal, sent a moment later by the unit, hits a PID 1 without
+    /// handlers and is lost (the tenant is killed after the timeout).
+    pub stop_first: Option<String>,
 }
 
 /// One tenant's cgroups under one driver.
@@ -274,7 +281,11 @@ impl TenantCgroup {
             } => Some(dir.join(self.container_relative())),
             _ => None,
         };
-        ContainerCgroup { path, systemd_bind }
+        ContainerCgroup {
+            path,
+            systemd_bind,
+            stop_first: self.systemd.then(|| crate::units::instance(&self.name)),
+        }
     }
 
     /// The limit-holding cgroup's dir in `controller`'s hierarchy (v1) or
@@ -546,6 +557,7 @@ mod tests {
             },
         );
         assert_eq!(v2.container().systemd_bind, None);
+        assert_eq!(c.stop_first, None);
         assert_eq!(
             v2.limit_dir("memory").unwrap(),
             Path::new("/sys/fs/cgroup/sotolito/web-1")
@@ -562,6 +574,7 @@ mod tests {
         );
         let c = t.container();
         assert_eq!(c.path, "sotolito-web\\x2d1.slice:sotolito:web-1");
+        assert_eq!(c.stop_first.as_deref(), Some("sotolito-vps@web-1.service"));
         assert_eq!(
             c.systemd_bind.as_deref(),
             Some(Path::new(

@@ -18,6 +18,13 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 const POLL: Duration = Duration::from_millis(100);
 
+/// How often the stop signal is sent again while the container runs. A
+/// PID 1 in a pid namespace drops every signal it has no handler for, so
+/// one sent before its handlers exist (a tenant still starting, a systemd
+/// re-executing) is lost; sent again, it lands once they are back. systemd
+/// takes a repeated SIGRTMIN+3 as the same halt.
+pub const RESEND: Duration = Duration::from_secs(1);
+
 /// How a stop went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -62,8 +69,36 @@ pub fn wait_running(runc: &impl Runtime, id: &str, timeout: Duration) -> Result<
     }
 }
 
-/// Stops a detached container: the stop signal, KILL after `timeout`, then
-/// delete (which runs the poststop hooks).
+/// Sends `signal`, and again every [`RESEND`] (KILL only once: nothing
+/// ignores it), until the container stops or `deadline`; true if it
+/// stopped.
+fn signal_until_stopped(
+    runc: &impl Runtime,
+    id: &str,
+    signal: i32,
+    deadline: Instant,
+) -> Result<bool, Error> {
+    loop {
+        if let Err(e) = runc.kill(id, signal) {
+            // It may have stopped meanwhile; the state says.
+            tracing::debug!(container = id, error = %e, "stop signal");
+        }
+        let next = if signal == SIGKILL {
+            deadline
+        } else {
+            (Instant::now() + RESEND).min(deadline)
+        };
+        if wait_stopped(runc, id, next)? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}
+
+/// Stops a detached container: the stop signal (repeated, see [`RESEND`]),
+/// KILL after `timeout`, then delete (which runs the poststop hooks).
 pub fn stop(
     runc: &impl Runtime,
     id: &str,
@@ -77,8 +112,7 @@ pub fn stop(
     if state.status != ContainerStatus::Stopped {
         // A created container has not run its init yet: nothing to ask.
         let graceful = state.status == ContainerStatus::Running
-            && runc.kill(id, signal).is_ok()
-            && wait_stopped(runc, id, Instant::now() + timeout)?;
+            && signal_until_stopped(runc, id, signal, Instant::now() + timeout)?;
         outcome = if graceful {
             Stopped::Gracefully
         } else {
@@ -226,6 +260,7 @@ pub fn run_foreground(
         .spawn()
         .map_err(|e| runc.spawn_error(e))?;
     let mut stopping: Option<Instant> = None;
+    let mut signalled: Option<Instant> = None;
     let mut killed = false;
     let mut on_running = Some(on_running);
     let status = loop {
@@ -248,12 +283,24 @@ pub fn run_foreground(
         }
         if signals.pending().next().is_some() && stopping.is_none() {
             tracing::info!(container = id, signal = stop_signal, "stopping");
-            if let Err(e) = runc.kill(id, stop_signal) {
-                tracing::warn!(container = id, error = %e, "cannot send the stop signal");
-            }
             stopping = Some(Instant::now());
         }
         if let Some(since) = stopping {
+            // Again every RESEND (see there) until it stops or is killed.
+            let due = signalled.is_none_or(|at| at.elapsed() >= RESEND && stop_signal != SIGKILL);
+            if !killed && due {
+                if signalled.is_some() {
+                    tracing::debug!(
+                        container = id,
+                        signal = stop_signal,
+                        "still running; stop signal again"
+                    );
+                }
+                if let Err(e) = runc.kill(id, stop_signal) {
+                    tracing::warn!(container = id, error = %e, "cannot send the stop signal");
+                }
+                signalled = Some(Instant::now());
+            }
             if !killed && since.elapsed() >= timeout {
                 tracing::warn!(container = id, "did not stop in time; killing");
                 let _ = runc.kill(id, SIGKILL);
@@ -343,6 +390,70 @@ mod tests {
     }
 
     const T: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn the_stop_signal_is_sent_again_until_it_lands() {
+        // Its init has no handler for the first signal (still starting):
+        // the second one, a RESEND later, stops it.
+        struct Late {
+            inner: Fake,
+            ignored: RefCell<u32>,
+        }
+        impl Runtime for Late {
+            fn state(&self, id: &str) -> Result<Option<ContainerState>, Error> {
+                self.inner.state(id)
+            }
+            fn kill(&self, id: &str, signal: i32) -> Result<(), Error> {
+                if *self.ignored.borrow() == 0 {
+                    *self.ignored.borrow_mut() += 1;
+                    self.inner
+                        .calls
+                        .borrow_mut()
+                        .push(format!("kill {signal} (lost)"));
+                    return Ok(());
+                }
+                self.inner.kill(id, signal)
+            }
+            fn delete(&self, id: &str, force: bool) -> Result<(), Error> {
+                self.inner.delete(id, force)
+            }
+            fn create(&self, id: &str, b: &Path, fd: std::os::fd::OwnedFd) -> Result<(), Error> {
+                self.inner.create(id, b, fd)
+            }
+            fn start(&self, id: &str) -> Result<(), Error> {
+                self.inner.start(id)
+            }
+            fn name(&self) -> String {
+                self.inner.name()
+            }
+        }
+        let f = Late {
+            inner: Fake::new(Some(ContainerStatus::Running), Some(37)),
+            ignored: RefCell::new(0),
+        };
+        assert_eq!(
+            stop(&f, "acme", 37, Duration::from_secs(5)).unwrap(),
+            Stopped::Gracefully
+        );
+        assert_eq!(
+            f.inner.calls(),
+            [
+                "state",
+                "kill 37 (lost)",
+                "state",
+                "kill 37",
+                "state",
+                "delete"
+            ]
+        );
+    }
+
+    #[test]
+    fn kill_as_the_stop_signal_is_sent_once() {
+        let f = Fake::new(Some(ContainerStatus::Running), Some(SIGKILL));
+        assert_eq!(stop(&f, "acme", SIGKILL, T).unwrap(), Stopped::Gracefully);
+        assert_eq!(f.calls(), ["state", "kill 9", "state", "delete"]);
+    }
 
     #[test]
     fn stop_signal_then_delete() {

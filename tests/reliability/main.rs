@@ -12,3 +12,4 @@ mod faults;
 mod hostile;
 mod http_abuse;
 mod isolation;
+mod stop;
