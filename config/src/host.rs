@@ -29,6 +29,9 @@ pub struct HostConfig {
     pub defaults: Defaults,
     pub acme: Acme,
     pub runtime: Runtime,
+    /// Present: this host is a node of a fleet whose registry is in etcd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -549,6 +552,11 @@ impl HostConfig {
         if let Err(e) = crate::names::check_connections(u64::from(self.defaults.connections)) {
             return Err(bad("defaults.connections", e.to_string()));
         }
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .check(self.network.subnet)
+                .map_err(|(key, message)| bad(key, message))?;
+        }
         Ok(())
     }
 
@@ -569,6 +577,15 @@ impl HostConfig {
             }
             if let Ok(abs) = std::path::absolute(&*p) {
                 *p = abs;
+            }
+        }
+        if let Some(cluster) = &mut self.cluster {
+            for p in cluster.paths_mut() {
+                if !p.as_os_str().is_empty() {
+                    if let Ok(abs) = std::path::absolute(&*p) {
+                        *p = abs;
+                    }
+                }
             }
         }
         Ok(())
@@ -770,7 +787,7 @@ mod tests {
             ),
             (
                 "[bogus]\n",
-                "config /etc/sotolito/sotolito.toml line 1: bogus: unknown key (valid keys: paths, network, proxy, defaults, acme, runtime)",
+                "config /etc/sotolito/sotolito.toml line 1: bogus: unknown key (valid keys: paths, network, proxy, defaults, acme, runtime, cluster)",
             ),
             (
                 "[runtime]\ncgroup_manager = \"sometimes\"\n",

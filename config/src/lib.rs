@@ -2,6 +2,7 @@
 //! registry that every other part reads.
 
 pub mod atomic;
+pub mod cluster;
 pub mod host;
 pub mod idmap;
 pub mod names;
@@ -13,10 +14,12 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use atomic::WriteError;
+pub use cluster::{Cluster, EtcdEndpoint};
 pub use host::{HostConfig, Loaded, Overrides};
 pub use idmap::{Idmap, IdmapPool};
 pub use names::{
-    CpuWeight, HostName, HttpPort, ImageName, InvalidValue, LogSize, MemorySize, Pids, SshPort,
+    CpuWeight, HostName, HttpPort, ImageName, InvalidValue, LogSize, MemorySize, NodeName, Pids,
+    SshPort,
     SwapLimit, TenantName,
 };
 pub use quota::DiskQuota;

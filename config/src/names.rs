@@ -192,6 +192,21 @@ impl ImageName {
 }
 
 string_newtype!(
+    /// A host's name in a fleet (`[cluster] node`): the same rules as a
+    /// tenant name (it is part of etcd keys and shown in `list`).
+    NodeName
+);
+
+impl NodeName {
+    pub const MAX: usize = 32;
+
+    pub fn new(s: &str) -> Result<Self, InvalidValue> {
+        check_label("node name", s, s, Self::MAX)?;
+        Ok(NodeName(s.to_owned()))
+    }
+}
+
+string_newtype!(
     /// A host name routed to a tenant (RFC 1123), stored lowercase, with an
     /// optional leading `*.` wildcard. A trailing dot (FQDN form) is dropped.
     HostName

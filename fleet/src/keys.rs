@@ -1,0 +1,88 @@
+//! The key layout in etcd: everything under `/sotolito/v1/`, so a later
+//! format can live beside this one during an upgrade.
+//!
+//! ```text
+//! /sotolito/v1/tenants/NAME            {"node": ..., "tenant": {...}}  (JSON)
+//! /sotolito/v1/claims/ip/ADDR          NAME   (one key per claimed thing;
+//! /sotolito/v1/claims/ssh_port/PORT    NAME    the value is the owner)
+//! /sotolito/v1/claims/host/HOST        NAME
+//! /sotolito/v1/nodes/NODE              {"name", "private_address", ...} (JSON)
+//! /sotolito/v1/subnets/NET/PREFIX      NODE   (a node's tenant subnet)
+//! /sotolito/v1/alive/NODE              ADDR   (under the node's lease)
+//! ```
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use sotolito_config::{HostName, NodeName, SshPort, TenantName};
+
+pub const ROOT: &str = "/sotolito/v1/";
+pub const TENANTS: &str = "/sotolito/v1/tenants/";
+pub const NODES: &str = "/sotolito/v1/nodes/";
+pub const SUBNETS: &str = "/sotolito/v1/subnets/";
+pub const ALIVE: &str = "/sotolito/v1/alive/";
+
+pub fn tenant(name: &TenantName) -> String {
+    format!("{TENANTS}{name}")
+}
+
+pub fn ip_claim(ip: Ipv4Addr) -> String {
+    format!("{ROOT}claims/ip/{ip}")
+}
+
+pub fn ssh_port_claim(port: SshPort) -> String {
+    format!("{ROOT}claims/ssh_port/{}", port.get())
+}
+
+pub fn host_claim(host: &HostName) -> String {
+    format!("{ROOT}claims/host/{host}")
+}
+
+pub fn node(name: &NodeName) -> String {
+    format!("{NODES}{name}")
+}
+
+pub fn subnet(net: Ipv4Net) -> String {
+    format!("{SUBNETS}{net}")
+}
+
+pub fn alive(name: &NodeName) -> String {
+    format!("{ALIVE}{name}")
+}
+
+/// The name at the end of a key under `prefix`.
+pub fn name_in<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
+    key.strip_prefix(prefix).filter(|n| !n.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let t = TenantName::new("acme").unwrap();
+        assert_eq!(tenant(&t), "/sotolito/v1/tenants/acme");
+        assert_eq!(
+            ip_claim(Ipv4Addr::new(172, 18, 1, 2)),
+            "/sotolito/v1/claims/ip/172.18.1.2"
+        );
+        assert_eq!(
+            ssh_port_claim(SshPort::new(2201).unwrap()),
+            "/sotolito/v1/claims/ssh_port/2201"
+        );
+        assert_eq!(
+            host_claim(&HostName::new("Acme.Example.com.").unwrap()),
+            "/sotolito/v1/claims/host/acme.example.com"
+        );
+        assert_eq!(
+            subnet("172.18.3.0/24".parse().unwrap()),
+            "/sotolito/v1/subnets/172.18.3.0/24"
+        );
+        let n = NodeName::new("node1").unwrap();
+        assert_eq!(node(&n), "/sotolito/v1/nodes/node1");
+        assert_eq!(alive(&n), "/sotolito/v1/alive/node1");
+        assert_eq!(name_in(TENANTS, "/sotolito/v1/tenants/acme"), Some("acme"));
+        assert_eq!(name_in(TENANTS, "/sotolito/v1/tenants/"), None);
+    }
+}

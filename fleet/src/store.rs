@@ -1,0 +1,187 @@
+//! The connection to the fleet's etcd members (mutual TLS when the
+//! endpoints are https://) and the small read helpers the other modules
+//! share.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions, Txn,
+    TxnResponse,
+};
+use sotolito_config::Cluster;
+
+use crate::error::{describe, Error};
+
+/// A handle on the fleet's store. Cheap to clone: clones share the
+/// connections.
+///
+/// One client per member, not one balanced channel over all of them: the
+/// balanced channel sends a request to a dead member and fails it (seen
+/// with one of three members killed). Here a request that finds its member
+/// unavailable goes to the next one; the member that answered is tried
+/// first next time. Resending is safe because every write that matters is
+/// a transaction guarded by revisions: one applied twice fails its
+/// compare instead of writing twice.
+#[derive(Clone)]
+pub struct Store {
+    clients: Arc<Vec<Client>>,
+    preferred: Arc<AtomicUsize>,
+    endpoints: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+/// A request that has not been answered within this fails, naming the
+/// store: a command must not hang when every member is down.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Store {
+    /// Opens the connection described by the `[cluster]` table. Reads the
+    /// certificates now, so a bad path is reported before any request.
+    pub async fn connect(cluster: &Cluster) -> Result<Store, Error> {
+        let endpoints: Vec<String> = cluster.etcd.iter().map(|e| e.as_str().to_owned()).collect();
+        let shown = endpoints.join(",");
+        let mut options = ConnectOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            // Pings find a dead member of a long-lived watch or lease
+            // stream; without them a stream can wait forever on a
+            // half-open connection.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum answers nothing rather than
+            // a stale view.
+            .with_require_leader(true);
+        if cluster.tls() {
+            let read = |what: &'static str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|source| Error::ReadFile {
+                    what,
+                    path: path.to_owned(),
+                    source,
+                })
+            };
+            let ca = read("etcd CA certificate", &cluster.etcd_ca)?;
+            let cert = read("etcd client certificate", &cluster.etcd_cert)?;
+            let key = read("etcd client key", &cluster.etcd_key)?;
+            options = options.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .identity(Identity::from_pem(cert, key)),
+            );
+        }
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for e in &endpoints {
+            // Connecting is lazy: a member that is down now is not an error.
+            let client = Client::connect([e], Some(options.clone()))
+                .await
+                .map_err(|e| Error::Store {
+                    endpoints: shown.clone(),
+                    message: describe(&e),
+                })?;
+            clients.push(client);
+        }
+        Ok(Store {
+            clients: Arc::new(clients),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            endpoints: shown,
+        })
+    }
+
+    /// Runs `f` against the preferred member, then the others while the
+    /// member is unavailable. Other errors are returned at once.
+    pub(crate) async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            match f(self.clients[i].clone()).await {
+                Ok(v) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if unavailable(&e) => {
+                    tracing::debug!(member = i, error = %describe(&e), "etcd member unavailable");
+                    last = Some(e);
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Err(match last {
+            Some(e) => self.err(e),
+            None => Error::Store {
+                endpoints: self.endpoints.clone(),
+                message: "no member configured".into(),
+            },
+        })
+    }
+
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {
+        self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// Wraps an etcd error so that it names the store.
+    pub(crate) fn err(&self, e: etcd_client::Error) -> Error {
+        Error::Store {
+            endpoints: self.endpoints.clone(),
+            message: describe(&e),
+        }
+    }
+
+    /// Every key-value under `prefix`, and the store's revision of that read.
+    pub(crate) async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), Error> {
+        let mut resp = self
+            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.take_kvs(), rev))
+    }
+
+    /// One key, if present.
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<KeyValue>, Error> {
+        let mut resp = self
+            .call(|mut c| async move { c.get(key, None).await })
+            .await?;
+        Ok(resp.take_kvs().into_iter().next())
+    }
+}
+
+/// Errors after which another member may answer: the member is down,
+/// cut off from the quorum, or too slow.
+fn unavailable(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+pub(crate) fn key_str(kv: &KeyValue) -> String {
+    String::from_utf8_lossy(kv.key()).into_owned()
+}

@@ -1,0 +1,58 @@
+//! etcd members each in a network namespace of their own, on a private
+//! network (root): the harness the multi-node tests build on.
+
+mod support;
+
+use support::{Etcd, Lan};
+
+#[test]
+fn members_in_namespaces_form_one_cluster_across_the_private_network() {
+    let lan = Lan::new(3);
+    let mut etcd = Etcd::in_lan(&lan);
+    let put = etcd
+        .etcdctl(0)
+        .args(["put", "/sotolito/v1/probe", "one"])
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    // Read through another member, from another namespace.
+    let get = etcd
+        .etcdctl(2)
+        .args(["get", "--print-value-only", "/sotolito/v1/probe"])
+        .output()
+        .unwrap();
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "one");
+    // One member down: the other two still accept writes.
+    etcd.kill(1);
+    let put = etcd
+        .etcdctl(2)
+        .args(["put", "/sotolito/v1/probe", "two"])
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    etcd.restart(1);
+    etcd.wait_healthy(1);
+    let get = etcd
+        .etcdctl(1)
+        .args(["get", "--print-value-only", "/sotolito/v1/probe"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).trim(),
+        "two",
+        "the restarted member caught up"
+    );
+}
