@@ -102,7 +102,7 @@ async fn watch_once(store: &Store, tx: &watch::Sender<FeedState>) -> Result<(), 
         );
     }
     let mut stream = store
-        .call(|mut c| async move {
+        .call_watch(|mut c| async move {
             c.watch(
                 keys::TENANTS,
                 Some(

@@ -21,13 +21,16 @@ use crate::error::{describe, Error};
 /// One client per member, not one balanced channel over all of them: the
 /// balanced channel sends a request to a dead member and fails it (seen
 /// with one of three members killed). Here a request that finds its member
-/// unavailable goes to the next one; the member that answered is tried
-/// first next time. Resending is safe because every write that matters is
+/// unavailable goes to the next one, round after round for a while; the
+/// member that answered is tried first next time. Resending is safe because every write that matters is
 /// a transaction guarded by revisions: one applied twice fails its
 /// compare instead of writing twice.
 #[derive(Clone)]
 pub struct Store {
     clients: Arc<Vec<Client>>,
+    /// The same members for watches, with `require_leader`: a watch on a
+    /// member cut off from the quorum would otherwise wait silently.
+    watchers: Arc<Vec<Client>>,
     preferred: Arc<AtomicUsize>,
     endpoints: String,
 }
@@ -44,6 +47,11 @@ impl std::fmt::Debug for Store {
 /// store: a command must not hang when every member is down.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a request goes on trying members that are unavailable: a
+/// request caught by the death of the leader fails with "request timed
+/// out, possibly due to previous leader failure" even though the
+/// election that follows takes about a second.
+const RETRY_FOR: Duration = Duration::from_secs(8);
 
 impl Store {
     /// Opens the connection described by the `[cluster]` table. Reads the
@@ -58,10 +66,7 @@ impl Store {
             // stream; without them a stream can wait forever on a
             // half-open connection.
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true)
-            // A member cut off from the quorum answers nothing rather than
-            // a stale view.
-            .with_require_leader(true);
+            .with_keep_alive_while_idle(true);
         if cluster.tls() {
             let read = |what: &'static str, path: &std::path::Path| {
                 std::fs::read(path).map_err(|source| Error::ReadFile {
@@ -79,19 +84,30 @@ impl Store {
                     .identity(Identity::from_pem(cert, key)),
             );
         }
+        // Requests wait out a leader election (about a second after the
+        // leader dies) within their timeout; only watches insist on a
+        // leader, so that one on a member cut off from the quorum ends
+        // and moves to another member.
         let mut clients = Vec::with_capacity(endpoints.len());
+        let mut watchers = Vec::with_capacity(endpoints.len());
         for e in &endpoints {
             // Connecting is lazy: a member that is down now is not an error.
-            let client = Client::connect([e], Some(options.clone()))
-                .await
-                .map_err(|e| Error::Store {
-                    endpoints: shown.clone(),
-                    message: describe(&e),
-                })?;
-            clients.push(client);
+            for (set, opts) in [
+                (&mut clients, options.clone()),
+                (&mut watchers, options.clone().with_require_leader(true)),
+            ] {
+                let client = Client::connect([e], Some(opts))
+                    .await
+                    .map_err(|e| Error::Store {
+                        endpoints: shown.clone(),
+                        message: describe(&e),
+                    })?;
+                set.push(client);
+            }
         }
         Ok(Store {
             clients: Arc::new(clients),
+            watchers: Arc::new(watchers),
             preferred: Arc::new(AtomicUsize::new(0)),
             endpoints: shown,
         })
@@ -99,35 +115,56 @@ impl Store {
 
     /// Runs `f` against the preferred member, then the others while the
     /// member is unavailable. Other errors are returned at once.
-    pub(crate) async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let n = self.clients.len();
+        self.call_on(&self.clients, f).await
+    }
+
+    /// [`Store::call`] with the clients that require a leader (watches).
+    pub(crate) async fn call_watch<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_on(&self.watchers, f).await
+    }
+
+    async fn call_on<T, F, Fut>(&self, set: &[Client], mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = set.len();
+        if n == 0 {
+            return Err(Error::Store {
+                endpoints: self.endpoints.clone(),
+                message: "no member configured".into(),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let start = self.preferred.load(Ordering::Relaxed);
-        let mut last = None;
-        for k in 0..n {
+        for k in 0.. {
             let i = (start + k) % n;
-            match f(self.clients[i].clone()).await {
+            match f(set[i].clone()).await {
                 Ok(v) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Err(e) if unavailable(&e) => {
+                Err(e) if unavailable(&e) && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(member = i, error = %describe(&e), "etcd member unavailable");
-                    last = Some(e);
+                    if (k + 1) % n == 0 {
+                        // Every member refused: wait for an election or a
+                        // restart rather than spin.
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
                 }
                 Err(e) => return Err(self.err(e)),
             }
         }
-        Err(match last {
-            Some(e) => self.err(e),
-            None => Error::Store {
-                endpoints: self.endpoints.clone(),
-                message: "no member configured".into(),
-            },
-        })
+        unreachable!("the loop returns")
     }
 
     pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, Error> {

@@ -332,6 +332,18 @@ impl Etcd {
         c
     }
 
+    /// The last lines of member i's log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(25).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
     /// Waits (20 s at most) until member i answers as healthy.
     pub fn wait_healthy(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -361,6 +373,31 @@ impl Etcd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The index of the current leader, as member i reports it.
+    pub fn leader(&self, i: usize) -> usize {
+        let out = self
+            .etcdctl(i)
+            .args(["endpoint", "status", "--cluster", "-w", "json"])
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let leader = all[0]["Status"]["leader"].as_u64().expect("leader id");
+        let me = all
+            .iter()
+            .find(|s| s["Status"]["header"]["member_id"].as_u64() == Some(leader))
+            .expect("the leader among the members");
+        let url = me["Endpoint"].as_str().expect("endpoint");
+        self.members
+            .iter()
+            .position(|m| m.client_url() == url)
+            .expect("the leader is one of ours")
     }
 
     /// Kills member i (SIGKILL, by PID) and waits for it.
