@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::limit::StreamPermit;
-use crate::upstream::Lease;
+use crate::upstream::Checkout;
 
 /// Read before the tenant is contacted, so a body that is malformed from the
 /// start never reaches it.
@@ -83,23 +83,23 @@ pub(crate) enum ResBody {
     Upstream {
         body: Incoming,
         /// The tenant connection, returned to the pool when the body ends.
-        lease: Option<Lease>,
+        checkout: Option<Checkout>,
         log: Option<Box<AccessLog>>,
     },
 }
 
 impl ResBody {
-    pub(crate) fn upstream(body: Incoming, lease: Lease) -> ResBody {
-        let mut lease = Some(lease);
+    pub(crate) fn upstream(body: Incoming, checkout: Checkout) -> ResBody {
+        let mut checkout = Some(checkout);
         if body.is_end_stream() {
             // hyper never polls an empty body: the connection is free now.
-            if let Some(l) = lease.take() {
+            if let Some(l) = checkout.take() {
                 l.release();
             }
         }
         ResBody::Upstream {
             body,
-            lease,
+            checkout,
             log: None,
         }
     }
@@ -115,7 +115,11 @@ impl Body for ResBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ResBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResBody::Upstream { body, lease, log } => {
+            ResBody::Upstream {
+                body,
+                checkout,
+                log,
+            } => {
                 let r = Pin::new(&mut *body).poll_frame(cx);
                 match &r {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -124,18 +128,18 @@ impl Body for ResBody {
                         }
                         // hyper stops polling once the body says it ended.
                         if body.is_end_stream() {
-                            if let Some(l) = lease.take() {
+                            if let Some(l) = checkout.take() {
                                 l.release();
                             }
                         }
                     }
                     Poll::Ready(None) => {
-                        if let Some(l) = lease.take() {
+                        if let Some(l) = checkout.take() {
                             l.release();
                         }
                     }
                     // A failed body leaves the connection unusable: drop it.
-                    Poll::Ready(Some(Err(_))) => *lease = None,
+                    Poll::Ready(Some(Err(_))) => *checkout = None,
                     Poll::Pending => {}
                 }
                 r

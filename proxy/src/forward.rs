@@ -23,7 +23,7 @@ use crate::headers::{
 use crate::metrics::{Metrics, RequestShard};
 use crate::route::{normalize_host, Route, RouteTable};
 use crate::tls::CertStore;
-use crate::upstream::{Lease, Pool};
+use crate::upstream::{Checkout, Pool};
 use crate::{AccessLogFormat, Settings};
 
 /// What every connection of every worker shares.
@@ -375,7 +375,7 @@ fn respond(
     route: Arc<Route>,
     upgrade: bool,
     client_upgrade: Option<OnUpgrade>,
-    (mut resp, lease): (Response<Incoming>, Lease),
+    (mut resp, checkout): (Response<Incoming>, Checkout),
     upstream: Duration,
     switch: Option<&Switch>,
 ) -> Outcome {
@@ -393,10 +393,10 @@ fn respond(
     let (parts, body) = resp.into_parts();
     let body = if switched {
         // The connection now belongs to the tunnel.
-        drop(lease);
+        drop(checkout);
         ResBody::Full(None)
     } else {
-        ResBody::upstream(body, lease)
+        ResBody::upstream(body, checkout)
     };
     Outcome {
         resp: Response::from_parts(parts, body),

@@ -46,14 +46,14 @@ pub(crate) struct Pool {
     proxy_header: Option<Bytes>,
 }
 
-/// A connection lent to one request.
-pub(crate) struct Lease {
+/// A pooled connection checked out by one request.
+pub(crate) struct Checkout {
     pool: Arc<Pool>,
     addr: SocketAddr,
     sender: SendRequest<ReqBody>,
 }
 
-impl Lease {
+impl Checkout {
     /// Back to the pool once the response is over; a connection the tenant
     /// closed (or will close) is dropped.
     pub(crate) fn release(self) {
@@ -123,13 +123,13 @@ impl Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         mut req: Request<ReqBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Checkout), UpstreamError> {
         while let Some(mut sender) = self.take(addr) {
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(addr, sender))),
+                Ok(resp) => return Ok((resp, self.checkout(addr, sender))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(UpstreamError::Http(e.into_error())),
@@ -145,18 +145,18 @@ impl Pool {
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<ReqBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Checkout), UpstreamError> {
         let mut sender = self.connect(addr).await?;
         sender.ready().await.map_err(UpstreamError::Http)?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(UpstreamError::Http)?;
-        Ok((resp, self.lease(addr, sender)))
+        Ok((resp, self.checkout(addr, sender)))
     }
 
-    fn lease(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<ReqBody>) -> Lease {
-        Lease {
+    fn checkout(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<ReqBody>) -> Checkout {
+        Checkout {
             pool: self.clone(),
             addr,
             sender,
