@@ -19,14 +19,6 @@ use rustls::{ClientConfig, RootCertStore};
 
 use super::Error;
 
-/// Where distributions keep the system CA bundle (as openssl-probe looks).
-const SYSTEM_BUNDLES: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -38,20 +30,16 @@ pub(crate) struct AcmeHttp {
 }
 
 impl AcmeHttp {
-    /// Trusts the system bundle (`SSL_CERT_FILE` first) and `extra_roots`.
+    /// Trusts the system roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` when
+    /// set, else the distribution's bundle and directory) and `extra_roots`.
     pub(crate) fn new(extra_roots: &[PathBuf]) -> Result<AcmeHttp, Error> {
         let mut roots = RootCertStore::empty();
-        let system = std::env::var_os("SSL_CERT_FILE")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
-            .find(|p| p.is_file());
-        if let Some(bundle) = system {
-            for cert in read_pem_certs(&bundle)? {
-                // A bundle may hold certificates rustls rejects; skip those.
-                let _ = roots.add(cert);
-            }
+        let system = rustls_native_certs::load_native_certs();
+        for e in &system.errors {
+            tracing::warn!(error = %e, "some system CA roots not loaded");
         }
+        // A bundle may hold certificates rustls rejects; skip those.
+        let _ = roots.add_parsable_certificates(system.certs);
         for path in extra_roots {
             let certs = read_pem_certs(path)?;
             if certs.is_empty() {
@@ -191,35 +179,7 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<SystemTime> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(SystemTime::now() + Duration::from_secs(secs));
     }
-    httpdate_parse(value)
-}
-
-fn httpdate_parse(value: &str) -> Option<SystemTime> {
-    // IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT", as humantime reads RFC 3339.
-    let mut it = value.split_whitespace();
-    let _weekday = it.next()?;
-    let day: u32 = it.next()?.parse().ok()?;
-    let month = match it.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: u32 = it.next()?.parse().ok()?;
-    let time = it.next()?;
-    if it.next()? != "GMT" {
-        return None;
-    }
-    humantime::parse_rfc3339(&format!("{year:04}-{month:02}-{day:02}T{time}Z")).ok()
+    httpdate::parse_http_date(value).ok()
 }
 
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
@@ -244,6 +204,14 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
             humantime::parse_rfc3339("1994-11-06T08:49:37Z").ok()
         );
+        // The two obsolete forms recipients must accept (RFC 9110 5.6.7).
+        for old in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(
+                parse_retry_after(old),
+                humantime::parse_rfc3339("1994-11-06T08:49:37Z").ok(),
+                "{old}"
+            );
+        }
         assert_eq!(parse_retry_after("soon"), None);
     }
 
