@@ -1,25 +1,38 @@
-//! What every command gets: the loaded config and the global flags.
+//! What every command gets: the loaded config, the global flags, and the
+//! host library on this host's real parts.
+
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use sotolito_config::{HostConfig, Loaded, Overrides, Registry};
+use sotolito_config::{HostConfig, Loaded, Overrides, Tenant};
+use sotolito_host::real::Real;
+use sotolito_host::{FileStore, Host};
+use sotolito_provisioner::HookCommand;
 
-use crate::cli::Global;
+use crate::output::TenantView;
 
 pub struct Context {
     pub loaded: Loaded,
     pub json: bool,
+    pub host: Host,
 }
 
 impl Context {
-    pub fn load(global: &Global) -> anyhow::Result<Context> {
-        let loaded = HostConfig::load(&Overrides {
-            config: global.config.clone(),
-            state_dir: global.state_dir.clone(),
-        })
-        .context("failed to load config")?;
+    pub fn load(
+        config: Option<PathBuf>,
+        state_dir: Option<PathBuf>,
+        json: bool,
+    ) -> anyhow::Result<Context> {
+        let loaded =
+            HostConfig::load(&Overrides { config, state_dir }).context("failed to load config")?;
+        let hook = hook_command(&loaded)?;
+        let config = loaded.config.clone();
+        let store = FileStore::new(sotolito_config::Registry::new(config.registry_dir()));
+        let sys = Real::system(&config, hook);
         Ok(Context {
+            host: Host::new(config, Box::new(store), sys),
             loaded,
-            json: global.json,
+            json,
         })
     }
 
@@ -27,52 +40,46 @@ impl Context {
         &self.loaded.config
     }
 
-    pub fn registry(&self) -> Registry {
-        Registry::new(self.config().registry_dir())
+    /// One tenant as `status` and `list` show it: its record joined with
+    /// runc's view.
+    pub fn view(&self, tenant: &Tenant) -> TenantView {
+        let state = self.host.sys.runtime.state(&tenant.name);
+        let layout = sotolito_host::real::layout(self.config(), &tenant.name);
+        let mut v = TenantView::new(
+            tenant,
+            state,
+            sotolito_provisioner::disk::used_bytes(&layout),
+        );
+        v.swap = tenant
+            .limits
+            .swap_or(self.config().defaults.swap)
+            .to_string();
+        v
     }
-}
 
-impl Context {
-    pub fn runc(&self) -> sotolito_provisioner::Runc {
-        let rt = &self.config().runtime;
-        sotolito_provisioner::Runc {
-            binary: rt.runc.clone(),
-            root: self.config().runc_root(),
-            systemd_cgroup: use_systemd_cgroup(rt.cgroup_manager),
+    /// Prints a tenant after a command: its view under --json, else `line`.
+    pub fn print_tenant(
+        &self,
+        name: &sotolito_config::TenantName,
+        line: &str,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            let tenant = self.host.store.require(name)?.tenant;
+            crate::output::print_json(&self.view(&tenant))
+        } else {
+            println!("{line}");
+            Ok(())
         }
     }
 }
 
-impl Context {
-    /// Where tenant `name`'s limits and container live in this host's
-    /// cgroups, under the driver runc is told to use.
-    pub fn tenant_cgroup(
-        &self,
-        name: &sotolito_config::TenantName,
-    ) -> anyhow::Result<sotolito_provisioner::cgroup::TenantCgroup> {
-        Ok(sotolito_provisioner::cgroup::TenantCgroup {
-            hierarchies: sotolito_provisioner::cgroup::Hierarchies::detect()?,
-            prefix: sotolito_provisioner::bundle::cgroup_prefix(&self.config().tenants_dir()),
-            name: name.clone(),
-            systemd: self.runc().systemd_cgroup,
-        })
-    }
-
-    /// Writes tenant `t`'s limits to its limit-holding cgroup.
-    pub fn apply_limits(&self, t: &sotolito_config::Tenant) -> anyhow::Result<()> {
-        let swap = t.limits.swap_or(self.config().defaults.swap);
-        self.tenant_cgroup(&t.name)?.apply(&t.limits, swap)?;
-        Ok(())
-    }
-}
-
-/// `auto` means systemd only where systemd is PID 1 (FACTS.md: runc's
-/// systemd driver fails elsewhere).
-fn use_systemd_cgroup(m: sotolito_config::host::CgroupManager) -> bool {
-    use sotolito_config::host::CgroupManager;
-    match m {
-        CgroupManager::Systemd => true,
-        CgroupManager::Cgroupfs => false,
-        CgroupManager::Auto => std::path::Path::new("/run/systemd/system").is_dir(),
-    }
+/// The runc hooks and the console pump call this very binary with this
+/// instance's config (runc and systemd pass no environment).
+fn hook_command(loaded: &Loaded) -> anyhow::Result<HookCommand> {
+    let exe = std::env::current_exe().context("cannot find the vpsctl binary")?;
+    Ok(HookCommand {
+        vpsctl: std::fs::canonicalize(&exe).unwrap_or(exe),
+        config: loaded.path.clone(),
+        state_dir: loaded.state_dir_override.clone(),
+    })
 }

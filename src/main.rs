@@ -1,4 +1,5 @@
-//! vpsctl: the sotolito command line. Thin: parse, load config, dispatch.
+//! vpsctl: the sotolito command line. Thin: parse, load config, dispatch
+//! to a command, which calls sotolito-host and prints.
 
 mod cli;
 mod cmd;
@@ -9,10 +10,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::cli::{Cli, Command};
+use crate::context::Context;
+
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = Cli::parse();
     init_logging(cli.command.default_log_level());
-    match cmd::run(cli) {
+    match run(cli) {
         Ok(code) => code,
         Err(err) => {
             if is_broken_pipe(&err) {
@@ -23,6 +27,63 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The demo makes its own config and state; it never reads the host's.
+    if let Command::Demo { debian, check } = cli.command {
+        let ok = cmd::demo::run(cmd::demo::Options { debian, check })?;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    // The console pump reads no config: start passes it all it needs.
+    if let Command::ConsoleLog { max, path } = &cli.command {
+        cmd::lifecycle::console_log(path, *max)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let g = cli.global;
+    let ctx = Context::load(g.config, g.state_dir, g.json)?;
+    match cli.command {
+        Command::Init => cmd::init::run(&ctx),
+        Command::Boot(args) => {
+            return Ok(if cmd::boot::run(&ctx, &args)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Shutdown(args) => {
+            return Ok(if cmd::boot::shutdown(&ctx, &args)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::List => cmd::tenants::list(&ctx),
+        Command::Status { name } => cmd::tenants::status(&ctx, &name),
+        Command::Image(c) => cmd::image::run(&ctx, c),
+        Command::Provision(args) => cmd::provision::run(&ctx, args),
+        Command::Deprovision(args) => cmd::provision::deprovision(&ctx, args),
+        Command::Start { name } => cmd::lifecycle::start(&ctx, &name),
+        Command::Stop(args) => cmd::lifecycle::stop(&ctx, &args),
+        Command::Restart(args) => cmd::lifecycle::restart(&ctx, &args),
+        Command::Kill(args) => cmd::lifecycle::kill(&ctx, &args),
+        Command::Remap(args) => cmd::remap::run(&ctx, &args),
+        Command::Run { name } => return cmd::lifecycle::run(&ctx, &name),
+        Command::Exec(args) => return cmd::lifecycle::exec(&ctx, &args),
+        Command::Set(args) => cmd::set::run(&ctx, &args),
+        Command::Units(c) => cmd::units::run(&ctx, c),
+        Command::Net(c) => cmd::net::run(&ctx, c),
+        Command::Proxy(args) => cmd::proxy::run(&ctx, args),
+        Command::Certs(c) => cmd::certs::run(&ctx, c),
+        Command::Demo { .. } | Command::ConsoleLog { .. } => {
+            unreachable!("handled before the config is loaded")
+        }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(default_level: &str) {

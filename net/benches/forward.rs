@@ -68,8 +68,10 @@ fn benches(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    run_in(&ns.path(), || sotolito_net::add_forward(&config, &newcomer))
-                        .expect("add forward");
+                    run_in(&ns.path(), || {
+                        sotolito_net::add_forward(&config, &newcomer, || Ok(tenants.clone()))
+                    })
+                    .expect("add forward");
                     let start = Instant::now();
                     run_in(&ns.path(), || {
                         sotolito_net::remove_forward(&config, &newcomer)
@@ -85,8 +87,10 @@ fn benches(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    run_in(&ns.path(), || sotolito_net::add_forward(&config, &newcomer))
-                        .expect("add forward");
+                    run_in(&ns.path(), || {
+                        sotolito_net::add_forward(&config, &newcomer, || Ok(tenants.clone()))
+                    })
+                    .expect("add forward");
                     total += start.elapsed();
                     run_in(&ns.path(), || {
                         sotolito_net::remove_forward(&config, &newcomer)

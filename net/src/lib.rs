@@ -12,7 +12,7 @@ pub mod ruleset;
 #[cfg(test)]
 mod testdata;
 
-use sotolito_config::{HostConfig, Registry, Tenant, TenantName};
+use sotolito_config::{HostConfig, Tenant, TenantName};
 
 pub use error::Error;
 pub use lease::{allocate, Lease};
@@ -26,20 +26,31 @@ pub use ruleset::render_ruleset;
 /// tenants attached now (no learning, static FDB entries). Idempotent.
 pub fn reconcile(config: &HostConfig, tenants: &[Tenant]) -> Result<(), Error> {
     link::ensure_bridge(config)?;
-    nft::apply_ruleset(&render_ruleset(&with_dns(config), tenants))?;
+    nft::apply_ruleset(&ruleset_for(config, tenants))?;
     link::secure_ports(tenants)?;
     tracing::debug!(tenants = tenants.len(), "network reconciled");
     Ok(())
 }
 
+/// The whole ruleset of our tables for `tenants`, with the tenants'
+/// resolvers filled in from the host's when the config names none.
+pub fn ruleset_for(config: &HostConfig, tenants: &[Tenant]) -> String {
+    render_ruleset(&with_dns(config), tenants)
+}
+
 /// Ensures the bridge, ip_forward and our tables, without replacing tables
-/// that exist (those are rebuilt from the registry only when missing): what
-/// `vpsctl init` and every command that needs the network run. Idempotent.
-pub fn ensure(config: &HostConfig) -> Result<(), Error> {
+/// that exist (those are built from `tenants()`, called only when they are
+/// missing): what `vpsctl init` and every command that needs the network
+/// run. The caller reads its tenants under whatever keeps them from
+/// changing meanwhile (vpsctl: the host lock). Idempotent.
+pub fn ensure(
+    config: &HostConfig,
+    tenants: impl FnOnce() -> Result<Vec<Tenant>, Error>,
+) -> Result<(), Error> {
     link::ensure_bridge(config)?;
     if !nft::tables_present()? {
-        let tenants = registry_tenants(config)?;
-        nft::apply_ruleset(&render_ruleset(&with_dns(config), &tenants))?;
+        let tenants = tenants()?;
+        nft::apply_ruleset(&ruleset_for(config, &tenants))?;
         tracing::info!(tenants = tenants.len(), "nft tables created");
     }
     Ok(())
@@ -58,13 +69,17 @@ pub fn veth_present(name: &TenantName) -> Result<bool, Error> {
 
 /// Adds one tenant's SSH forward (and its anti-spoofing element). When our
 /// tables are missing (after a reboot or `nft flush ruleset`) it rebuilds
-/// them from the registry plus `tenant` instead.
-pub fn add_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error> {
+/// them from `tenants()` plus `tenant` instead.
+pub fn add_forward(
+    config: &HostConfig,
+    tenant: &Tenant,
+    tenants: impl FnOnce() -> Result<Vec<Tenant>, Error>,
+) -> Result<(), Error> {
     // One nft call in the common case; the table is rebuilt only when the
     // element edit finds it missing.
     match nft::add_forward(config, tenant) {
         Err(e) if nft::is_missing(&e) => {
-            let mut tenants = registry_tenants(config)?;
+            let mut tenants = tenants()?;
             tenants.retain(|t| t.name != tenant.name);
             tenants.push(tenant.clone());
             reconcile(config, &tenants)
@@ -87,11 +102,16 @@ pub fn remove_forward(config: &HostConfig, tenant: &Tenant) -> Result<(), Error>
 /// [`host_veth_name`]) is an isolated port of the bridge and whose peer is
 /// `eth0` in the network namespace of `pid`, with the tenant's address, lo
 /// up and a default route via the gateway. Ensures the bridge first, and
-/// the tenant's forward (our tables, from the registry, if they are
+/// the tenant's forward (our tables, from `tenants()`, if they are
 /// missing), so a started tenant is always reachable. Idempotent.
-pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Error> {
+pub fn attach(
+    config: &HostConfig,
+    tenant: &Tenant,
+    pid: u32,
+    tenants: impl FnOnce() -> Result<Vec<Tenant>, Error>,
+) -> Result<(), Error> {
     link::ensure_bridge(config)?;
-    add_forward(config, tenant)?;
+    add_forward(config, tenant, tenants)?;
     link::attach(config, tenant, pid)
 }
 
@@ -138,10 +158,6 @@ pub fn nameservers(resolv_conf: &str) -> Vec<std::net::Ipv4Addr> {
         .filter_map(|ip| ip.trim().parse::<std::net::Ipv4Addr>().ok())
         .filter(|ip| !ip.is_loopback())
         .collect()
-}
-
-fn registry_tenants(config: &HostConfig) -> Result<Vec<Tenant>, Error> {
-    Ok(Registry::new(config.registry_dir()).list()?)
 }
 
 #[cfg(test)]

@@ -163,6 +163,12 @@ fn tenant(name: &str, ip: Ipv4Addr, port: u64) -> Tenant {
     )
 }
 
+/// The tenants of the config's registry: what vpsctl hands net when our
+/// tables must be rebuilt.
+fn from_registry(c: &HostConfig) -> Result<Vec<Tenant>, sotolito_net::Error> {
+    Ok(sotolito_config::Registry::new(c.registry_dir()).list()?)
+}
+
 fn config(state: &Path) -> HostConfig {
     let mut c = HostConfig::default();
     c.paths.state_dir = state.to_owned();
@@ -477,10 +483,16 @@ fn tenant_traffic() {
 
     let ca = Container::start();
     let cb = Container::start();
-    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
-    inside(&host.path(), || sotolito_net::attach(&c, &b, cb.pid()));
+    inside(&host.path(), || {
+        sotolito_net::attach(&c, &a, ca.pid(), || from_registry(&c))
+    });
+    inside(&host.path(), || {
+        sotolito_net::attach(&c, &b, cb.pid(), || from_registry(&c))
+    });
     // Idempotent: a second attach converges without breaking anything.
-    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    inside(&host.path(), || {
+        sotolito_net::attach(&c, &a, ca.pid(), || from_registry(&c))
+    });
     let veths = inside(&host.path(), sotolito_net::host_veths);
     assert_eq!(
         veths.into_iter().collect::<Vec<_>>(),
@@ -615,8 +627,12 @@ fn tenant_traffic() {
         !live.contains_key(&2201) && live.contains_key(&2202),
         "{live:?}"
     );
-    inside(&host.path(), || sotolito_net::add_forward(&c, &a));
-    inside(&host.path(), || sotolito_net::add_forward(&c, &a));
+    inside(&host.path(), || {
+        sotolito_net::add_forward(&c, &a, || from_registry(&c))
+    });
+    inside(&host.path(), || {
+        sotolito_net::add_forward(&c, &a, || from_registry(&c))
+    });
     assert_eq!(from_client(2201).as_deref(), Ok("alpha 198.51.100.2"));
 
     // After `nft flush ruleset`, reconcile restores everything.
@@ -632,7 +648,9 @@ fn tenant_traffic() {
 
     // A lost forward comes back when the tenant starts (attach).
     inside(&host.path(), || sotolito_net::remove_forward(&c, &a));
-    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    inside(&host.path(), || {
+        sotolito_net::attach(&c, &a, ca.pid(), || from_registry(&c))
+    });
     assert_eq!(from_client(2201).as_deref(), Ok("alpha 198.51.100.2"));
 
     // Detach removes the host end; twice is fine; attach again works.
@@ -640,7 +658,9 @@ fn tenant_traffic() {
     inside(&host.path(), || sotolito_net::detach(&c, &a.name));
     assert!(!host.exec(&["ip", "link"]).contains("sv-alpha"));
     assert!(from_client(2201).is_err());
-    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
+    inside(&host.path(), || {
+        sotolito_net::attach(&c, &a, ca.pid(), || from_registry(&c))
+    });
     assert_eq!(from_client(2201).as_deref(), Ok("alpha 198.51.100.2"));
 
     // A restart: a new container for the same tenant, without a detach (the
@@ -648,7 +668,9 @@ fn tenant_traffic() {
     drop(ca);
     let ca2 = Container::start();
     serve(&ca2.ns_path(), 22, "alpha2");
-    inside(&host.path(), || sotolito_net::attach(&c, &a, ca2.pid()));
+    inside(&host.path(), || {
+        sotolito_net::attach(&c, &a, ca2.pid(), || from_registry(&c))
+    });
     assert_eq!(from_client(2201).as_deref(), Ok("alpha2 198.51.100.2"));
 }
 
@@ -664,13 +686,17 @@ fn add_forward_rebuilds_missing_tables_from_the_registry() {
     let b = tenant("beta", Ipv4Addr::new(172, 18, 0, 3), 2202);
     reg.put(&lock, &a).unwrap();
     drop(lock);
-    inside(&ns.path(), || sotolito_net::add_forward(&c, &b));
+    inside(&ns.path(), || {
+        sotolito_net::add_forward(&c, &b, || from_registry(&c))
+    });
     let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
     assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![2201, 2202]);
     // A stale element for the port is replaced, not an error.
     let mut moved = b.clone();
     moved.ip = Ipv4Addr::new(172, 18, 0, 9);
-    inside(&ns.path(), || sotolito_net::add_forward(&c, &moved));
+    inside(&ns.path(), || {
+        sotolito_net::add_forward(&c, &moved, || from_registry(&c))
+    });
     let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
     assert_eq!(live[&2202].ip, moved.ip);
     // Removing with the old address leaves the other tenant's element,
@@ -688,8 +714,12 @@ fn add_forward_rebuilds_missing_tables_from_the_registry() {
     let caps = || ns.exec(&["nft", "list", "map", "inet", "sotolito", "conn_caps"]);
     assert!(caps().contains("172.18.0.9 : jump cap_4096"), "{}", caps());
     moved.limits.connections = Some(32);
-    inside(&ns.path(), || sotolito_net::add_forward(&c, &moved));
-    inside(&ns.path(), || sotolito_net::add_forward(&c, &moved));
+    inside(&ns.path(), || {
+        sotolito_net::add_forward(&c, &moved, || from_registry(&c))
+    });
+    inside(&ns.path(), || {
+        sotolito_net::add_forward(&c, &moved, || from_registry(&c))
+    });
     assert!(caps().contains("172.18.0.9 : jump cap_32"), "{}", caps());
     assert_eq!(caps().matches("172.18.0.9").count(), 1, "{}", caps());
     moved.limits.connections = None;
@@ -710,7 +740,9 @@ fn ensure_creates_what_is_missing_and_keeps_what_exists() {
         .unwrap();
     drop(lock);
     assert_eq!(inside(&ns.path(), || sotolito_net::live_forwards(&c)), None);
-    inside(&ns.path(), || sotolito_net::ensure(&c));
+    inside(&ns.path(), || {
+        sotolito_net::ensure(&c, || from_registry(&c))
+    });
     let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
     assert_eq!(live.keys().copied().collect::<Vec<_>>(), vec![2201]);
     assert!(ns
@@ -726,7 +758,9 @@ fn ensure_creates_what_is_missing_and_keeps_what_exists() {
         "ssh_ports",
         "{ 2999 : 172.18.0.99 . 22 }",
     ]);
-    inside(&ns.path(), || sotolito_net::ensure(&c));
+    inside(&ns.path(), || {
+        sotolito_net::ensure(&c, || from_registry(&c))
+    });
     let live = inside(&ns.path(), || sotolito_net::live_forwards(&c)).unwrap();
     assert!(live.contains_key(&2999));
     inside(&ns.path(), || {
@@ -760,7 +794,7 @@ fn runc_hook() {
     match verb.as_str() {
         "attach" => {
             let pid = u32::try_from(state["pid"].as_u64().expect("pid in the OCI state")).unwrap();
-            sotolito_net::attach(&c, &a, pid).unwrap();
+            sotolito_net::attach(&c, &a, pid, || from_registry(&c)).unwrap();
         }
         "detach" => sotolito_net::detach(&c, &a.name).unwrap(),
         other => panic!("unknown hook verb {other}"),
@@ -991,7 +1025,11 @@ fn parallel_attach_at_boot_converges() {
     std::thread::scope(|s| {
         for (t, ct) in tenants.iter().zip(&containers) {
             let (c, path) = (&c, host.path());
-            s.spawn(move || inside(&path, || sotolito_net::attach(c, t, ct.pid())));
+            s.spawn(move || {
+                inside(&path, || {
+                    sotolito_net::attach(c, t, ct.pid(), || from_registry(c))
+                })
+            });
         }
     });
     let veths = inside(&host.path(), sotolito_net::host_veths);
@@ -1066,8 +1104,12 @@ fn edge_containment() {
     inside(&host.path(), || sotolito_net::reconcile(&c, &tenants));
     let ca = Container::start();
     let cb = Container::start();
-    inside(&host.path(), || sotolito_net::attach(&c, &a, ca.pid()));
-    inside(&host.path(), || sotolito_net::attach(&c, &b, cb.pid()));
+    inside(&host.path(), || {
+        sotolito_net::attach(&c, &a, ca.pid(), || from_registry(&c))
+    });
+    inside(&host.path(), || {
+        sotolito_net::attach(&c, &b, cb.pid(), || from_registry(&c))
+    });
     serve(&ca.ns_path(), 22, "alpha");
     serve(&cb.ns_path(), 22, "beta");
     serve(&client.path(), 8080, "internet");

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 use sotolito_config::{Desired, Tenant};
+use sotolito_host::Started;
 use sotolito_provisioner::runtime::ContainerStatus;
 use sotolito_provisioner::supervise::{Stopped, DEFAULT_STOP_TIMEOUT};
 
@@ -56,21 +57,17 @@ struct Outcome {
 }
 
 pub fn run(ctx: &Context, args: &BootArgs) -> anyhow::Result<bool> {
-    crate::cmd::init::ensure_layout(ctx).context("failed to boot")?;
+    ctx.host
+        .sys
+        .files
+        .ensure_layout()
+        .context("failed to boot")?;
     // Tenants are unreachable without the bridge and the DNAT map: no
     // tenant is started when the network cannot be made.
-    let tenants = {
-        let registry = ctx.registry();
-        let _lock = registry
-            .lock()
-            .context("failed to boot: cannot lock the registry")?;
-        let tenants = registry
-            .list()
-            .context("failed to boot: cannot read the registry")?;
-        sotolito_net::reconcile(ctx.config(), &tenants)
-            .context("failed to boot: cannot set up the tenant network")?;
-        tenants
-    };
+    let tenants = ctx
+        .host
+        .reconcile()
+        .context("failed to boot: cannot set up the tenant network")?;
     let outcomes = for_each(&tenants, args.jobs.get(), |t| boot_one(ctx, t));
     report(ctx, "boot", "did not start", &outcomes)
 }
@@ -80,14 +77,15 @@ pub fn run(ctx: &Context, args: &BootArgs) -> anyhow::Result<bool> {
 /// next `boot` starts again what ran.
 pub fn shutdown(ctx: &Context, args: &ShutdownArgs) -> anyhow::Result<bool> {
     let tenants = ctx
-        .registry()
+        .host
+        .store
         .list()
-        .context("failed to shut down: cannot read the registry")?;
+        .context("failed to shut down: cannot read the tenant records")?;
     let timeout = Duration::from_secs(args.timeout);
     let outcomes = for_each(&tenants, args.jobs.get(), |t| {
         let name = t.name.to_string();
-        let signal = crate::cmd::lifecycle::stop_signal(ctx, t);
-        match crate::cmd::lifecycle::stop_container(ctx, &t.name, signal, timeout) {
+        let signal = ctx.host.sys.files.stop_signal(t);
+        match ctx.host.stop_container(&t.name, signal, timeout) {
             Ok(how) => Outcome {
                 name,
                 result: match how {
@@ -167,9 +165,12 @@ fn boot_one(ctx: &Context, t: &Tenant) -> Outcome {
             error: None,
         };
     }
+    // A running tenant is left alone (not even restricted or relinked).
     let running = ctx
-        .runc()
-        .state(t.name.as_str())
+        .host
+        .sys
+        .runtime
+        .state(&t.name)
         .ok()
         .flatten()
         .is_some_and(|s| matches!(s.status, ContainerStatus::Running | ContainerStatus::Paused));
@@ -180,8 +181,13 @@ fn boot_one(ctx: &Context, t: &Tenant) -> Outcome {
             error: None,
         };
     }
-    match crate::cmd::lifecycle::start_tenant(ctx, &t.name) {
-        Ok(()) => {
+    match ctx.host.start(&t.name) {
+        Ok(Started::Already) => Outcome {
+            name,
+            result: "running",
+            error: None,
+        },
+        Ok(Started::Now) => {
             tracing::info!(tenant = %t.name, "started at boot");
             Outcome {
                 name,

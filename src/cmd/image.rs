@@ -47,12 +47,12 @@ pub enum ImageCommand {
     Rm { name: ImageName },
 }
 
-pub fn store(ctx: &Context) -> ImageStore {
+fn store(ctx: &Context) -> ImageStore {
     ImageStore::new(ctx.config().images_dir())
 }
 
 pub fn run(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<()> {
-    crate::cmd::init::ensure_layout(ctx)?;
+    ctx.host.sys.files.ensure_layout()?;
     match cmd {
         ImageCommand::Import {
             name,
@@ -121,10 +121,12 @@ pub fn run(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<()> {
         }
         ImageCommand::Rm { name } => {
             (|| -> anyhow::Result<()> {
-                let registry = ctx.registry();
-                // Under the lock: no provision can pick the image meanwhile.
-                let _lock = registry.lock()?;
-                let users: Vec<String> = registry
+                // Under the host lock: no provision can pick the image
+                // meanwhile.
+                let _lock = ctx.host.lock()?;
+                let users: Vec<String> = ctx
+                    .host
+                    .store
                     .list()?
                     .into_iter()
                     .filter(|t| t.image == name)

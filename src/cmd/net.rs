@@ -1,5 +1,5 @@
 //! `vpsctl net ...`: tenant networking (reconcile, show) and the runc hooks
-//! (attach, detach). Thin: the work is in sotolito-net.
+//! (attach, detach). Thin: the work is in sotolito-host and sotolito-net.
 
 use std::io::Read as _;
 
@@ -34,24 +34,17 @@ pub fn run(ctx: &Context, cmd: NetCommand) -> anyhow::Result<()> {
         NetCommand::Reconcile => reconcile(ctx),
         NetCommand::Show => show(ctx),
         NetCommand::Attach { name, pid } => attach(ctx, &name, pid),
-        NetCommand::Detach { name } => sotolito_net::detach(ctx.config(), &name)
+        NetCommand::Detach { name } => ctx
+            .host
+            .detach(&name)
             .with_context(|| format!("failed to detach tenant {name}")),
     }
 }
 
-/// The network part of `vpsctl init`: bridge, ip_forward, our tables when
-/// missing (existing tables are left as they are).
-pub fn ensure_network(ctx: &Context) -> anyhow::Result<()> {
-    sotolito_net::ensure(ctx.config()).context("failed to set up the tenant network")
-}
-
 fn reconcile(ctx: &Context) -> anyhow::Result<()> {
-    let registry = ctx.registry();
-    // Under the lock, so a provision cannot add a forward that this
-    // replacement would then drop.
-    let _lock = registry.lock().context("failed to lock the registry")?;
-    let tenants = registry.list().context("failed to read the registry")?;
-    sotolito_net::reconcile(ctx.config(), &tenants)
+    let tenants = ctx
+        .host
+        .reconcile()
         .context("failed to reconcile the tenant network")?;
     if ctx.json {
         crate::output::print_json(&serde_json::json!({ "tenants": tenants.len() }))?;
@@ -79,9 +72,10 @@ struct NetView {
 fn show(ctx: &Context) -> anyhow::Result<()> {
     let config = ctx.config();
     let tenants = ctx
-        .registry()
+        .host
+        .store
         .list()
-        .context("failed to read the registry")?;
+        .context("failed to read the tenant records")?;
     let live = sotolito_net::live_forwards(config).context("failed to read the nft map")?;
     let veths = sotolito_net::host_veths().context("failed to list links")?;
     let mut views = Vec::with_capacity(tenants.len());
@@ -155,18 +149,11 @@ fn attach(ctx: &Context, name: &TenantName, pid: Option<u32>) -> anyhow::Result<
         Some(p) => p,
         None => oci_state_pid().with_context(fail)?,
     };
-    let tenant = ctx.registry().require(name).with_context(fail)?;
     // This createRuntime hook runs inside `runc create` and `runc run`
     // alike, after runc made the container's cgroups and before its init
     // execs: the moment systemd in a user namespace needs its cgroups
-    // handed to its mapped root (read from the init itself).
-    if let Some(root) = sotolito_provisioner::idmap::mapped_root(pid)
-        .with_context(|| format!("failed to prepare tenant {name}"))?
-    {
-        sotolito_provisioner::idmap::delegate_cgroups(pid, root)
-            .with_context(|| format!("failed to hand its cgroups to tenant {name}"))?;
-    }
-    sotolito_net::attach(ctx.config(), &tenant, pid).with_context(fail)
+    // handed to its mapped root.
+    ctx.host.attach(name, pid).with_context(fail)
 }
 
 /// The `pid` of the OCI state JSON that runc writes to a hook's stdin.

@@ -25,7 +25,11 @@ pub fn run(ctx: &Context, args: ProxyArgs) -> anyhow::Result<()> {
     // started by hand on a fresh host creates it (as root).
     let c = ctx.config();
     if !(c.registry_dir().join("tenants").is_dir() && c.certs_dir().is_dir()) {
-        super::init::ensure_layout(ctx).context("failed to start the proxy")?;
+        ctx.host
+            .sys
+            .files
+            .ensure_layout()
+            .context("failed to start the proxy")?;
     }
     sotolito_proxy::run(
         &ctx.loaded,

@@ -4,15 +4,10 @@
 //! an interrupted remap, and moves a tenant between the shared range and
 //! one of its own.
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::Args;
-use sotolito_config::{Tenant, TenantName};
-use sotolito_provisioner::idmap::Shifted;
-use sotolito_provisioner::overlay;
-use sotolito_provisioner::runtime::ContainerStatus;
-use sotolito_provisioner::{data, disk};
+use sotolito_config::TenantName;
 
-use crate::cmd::{lifecycle, provision};
 use crate::context::Context;
 
 #[derive(Debug, Args)]
@@ -28,8 +23,17 @@ pub struct RemapArgs {
 
 pub fn run(ctx: &Context, args: &RemapArgs) -> anyhow::Result<()> {
     let name = &args.name;
-    let (tenant, shifted) =
-        remap(ctx, args).with_context(|| format!("failed to remap tenant {name}"))?;
+    let isolated = if args.isolated_idmap {
+        Some(true)
+    } else if args.shared_idmap {
+        Some(false)
+    } else {
+        None
+    };
+    let (tenant, shifted) = ctx
+        .host
+        .remap(name, isolated)
+        .with_context(|| format!("failed to remap tenant {name}"))?;
     let map = tenant.idmap.context("remap always records a range")?;
     let changed = shifted.map_or(0, |s| s.changed);
     if ctx.json {
@@ -49,56 +53,4 @@ pub fn run(ctx: &Context, args: &RemapArgs) -> anyhow::Result<()> {
         None => println!("{name} already uses host ids {map}; nothing to do"),
     }
     Ok(())
-}
-
-fn remap(ctx: &Context, args: &RemapArgs) -> anyhow::Result<(Tenant, Option<Shifted>)> {
-    crate::cmd::init::ensure_layout(ctx)?;
-    let name = &args.name;
-    let registry = ctx.registry();
-    let lock = registry.lock()?;
-    let mut tenant = registry.require(name)?;
-    let _tenant_lock = lifecycle::lock(ctx, name)?;
-    let layout = provision::layout(ctx, name);
-    let state = ctx.runc().state(name.as_str())?.map(|s| s.status);
-    if matches!(state, Some(s) if s != ContainerStatus::Stopped)
-        || overlay::is_mounted(&layout.rootfs())
-    {
-        bail!("it is running (stop it first: vpsctl stop {name})");
-    }
-    // Its data may be on a disk image, unmounted since a reboot.
-    disk::mount_data(name.as_str(), &layout)?;
-    if !data::is_seeded(&layout) {
-        bail!(
-            "it has no seeded data in {} (provision it again to seed it)",
-            layout.data().display()
-        );
-    }
-    let isolated = if args.isolated_idmap {
-        true
-    } else if args.shared_idmap {
-        false
-    } else {
-        tenant.idmap.is_some_and(|m| m.isolated)
-    };
-    let map = match tenant.idmap {
-        Some(m) if m.isolated == isolated => m,
-        _ => {
-            let others: Vec<Tenant> = registry
-                .list()?
-                .into_iter()
-                .filter(|t| &t.name != name)
-                .collect();
-            ctx.config().runtime.idmap_pool().plan(&others, isolated)?
-        }
-    };
-    // The record first: a remap interrupted below is finished by a rerun
-    // into the same range (the shift is idempotent), and start refuses the
-    // tenant until the marker says the files are there.
-    if tenant.idmap != Some(map) {
-        tenant.idmap = Some(map);
-        registry.put(&lock, &tenant)?;
-    }
-    let shifted = data::shift_into(&layout, &map)?;
-    provision::write_bundle(ctx, &tenant)?;
-    Ok((tenant, shifted))
 }

@@ -39,7 +39,7 @@ fn install(ctx: &Context) -> anyhow::Result<()> {
     let changed = units::install(dir, &u)?;
     // The proxy's unit runs as its own user: create it, and let it read
     // the registry and own the certificates.
-    super::init::ensure_layout(ctx)?;
+    ctx.host.sys.files.ensure_layout()?;
     let ids = proxy_user::ensure_user()?;
     let c = ctx.config();
     proxy_user::grant_access(
