@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
+use sotolito_net::sandbox::{self, End, Netns};
 
 const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXk test@example";
@@ -43,12 +43,13 @@ fn require_root_and_tools() {
 
 /// One isolated sotolito instance in its own network namespace.
 struct Sandbox {
+    /// Removed after `drop` has cleared what runs in it, before the
+    /// temporary directory (fields drop in order).
+    net: Netns,
     tmp: tempfile::TempDir,
     ns: String,
     config: PathBuf,
 }
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Sandbox {
     fn new() -> Sandbox {
@@ -57,13 +58,9 @@ impl Sandbox {
             .prefix("sotolito-prov-")
             .tempdir()
             .expect("tempdir");
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let ns = format!("sotoprov{}x{n}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .expect("ip netns add");
-        assert!(ok.success(), "ip netns add {ns} failed");
+        let net = Netns::unique("sotoprov")
+            .unwrap_or_else(|e| panic!("cannot make the test's network namespace: {e}"));
+        let ns = net.name().to_owned();
         let config = tmp.path().join("sotolito.toml");
         fs::write(
             &config,
@@ -73,7 +70,12 @@ impl Sandbox {
             ),
         )
         .expect("write config");
-        let sb = Sandbox { tmp, ns, config };
+        let sb = Sandbox {
+            net,
+            tmp,
+            ns,
+            config,
+        };
         sb.ok(&["image", "busybox", "bb"]);
         sb
     }
@@ -83,9 +85,8 @@ impl Sandbox {
     }
 
     fn vpsctl(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(env!("CARGO_BIN_EXE_vpsctl"))
+        self.net
+            .command(env!("CARGO_BIN_EXE_vpsctl"))
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -119,9 +120,9 @@ impl Sandbox {
     }
 
     fn in_ns(&self, cmd: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .args(cmd)
+        self.net
+            .command(cmd[0])
+            .args(&cmd[1..])
             .stdin(Stdio::null())
             .output()
             .expect("nsenter")
@@ -238,7 +239,7 @@ impl Drop for Sandbox {
                 let _ = Command::new("umount").args(["-l", m]).status();
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        // The namespace goes with `self.net`, after this.
     }
 }
 
@@ -680,9 +681,9 @@ fn concurrent_starts_and_stops_converge() {
 fn run_in_the_foreground_stops_on_sigterm() {
     let sb = Sandbox::new();
     sb.ok(&["provision", "acme", "--image", "bb"]);
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", sb.ns))
-        .arg(env!("CARGO_BIN_EXE_vpsctl"))
+    let mut child = sb
+        .net
+        .command(env!("CARGO_BIN_EXE_vpsctl"))
         .arg("--config")
         .arg(&sb.config)
         .args(["run", "acme"])
@@ -800,52 +801,35 @@ fn debian_tarball() -> PathBuf {
 /// namespace, 192.0.2.2 here and 192.0.2.1 (the host's "public" address)
 /// there; removed on drop.
 struct Client {
-    ns: String,
+    net: Netns,
 }
 
 const PUBLIC: &str = "192.0.2.1";
 
 impl Client {
     fn new(sb: &Sandbox) -> Client {
-        let ns = format!("{}c", sb.ns);
-        let run = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("ip");
-            assert!(st.success(), "ip {args:?} failed");
-        };
-        run(&["netns", "add", &ns]);
-        let client = Client { ns };
-        run(&[
-            "-n", &sb.ns, "link", "add", "pub0", "type", "veth", "peer", "name", "eth0", "netns",
-            &client.ns,
-        ]);
-        run(&[
-            "-n",
-            &sb.ns,
-            "addr",
-            "add",
-            &format!("{PUBLIC}/24"),
-            "dev",
-            "pub0",
-        ]);
-        run(&["-n", &sb.ns, "link", "set", "pub0", "up"]);
-        run(&[
-            "-n",
-            &client.ns,
-            "addr",
-            "add",
-            "192.0.2.2/24",
-            "dev",
-            "eth0",
-        ]);
-        run(&["-n", &client.ns, "link", "set", "eth0", "up"]);
-        run(&["-n", &client.ns, "link", "set", "lo", "up"]);
-        client
+        let net = Netns::create(format!("{}c", sb.ns))
+            .unwrap_or_else(|e| panic!("cannot make the client namespace: {e}"));
+        sandbox::wire(
+            End {
+                ns: &sb.net,
+                ifname: "pub0",
+                addr: format!("{PUBLIC}/24").parse().expect("an address"),
+            },
+            End {
+                ns: &net,
+                ifname: "eth0",
+                addr: "192.0.2.2/24".parse().expect("an address"),
+            },
+        )
+        .unwrap_or_else(|e| panic!("cannot link the client: {e}"));
+        Client { net }
     }
 
     fn ssh(&self, key: &Path, port: &str, cmd: &str) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .args(["ssh", "-i"])
+        self.net
+            .command("ssh")
+            .arg("-i")
             .arg(key)
             .args([
                 "-o",
@@ -880,12 +864,6 @@ impl Client {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         panic!("ssh {cmd:?} failed: {last}");
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
 

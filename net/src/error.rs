@@ -58,6 +58,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot {action}: ip {command} failed: {stderr}")]
+    Ip {
+        action: &'static str,
+        command: String,
+        stderr: String,
+    },
     #[error("nft refused to {action}: {stderr}")]
     Nft { action: String, stderr: String },
     #[error("cannot {action} {path}")]

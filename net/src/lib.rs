@@ -9,6 +9,7 @@ pub mod link;
 pub mod netns;
 pub mod nft;
 pub mod ruleset;
+pub mod sandbox;
 #[cfg(test)]
 mod testdata;
 

@@ -12,11 +12,11 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sotolito_config::{HostConfig, ImageName, SshPort, Tenant, TenantName};
 use sotolito_net::netns::run_in;
+use sotolito_net::sandbox::{self, End, Netns};
 
 const HOST_PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -65,41 +65,23 @@ fn sh_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A named network namespace, deleted on drop.
-struct Netns {
-    name: String,
+/// A namespace of this test run (`sotolito-test-ROLE-PID-N`), from the
+/// sandbox that `vpsctl demo` uses too.
+fn netns(role: &str) -> Netns {
+    Netns::unique(&format!("sotolito-test-{role}")).unwrap()
 }
 
-impl Netns {
-    fn new(role: &str) -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "sotolito-test-{}-{}-{role}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
+/// Commands that read the namespace's own /sys (`/sys/class/net`) need
+/// `ip netns exec`, which mounts it; nothing here mounts anything.
+trait Exec {
+    fn exec(&self, args: &[&str]) -> String;
+}
 
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-
+impl Exec for Netns {
     fn exec(&self, args: &[&str]) -> String {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
+        let mut v = vec!["ip", "netns", "exec", self.name()];
         v.extend_from_slice(args);
         sh_out(&v)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -229,36 +211,19 @@ fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 /// A veth named `host_if` in `host` with `host_addr` (a /24) and its peer
 /// `eth0` in `other` with `other_addr`, both up.
 fn wire(host: &Netns, host_if: &str, host_addr: &str, other: &Netns, other_addr: &str) {
-    sh(&[
-        "ip",
-        "-n",
-        &host.name,
-        "link",
-        "add",
-        host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &other.name,
-    ]);
-    sh(&[
-        "ip", "-n", &host.name, "addr", "add", host_addr, "dev", host_if,
-    ]);
-    sh(&["ip", "-n", &host.name, "link", "set", host_if, "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        &other.name,
-        "addr",
-        "add",
-        other_addr,
-        "dev",
-        "eth0",
-    ]);
-    sh(&["ip", "-n", &other.name, "link", "set", "eth0", "up"]);
+    sandbox::wire(
+        End {
+            ns: host,
+            ifname: host_if,
+            addr: host_addr.parse().unwrap(),
+        },
+        End {
+            ns: other,
+            ifname: "eth0",
+            addr: other_addr.parse().unwrap(),
+        },
+    )
+    .unwrap();
 }
 
 /// A listener in `ns` on `port` that keeps every connection open (until
@@ -348,7 +313,7 @@ fn rx_packets(ns: &Netns, dev: &str) -> u64 {
 #[test]
 fn rendered_ruleset_loads_in_nft() {
     require_root_and_tools();
-    let ns = Netns::new("nftc");
+    let ns = netns("nftc");
     let state = tempfile::tempdir().unwrap();
     let c = config(state.path());
     let ts: Vec<_> = (0..100u32)
@@ -377,10 +342,10 @@ fn rendered_ruleset_loads_in_nft() {
 #[test]
 fn bridge_with_another_address_is_refused() {
     require_root_and_tools();
-    let ns = Netns::new("br");
+    let ns = netns("br");
     let state = tempfile::tempdir().unwrap();
     let c = config(state.path());
-    let n = &ns.name;
+    let n = ns.name();
     sh(&["ip", "-n", n, "link", "add", "sotolito0", "type", "bridge"]);
     sh(&[
         "ip",
@@ -399,11 +364,11 @@ fn bridge_with_another_address_is_refused() {
         err,
         "bridge sotolito0 exists with address 10.1.0.1/24, not 172.18.0.1/16 (remove it or set network.bridge)"
     );
-    let ns2 = Netns::new("br2");
+    let ns2 = netns("br2");
     sh(&[
         "ip",
         "-n",
-        &ns2.name,
+        ns2.name(),
         "link",
         "add",
         "sotolito0",
@@ -423,8 +388,8 @@ fn bridge_with_another_address_is_refused() {
 #[test]
 fn tenant_traffic() {
     require_root_and_tools();
-    let host = Netns::new("host");
-    let client = Netns::new("client");
+    let host = netns("host");
+    let client = netns("client");
     let state = tempfile::tempdir().unwrap();
     let c = config(state.path());
     let gw = c.network.gateway();
@@ -432,43 +397,7 @@ fn tenant_traffic() {
     // The internet: a veth between client and host, TEST-NET-2
     // (198.51.100.0/24): public, so the egress deny list cannot hide a
     // broken test.
-    sh(&[
-        "ip",
-        "-n",
-        &host.name,
-        "link",
-        "add",
-        "pub0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "c0",
-        "netns",
-        &client.name,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &host.name,
-        "addr",
-        "add",
-        "198.51.100.1/24",
-        "dev",
-        "pub0",
-    ]);
-    sh(&["ip", "-n", &host.name, "link", "set", "pub0", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        &client.name,
-        "addr",
-        "add",
-        "198.51.100.2/24",
-        "dev",
-        "c0",
-    ]);
-    sh(&["ip", "-n", &client.name, "link", "set", "c0", "up"]);
+    wire(&host, "pub0", "198.51.100.1/24", &client, "198.51.100.2/24");
     // The hairpin rule must do the work, not br_netfilter (FACTS.md).
     host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
 
@@ -677,7 +606,7 @@ fn tenant_traffic() {
 #[test]
 fn add_forward_rebuilds_missing_tables_from_the_registry() {
     require_root_and_tools();
-    let ns = Netns::new("addfwd");
+    let ns = netns("addfwd");
     let state = tempfile::tempdir().unwrap();
     let c = config(state.path());
     let reg = sotolito_config::Registry::new(c.registry_dir());
@@ -731,7 +660,7 @@ fn add_forward_rebuilds_missing_tables_from_the_registry() {
 #[test]
 fn ensure_creates_what_is_missing_and_keeps_what_exists() {
     require_root_and_tools();
-    let ns = Netns::new("ensure");
+    let ns = netns("ensure");
     let state = tempfile::tempdir().unwrap();
     let c = config(state.path());
     let reg = sotolito_config::Registry::new(c.registry_dir());
@@ -862,48 +791,12 @@ fn runc_hooks_attach_and_detach() {
             }
         );
     }
-    let host = Netns::new("runc");
-    let client = Netns::new("runc-client");
+    let host = netns("runc");
+    let client = netns("runc-client");
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let c = config(&state);
-    sh(&[
-        "ip",
-        "-n",
-        &host.name,
-        "link",
-        "add",
-        "pub0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "c0",
-        "netns",
-        &client.name,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &host.name,
-        "addr",
-        "add",
-        "198.51.100.1/24",
-        "dev",
-        "pub0",
-    ]);
-    sh(&["ip", "-n", &host.name, "link", "set", "pub0", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        &client.name,
-        "addr",
-        "add",
-        "198.51.100.2/24",
-        "dev",
-        "c0",
-    ]);
-    sh(&["ip", "-n", &client.name, "link", "set", "c0", "up"]);
+    wire(&host, "pub0", "198.51.100.1/24", &client, "198.51.100.2/24");
     let a = tenant("alpha", Ipv4Addr::new(172, 18, 0, 2), 2201);
     inside(&host.path(), || {
         sotolito_net::reconcile(&c, std::slice::from_ref(&a))
@@ -956,7 +849,7 @@ fn runc_hooks_attach_and_detach() {
     let runc = Runc {
         root: tmp.path().join("runc"),
         id: format!("sotolito-net-test-{}", std::process::id()),
-        netns: host.name.clone(),
+        netns: host.name().to_owned(),
     };
     runc.run(&["run", "-d", "--bundle", bundle.to_str().unwrap(), &runc.id]);
     let out = runc
@@ -992,7 +885,7 @@ fn runc_hooks_attach_and_detach() {
 #[test]
 fn works_from_inside_a_tokio_runtime() {
     require_root_and_tools();
-    let ns = Netns::new("tokio");
+    let ns = netns("tokio");
     let state = tempfile::tempdir().unwrap();
     let c = config(state.path());
     inside(&ns.path(), || {
@@ -1008,7 +901,7 @@ fn works_from_inside_a_tokio_runtime() {
 #[test]
 fn parallel_attach_at_boot_converges() {
     require_root_and_tools();
-    let host = Netns::new("parallel");
+    let host = netns("parallel");
     let state = tempfile::tempdir().unwrap();
     let c = config(state.path());
     let tenants: Vec<Tenant> = (0..6u8)
@@ -1044,11 +937,11 @@ fn parallel_attach_at_boot_converges() {
 #[test]
 fn edge_containment() {
     require_root_and_tools();
-    let host = Netns::new("edge-host");
-    let client = Netns::new("edge-client");
+    let host = netns("edge-host");
+    let client = netns("edge-client");
     // A network routed beyond the host on its private side, holding the
     // cloud metadata address too.
-    let beyond = Netns::new("edge-beyond");
+    let beyond = netns("edge-beyond");
     let state = tempfile::tempdir().unwrap();
     let mut c = config(state.path());
     // Tenants' resolvers: one beyond the host, one on the host itself.
@@ -1058,7 +951,7 @@ fn edge_containment() {
     sh(&[
         "ip",
         "-n",
-        &beyond.name,
+        beyond.name(),
         "addr",
         "add",
         "169.254.169.254/32",
@@ -1068,7 +961,7 @@ fn edge_containment() {
     sh(&[
         "ip",
         "-n",
-        &beyond.name,
+        beyond.name(),
         "route",
         "add",
         "default",
@@ -1078,7 +971,7 @@ fn edge_containment() {
     sh(&[
         "ip",
         "-n",
-        &host.name,
+        host.name(),
         "route",
         "add",
         "169.254.169.254/32",
@@ -1088,7 +981,7 @@ fn edge_containment() {
     sh(&[
         "ip",
         "-n",
-        &client.name,
+        client.name(),
         "route",
         "add",
         "10.20.0.0/24",
@@ -1270,7 +1163,7 @@ fn edge_containment() {
     sh(&[
         "ip",
         "-n",
-        &beyond.name,
+        beyond.name(),
         "addr",
         "add",
         "203.0.113.1/32",
@@ -1280,7 +1173,7 @@ fn edge_containment() {
     sh(&[
         "ip",
         "-n",
-        &host.name,
+        host.name(),
         "route",
         "add",
         "203.0.113.0/24",

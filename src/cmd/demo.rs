@@ -10,11 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use sotolito_net::sandbox::{self as netbox, HOST_ADDR, UPLINK};
 
-/// The sandbox's link between the "internet" and the host: RFC 2544's
-/// benchmarking range, never a real network.
-const HOST_ADDR: &str = "198.18.0.1";
-const CLIENT_ADDR: &str = "198.18.0.2";
 /// Where `--debian` keeps its debootstrap result between runs.
 const DEBIAN_CACHE: &str = "/var/cache/sotolito/debian-bookworm.tar.gz";
 
@@ -124,12 +121,11 @@ struct Sandbox {
     tmp: Option<tempfile::TempDir>,
     dir: PathBuf,
     config: PathBuf,
-    host_ns: String,
-    client_ns: String,
+    /// The host and client network namespaces and their link.
+    net: netbox::Sandbox,
     vpsctl: PathBuf,
     proxy: Option<Child>,
     provisioned: Vec<&'static str>,
-    namespaces: Vec<String>,
     key: Option<PathBuf>,
 }
 
@@ -140,13 +136,12 @@ impl Sandbox {
             .tempdir()
             .context("cannot create a temporary directory")?;
         let dir = tmp.path().to_owned();
-        let id = std::process::id();
         let config = dir.join("sotolito.toml");
         fs::write(
             &config,
             format!(
                 "[paths]\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\nconfig_dir = \"{d}/etc\"\nsystemd_dir = \"{d}/systemd\"\n\
-                 [network]\nbridge = \"sotolito0\"\npublic_interface = \"uplink\"\nssh_ports = \"2201-2299\"\n\
+                 [network]\nbridge = \"sotolito0\"\npublic_interface = \"{UPLINK}\"\nssh_ports = \"2201-2299\"\n\
                  [proxy]\nhttp = \"0.0.0.0:80\"\nhttps = \"0.0.0.0:443\"\nadmin = \"127.0.0.1:9180\"\n\
                  [runtime]\ncgroup_manager = \"cgroupfs\"\n",
                 d = dir.display()
@@ -156,58 +151,15 @@ impl Sandbox {
             tmp: Some(tmp),
             dir,
             config,
-            host_ns: format!("sotolito-demo-host-{id}"),
-            client_ns: format!("sotolito-demo-client-{id}"),
+            net: netbox::Sandbox::create("sotolito-demo")?,
             vpsctl: std::env::current_exe().context("cannot find the vpsctl binary")?,
             proxy: None,
             provisioned: Vec::new(),
-            namespaces: Vec::new(),
             key: None,
         })
     }
 
     fn bring_up(&mut self, opts: &Options) -> anyhow::Result<()> {
-        for ns in [self.host_ns.clone(), self.client_ns.clone()] {
-            sh(Command::new("ip").args(["netns", "add", &ns]))?;
-            self.namespaces.push(ns.clone());
-            sh(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
-        }
-        // The host's "public" interface, and the client on the far end.
-        sh(Command::new("ip").args([
-            "-n",
-            &self.host_ns,
-            "link",
-            "add",
-            "uplink",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &self.client_ns,
-        ]))?;
-        sh(Command::new("ip").args([
-            "-n",
-            &self.host_ns,
-            "addr",
-            "add",
-            &format!("{HOST_ADDR}/24"),
-            "dev",
-            "uplink",
-        ]))?;
-        sh(Command::new("ip").args(["-n", &self.host_ns, "link", "set", "uplink", "up"]))?;
-        sh(Command::new("ip").args([
-            "-n",
-            &self.client_ns,
-            "addr",
-            "add",
-            &format!("{CLIENT_ADDR}/24"),
-            "dev",
-            "eth0",
-        ]))?;
-        sh(Command::new("ip").args(["-n", &self.client_ns, "link", "set", "eth0", "up"]))?;
-
         self.vpsctl_ok(&["init"])?;
         let image = if opts.debian {
             self.debian_image()?
@@ -248,8 +200,9 @@ impl Sandbox {
 
         let log = fs::File::create(self.dir.join("proxy.log"))?;
         let child = self
-            .in_host_ns()
-            .arg(&self.vpsctl)
+            .net
+            .host
+            .command(&self.vpsctl)
             .arg("--config")
             .arg(&self.config)
             .arg("proxy")
@@ -446,28 +399,22 @@ impl Sandbox {
     /// The client's network only (`nsenter --net`, as for the host): a
     /// copied mount namespace would hold the tenants' disks mounted.
     fn in_client(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.client_ns))
-            .arg("--")
-            .args(args)
+        self.net
+            .client
+            .command(args[0])
+            .args(&args[1..])
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("cannot run {}", args[0]))
     }
 
-    /// A command in the host namespace's network only. Not `ip netns exec`:
-    /// that also unshares the mount namespace, and the tenants' overlay
-    /// mounts made there would be invisible to the next command.
-    fn in_host_ns(&self) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.host_ns))
-            .arg("--");
-        c
-    }
-
+    /// vpsctl in the host namespace's network only (`nsenter --net`, see
+    /// `sotolito_net::sandbox`): the tenants' overlay mounts it makes stay
+    /// visible to the next command.
     fn vpsctl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        self.in_host_ns()
-            .arg(&self.vpsctl)
+        self.net
+            .host
+            .command(&self.vpsctl)
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -492,8 +439,8 @@ impl Sandbox {
 
     fn try_by_hand(&self) -> String {
         let (h, c, v, cfg) = (
-            &self.host_ns,
-            &self.client_ns,
+            self.net.host.name(),
+            self.net.client.name(),
             self.vpsctl.display(),
             self.config.display(),
         );
@@ -542,10 +489,8 @@ impl Sandbox {
                 eprintln!("vpsctl: demo cleanup: {e:#}");
             }
         }
-        for ns in std::mem::take(&mut self.namespaces).into_iter().rev() {
-            if let Err(e) = sh(Command::new("ip").args(["netns", "del", &ns])) {
-                eprintln!("vpsctl: demo cleanup: {e:#}");
-            }
+        if let Err(e) = self.net.delete() {
+            eprintln!("vpsctl: demo cleanup: {e:#}");
         }
         if let Some(tmp) = self.tmp.take() {
             if let Err(e) = tmp.close() {

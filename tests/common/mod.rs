@@ -7,13 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Address of the host on the sandbox link (RFC 2544 benchmarking range).
-pub const HOST_ADDR: &str = "198.18.0.1";
-pub const CLIENT_ADDR: &str = "198.18.0.2";
+use sotolito_net::sandbox::Sandbox;
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+/// The host's and the client's address on the sandbox link.
+pub use sotolito_net::sandbox::{CLIENT_ADDR, HOST_ADDR};
 
 /// Fails the test (never skips it) when the machine cannot run root tests.
 pub fn require_root_and_tools() {
@@ -36,9 +34,13 @@ pub fn require_root_and_tools() {
 }
 
 pub struct Host {
+    /// Removed after `drop` has cleared what runs in them, before the
+    /// temporary directory (fields drop in order).
+    net: Sandbox,
     _tmp: tempfile::TempDir,
     pub root: PathBuf,
     pub config: PathBuf,
+    /// Names of the host's and the client's network namespaces.
     pub ns: String,
     pub client_ns: String,
 }
@@ -61,13 +63,8 @@ impl Host {
             .tempdir()
             .unwrap();
         let root = tmp.path().to_owned();
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let ns = format!("sotolito-t-host-{id}");
-        let client_ns = format!("sotolito-t-client-{id}");
+        let net = Sandbox::create("sotolito-t")
+            .unwrap_or_else(|e| panic!("cannot make the test's network sandbox: {e}"));
         let config = root.join("sotolito.toml");
         std::fs::write(
             &config,
@@ -78,63 +75,25 @@ impl Host {
             ),
         )
         .unwrap();
-        let host = Host {
+        Host {
             _tmp: tmp,
             root,
             config,
-            ns,
-            client_ns,
-        };
-        run(Command::new("ip").args(["netns", "add", &host.ns]));
-        run(Command::new("ip").args(["netns", "add", &host.client_ns]));
-        for n in [&host.ns, &host.client_ns] {
-            run(Command::new("ip").args(["-n", n, "link", "set", "lo", "up"]));
+            ns: net.host.name().to_owned(),
+            client_ns: net.client.name().to_owned(),
+            net,
         }
-        run(Command::new("ip").args([
-            "-n",
-            &host.ns,
-            "link",
-            "add",
-            "uplink",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &host.client_ns,
-        ]));
-        run(Command::new("ip").args([
-            "-n",
-            &host.ns,
-            "addr",
-            "add",
-            &format!("{HOST_ADDR}/24"),
-            "dev",
-            "uplink",
-        ]));
-        run(Command::new("ip").args(["-n", &host.ns, "link", "set", "uplink", "up"]));
-        run(Command::new("ip").args([
-            "-n",
-            &host.client_ns,
-            "addr",
-            "add",
-            &format!("{CLIENT_ADDR}/24"),
-            "dev",
-            "eth0",
-        ]));
-        run(Command::new("ip").args(["-n", &host.client_ns, "link", "set", "eth0", "up"]));
-        host
+    }
+
+    /// The host's and the client's network namespaces.
+    pub fn net(&self) -> &Sandbox {
+        &self.net
     }
 
     /// A command whose network is the host namespace's; the mount namespace
     /// stays the real one, so overlay mounts persist between commands.
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.ns))
-            .arg("--")
-            .arg(program);
-        c
+        self.net.host.command(program)
     }
 
     pub fn vpsctl_cmd(&self, args: &[&str]) -> Command {
@@ -176,9 +135,10 @@ impl Host {
     /// netns exec` would also copy every mount into a new mount namespace,
     /// holding other tests' tenant disks mounted while the command runs.
     pub fn in_client(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.client_ns))
-            .args(args)
+        self.net
+            .client
+            .command(args[0])
+            .args(&args[1..])
             .stdin(Stdio::null())
             .output()
             .expect("spawn in client netns")
@@ -309,9 +269,7 @@ impl Drop for Host {
                 let _ = Command::new("umount").args(["-l", m]).output();
             }
         }
-        for n in [&self.ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
+        // The namespaces go with `self.net`, after this.
     }
 }
 

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sotolito_net::sandbox::{self, End, Netns};
+
 use crate::common::{Host, CLIENT_ADDR, HOST_ADDR};
 
 fn exec_ok(h: &Host, tenant: &str, script: &str) -> (bool, String) {
@@ -276,7 +278,7 @@ fn egress_reaches_public_networks_only_and_loopback_is_never_dnatted() {
     h.provision_busybox("alpha", 2201, &["--start"]);
     // A private network routed beyond the host, with the cloud metadata
     // address, next to the public client (198.18.0.2).
-    let beyond = format!("{}-beyond", h.ns);
+    let beyond_ns = Netns::create(format!("{}-beyond", h.ns)).unwrap();
     let ns = |n: &str| format!("/run/netns/{n}");
     let ip = |args: &[&str]| {
         let o = std::process::Command::new("ip")
@@ -289,35 +291,30 @@ fn egress_reaches_public_networks_only_and_loopback_is_never_dnatted() {
             String::from_utf8_lossy(&o.stderr)
         );
     };
-    ip(&["netns", "add", &beyond]);
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .output();
-        }
-    }
-    let _gone = Gone(beyond.clone());
-    ip(&[
-        "-n", &h.ns, "link", "add", "priv0", "type", "veth", "peer", "name", "eth0", "netns",
-        &beyond,
-    ]);
-    ip(&["-n", &h.ns, "addr", "add", "10.20.0.1/24", "dev", "priv0"]);
-    ip(&["-n", &h.ns, "link", "set", "priv0", "up"]);
-    ip(&["-n", &beyond, "addr", "add", "10.20.0.2/24", "dev", "eth0"]);
+    sandbox::wire(
+        End {
+            ns: &h.net().host,
+            ifname: "priv0",
+            addr: "10.20.0.1/24".parse().unwrap(),
+        },
+        End {
+            ns: &beyond_ns,
+            ifname: "eth0",
+            addr: "10.20.0.2/24".parse().unwrap(),
+        },
+    )
+    .unwrap();
+    let beyond = beyond_ns.name();
     ip(&[
         "-n",
-        &beyond,
+        beyond,
         "addr",
         "add",
         "169.254.169.254/32",
         "dev",
         "eth0",
     ]);
-    ip(&["-n", &beyond, "link", "set", "eth0", "up"]);
-    ip(&["-n", &beyond, "link", "set", "lo", "up"]);
-    ip(&["-n", &beyond, "route", "add", "default", "via", "10.20.0.1"]);
+    ip(&["-n", beyond, "route", "add", "default", "via", "10.20.0.1"]);
     ip(&[
         "-n",
         &h.ns,
@@ -327,7 +324,7 @@ fn egress_reaches_public_networks_only_and_loopback_is_never_dnatted() {
         "via",
         "10.20.0.2",
     ]);
-    serve_in(&ns(&beyond), "0.0.0.0:80", "private");
+    serve_in(&ns(beyond), "0.0.0.0:80", "private");
     serve_in(&ns(&h.client_ns), "0.0.0.0:8080", "internet");
     // A host service on 127.0.0.1 with a port in the SSH range.
     serve_in(&ns(&h.ns), "127.0.0.1:2201", "host-local");
