@@ -19,8 +19,7 @@ pub use host::{HostConfig, Loaded, Overrides};
 pub use idmap::{Idmap, IdmapPool};
 pub use names::{
     CpuWeight, HostName, HttpPort, ImageName, InvalidValue, LogSize, MemorySize, NodeName, Pids,
-    SshPort,
-    SwapLimit, TenantName,
+    SshPort, SwapLimit, TenantName,
 };
 pub use quota::DiskQuota;
 pub use registry::{Registry, RegistryLock};
