@@ -237,6 +237,18 @@ pub struct Proxy {
     /// `text` (key=value on stderr with the other logs) or `json` (one
     /// JSON object per line on stdout, for log shippers).
     pub access_log: AccessLogFormat,
+    /// HTTP/1 implementation: `h1` (the proxy's own engine) or `hyper`.
+    pub engine: ProxyEngine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyEngine {
+    /// The purpose-built HTTP/1 engine (parses each head once).
+    #[default]
+    H1,
+    /// hyper's HTTP/1 server and client, behind the strict gate.
+    Hyper,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -261,6 +273,7 @@ impl Default for Proxy {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             access_log: AccessLogFormat::Text,
+            engine: ProxyEngine::H1,
         }
     }
 }

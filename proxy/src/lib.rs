@@ -13,6 +13,7 @@ mod admin;
 mod body;
 mod forward;
 mod gate;
+mod h1;
 mod headers;
 mod limit;
 mod metrics;
@@ -30,7 +31,7 @@ use std::time::Duration;
 pub use route::{Route, RouteDiff, RouteTable};
 pub use run::{notify, run, RunOptions};
 pub use server::{Listen, ProxyHandle};
-pub use sotolito_config::host::AccessLogFormat;
+pub use sotolito_config::host::{AccessLogFormat, ProxyEngine};
 
 /// Errors of the proxy; each names the thing and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,8 @@ pub struct Settings {
     pub acme_challenges: acme::Challenges,
     /// Text lines through tracing, or JSON lines on stdout.
     pub access_log: AccessLogFormat,
+    /// Which HTTP/1 implementation serves clients (HTTP/2 is hyper's).
+    pub engine: ProxyEngine,
 }
 
 impl Default for Settings {
@@ -134,6 +137,7 @@ impl Default for Settings {
             tls_resumption: true,
             acme_challenges: acme::Challenges::default(),
             access_log: AccessLogFormat::Text,
+            engine: ProxyEngine::H1,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sotolito_config::{HostName, Tenant};
+use sotolito_config::{Desired, HostName, Tenant};
 
 use crate::Error;
 
@@ -17,6 +17,9 @@ use crate::Error;
 pub struct Route {
     pub tenant: Arc<str>,
     pub addr: SocketAddr,
+    /// The tenant's desired state is stopped: its sites answer 503 at
+    /// once instead of waiting on an address nothing answers.
+    pub stopped: bool,
 }
 
 impl Route {
@@ -24,6 +27,7 @@ impl Route {
         Route {
             tenant: Arc::from(tenant),
             addr,
+            stopped: false,
         }
     }
 }
@@ -60,10 +64,13 @@ impl RouteTable {
     pub fn from_tenants(tenants: &[Tenant]) -> RouteTable {
         let mut table = RouteTable::new();
         for t in tenants {
-            let route = Arc::new(Route::new(
-                t.name.as_str(),
-                SocketAddr::from((t.ip, t.http_port.get())),
-            ));
+            let route = Arc::new(Route {
+                stopped: t.desired == Desired::Stopped,
+                ..Route::new(
+                    t.name.as_str(),
+                    SocketAddr::from((t.ip, t.http_port.get())),
+                )
+            });
             for host in &t.hosts {
                 if let Some(owner) = table.insert_name(host, route.clone()) {
                     // The registry refuses duplicate hosts; a hand-edited
@@ -116,7 +123,12 @@ impl RouteTable {
         let mut copy = |r: &Arc<Route>| {
             copies
                 .entry(Arc::as_ptr(r))
-                .or_insert_with(|| Arc::new(Route::new(&r.tenant, r.addr)))
+                .or_insert_with(|| {
+                    Arc::new(Route {
+                        stopped: r.stopped,
+                        ..Route::new(&r.tenant, r.addr)
+                    })
+                })
                 .clone()
         };
         RouteTable {
@@ -175,7 +187,7 @@ impl RouteTable {
         for (host, route) in &new {
             match old.get(host) {
                 None => diff.added.push(host.clone()),
-                Some(prev) if prev.tenant != route.tenant || prev.addr != route.addr => {
+                Some(prev) if **prev != **route => {
                     diff.changed.push(host.clone())
                 }
                 Some(_) => {}

@@ -36,6 +36,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         header_read_timeout: config.proxy.header_read_timeout,
         idle_timeout: config.proxy.idle_timeout,
         access_log: config.proxy.access_log,
+        engine: config.proxy.engine,
         acme_challenges: challenges.clone(),
         ..Settings::default()
     };

@@ -22,7 +22,7 @@ use crate::body::ReqBody;
 
 /// The largest response head a tenant may send, and what of a body waits
 /// here for a slow client (HAProxy: 16 KiB in all, nginx: 4-8 KiB).
-const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+pub(crate) const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 /// Idle connections kept per tenant address; more are closed when returned.
 const MAX_IDLE_PER_ADDR: usize = 512;

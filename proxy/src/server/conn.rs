@@ -1,5 +1,5 @@
-//! One client connection: TLS handshake, then HTTP/1 (behind the strict
-//! framing gate) or HTTP/2, each request handed to `forward`, and a
+//! One client connection: TLS handshake, then HTTP/1 (the engine in
+//! `h1`, or hyper behind the strict framing gate) or HTTP/2, each request handed to `forward`, and a
 //! graceful close when the worker drains.
 
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use super::Kind;
 use crate::body::BudgetedBody;
 use crate::forward::{self, ConnCtx};
 use crate::gate::{Gate, Switch};
+use crate::h1::{self, ClientIo};
 use crate::headers::PeerValues;
 use crate::limit::ConnPermit;
 use crate::route::normalize_host;
@@ -46,12 +47,13 @@ impl Conn {
         let metrics = self.worker.shared.metrics.clone();
         metrics.open_connections.inc();
         let settings = &self.worker.shared.settings;
-        let pool = if settings.proxy_protocol {
+        let proxy_header = settings.proxy_protocol.then(|| {
             let local = stream.local_addr().unwrap_or(self.peer);
-            let header = upstream::proxy_v2_header(self.peer, local);
-            Pool::new(settings.connect_timeout, Some(header))
-        } else {
-            self.pool.clone()
+            upstream::proxy_v2_header(self.peer, local)
+        });
+        let pool = match &proxy_header {
+            Some(header) => Pool::new(settings.connect_timeout, Some(header.clone())),
+            None => self.pool.clone(),
         };
         let trusted = settings
             .trusted_proxies
@@ -75,12 +77,20 @@ impl Conn {
             // Boxed, as the TLS and HTTP/2 states are kilobytes that every
             // plain connection's task would otherwise carry (and tokio's
             // spawn copies).
-            (Kind::Https, Some(acceptor)) => Box::pin(self.serve_tls(stream, acceptor, ctx)).await,
-            _ => self.serve_h1(stream, ctx).await,
+            (Kind::Https, Some(acceptor)) => {
+                Box::pin(self.serve_tls(stream, acceptor, ctx, proxy_header.as_deref())).await
+            }
+            _ => self.serve_h1(stream, ctx, proxy_header.as_deref()).await,
         }
         metrics.open_connections.dec();
     }
-    async fn serve_tls(&self, stream: TcpStream, acceptor: &TlsAcceptor, mut ctx: ConnCtx) {
+    async fn serve_tls(
+        &self,
+        stream: TcpStream,
+        acceptor: &TlsAcceptor,
+        mut ctx: ConnCtx,
+        proxy_header: Option<&[u8]>,
+    ) {
         let metrics = &self.worker.shared.metrics;
         let timeout = self.worker.shared.settings.header_read_timeout;
         let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -108,7 +118,7 @@ impl Conn {
         if ctx.h2 {
             Box::pin(self.serve_h2(tls, ctx)).await;
         } else {
-            self.serve_h1(tls, ctx).await;
+            self.serve_h1(tls, ctx, proxy_header).await;
         }
     }
 
@@ -120,11 +130,21 @@ impl Conn {
         }
     }
 
-    async fn serve_h1<T>(&self, io: T, mut ctx: ConnCtx)
+    async fn serve_h1<T>(&self, io: T, mut ctx: ConnCtx, proxy_header: Option<&[u8]>)
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: ClientIo + 'static,
     {
         let s = &self.worker.shared.settings;
+        if s.engine == crate::ProxyEngine::H1 {
+            let engine = h1::Engine {
+                ctx: &ctx,
+                local: &self.worker.local,
+                proxy_header,
+            };
+            // Boxed: the engine's state is only for HTTP/1 connections.
+            Box::pin(engine.serve(io, self.shutdown.clone())).await;
+            return;
+        }
         let switch = Switch::default();
         ctx.switch = Some(switch.clone());
         let gate = Gate::new(s.max_header_bytes, switch);

@@ -18,6 +18,7 @@ use crate::forward::Shared;
 use crate::limit::ConnLimiter;
 use crate::metrics::RequestShard;
 use crate::route::RouteTable;
+use crate::h1;
 use crate::upstream::Pool;
 use crate::Error;
 
@@ -113,6 +114,8 @@ pub(super) struct Worker {
     pub(super) limiter: Arc<ConnLimiter>,
     pub(super) index: usize,
     pub(super) balance: Arc<Balance>,
+    /// The HTTP/1 engine's buffers and tenant connections.
+    pub(super) local: Arc<h1::Local>,
 }
 
 /// Held by every connection task; the worker drains until all are gone.

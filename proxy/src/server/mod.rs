@@ -117,6 +117,10 @@ impl ProxyHandle {
                 limiter: limiter.clone(),
                 index: i,
                 balance: balance.clone(),
+                local: crate::h1::Local::new(
+                    shared.settings.max_header_bytes.max(8192),
+                    crate::upstream::UPSTREAM_READ_BUFFER,
+                ),
             };
             let shutdown = shutdown_rx.clone();
             let thread = std::thread::Builder::new()

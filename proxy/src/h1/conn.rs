@@ -1,0 +1,788 @@
+//! One client connection through the engine: read a request head, plan
+//! it (crate::h1::plan), write it with what of its body has arrived to a
+//! pooled tenant connection in one write, relay the body, read the
+//! response head, write it with what of its body has arrived in one
+//! write, relay the rest; then the next request on the same connection.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{ready, Poll};
+use std::time::Duration;
+
+use httparse::EMPTY_HEADER;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::framing::Framer;
+use super::head::{self, BodyKind};
+use super::local::{drained, Buf, Local, Size};
+use super::plan::{self, Forward, Plan};
+use super::rewrite;
+use crate::body::AccessLog;
+use crate::forward::ConnCtx;
+
+/// Headers a head may have at most (the setting may ask for fewer).
+pub(crate) const MAX_HEADERS: usize = 128;
+
+/// A client connection's transport: plain TCP, or TLS.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Waits until a read would find bytes, so an idle connection holds
+    /// no buffer; `false` when the transport cannot tell without reading
+    /// (TLS), and then the buffer is kept.
+    fn wait_readable(&self) -> impl Future<Output = io::Result<bool>> + Send;
+
+    /// A read returned less than it asked for.
+    fn drained(&self) {}
+}
+
+impl ClientIo for TcpStream {
+    async fn wait_readable(&self) -> io::Result<bool> {
+        self.readable().await.map(|()| true)
+    }
+
+    fn drained(&self) {
+        drained(self);
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn wait_readable(&self) -> io::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// One lazily re-armed timer per connection: it is moved only when a
+/// deadline comes earlier than the one it is set for, so busy connections
+/// do not touch the timer wheel on every wait.
+pub(crate) struct Timer {
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Timer {
+    pub(crate) fn new() -> Timer {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        }
+    }
+
+    /// `f`'s output, or `None` once `deadline` has passed.
+    pub(crate) async fn until<F: Future>(&mut self, deadline: Instant, f: F) -> Option<F::Output> {
+        let mut f = pin!(f);
+        poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            loop {
+                if self.sleep.deadline() > deadline {
+                    self.sleep.as_mut().reset(deadline);
+                }
+                ready!(self.sleep.as_mut().poll(cx));
+                if Instant::now() >= deadline {
+                    return Poll::Ready(None);
+                }
+                self.sleep.as_mut().reset(deadline);
+            }
+        })
+        .await
+    }
+}
+
+/// A tenant connection lent to one exchange.
+pub(crate) struct Upstream {
+    pub stream: TcpStream,
+    pub addr: std::net::SocketAddr,
+    /// Came from the pool: a failure before any byte of the answer may be
+    /// the tenant having closed it meanwhile, and the request is retried.
+    pub reused: bool,
+}
+
+/// How an exchange ended for the client connection.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+pub(crate) struct Engine<'a> {
+    pub ctx: &'a ConnCtx,
+    pub local: &'a Arc<Local>,
+    /// PROXY v2 header naming this client: its tenant connections are its
+    /// own, never pooled.
+    pub proxy_header: Option<&'a [u8]>,
+}
+
+impl Engine<'_> {
+    pub(crate) async fn serve<T: ClientIo>(&self, mut io: T, mut shutdown: watch::Receiver<bool>) {
+        let s = &self.ctx.shared.settings;
+        let mut timer = Timer::new();
+        let mut inb: Option<Buf> = None;
+        let mut out: Vec<u8> = Vec::new();
+        // With PROXY headers the tenant connection stays with its client.
+        let mut own: Option<Upstream> = None;
+        let start = Instant::now();
+        let mut first = true;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let idle_until = if first {
+                start + s.header_read_timeout.min(s.idle_timeout)
+            } else {
+                Instant::now() + s.idle_timeout
+            };
+            if inb.as_ref().is_none_or(Buf::is_empty) {
+                inb = None;
+                out = Vec::new();
+                let waited = tokio::select! {
+                    r = timer.until(idle_until, io.wait_readable()) => r,
+                    _ = shutdown.changed() => return,
+                };
+                match waited {
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+            let buf = inb.get_or_insert_with(|| self.local.buf(Size::Request));
+            let head_until = if first {
+                start + s.header_read_timeout
+            } else {
+                Instant::now() + s.header_read_timeout
+            };
+            first = false;
+            let Some(len) = self.read_head(&mut io, buf, &mut timer, head_until, &mut out).await else {
+                if !out.is_empty() {
+                    let _ = io.write_all(&out).await;
+                }
+                return;
+            };
+            let began = std::time::Instant::now();
+            out.clear();
+            let plan = plan::plan(self.ctx, &buf.data()[..len], &mut out);
+            buf.consume(len);
+            let next = match plan {
+                Plan::Answer(answer) => {
+                    let tenant = answer.tenant.clone().unwrap_or_else(|| Arc::from(""));
+                    self.ctx.stats.record(&tenant, answer.code, began.elapsed().as_secs_f64());
+                    let log = answer.log.map(|l| {
+                        let mut log = l.into_access_log(tenant, answer.code, began, self.ctx);
+                        log.bytes = answer.body_len as u64;
+                        log
+                    });
+                    let written = io.write_all(&out).await;
+                    drop(log);
+                    if written.is_err() || answer.close {
+                        Next::Close
+                    } else {
+                        Next::KeepAlive
+                    }
+                }
+                Plan::Forward(fwd) => {
+                    let draining = *shutdown.borrow();
+                    self.exchange(&mut io, buf, &mut out, &mut timer, fwd, began, &mut own, draining)
+                        .await
+                }
+            };
+            if matches!(next, Next::Close) {
+                let _ = io.shutdown().await;
+                return;
+            }
+        }
+    }
+
+    /// Reads until a complete request head starts the buffer; its length.
+    /// `None`: the connection ends, after `out` (a refusal) if not empty.
+    async fn read_head<T: ClientIo>(
+        &self,
+        io: &mut T,
+        buf: &mut Buf,
+        timer: &mut Timer,
+        until: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
+        let max = self.ctx.shared.settings.max_header_bytes;
+        let mut scanned = 0;
+        loop {
+            let empty = head::leading_empty_lines(buf.data());
+            if empty > 0 {
+                buf.consume(empty);
+                scanned = 0;
+            }
+            match head::head_end(buf.data(), scanned) {
+                Ok(Some(len)) if len <= max => return Some(len),
+                Ok(Some(_)) => {
+                    rewrite::own_answer(431, true, &[], None, out);
+                    return None;
+                }
+                Err(violation) => {
+                    tracing::debug!(client = %self.ctx.peer, ?violation, "malformed request refused");
+                    rewrite::own_answer(400, true, &[], None, out);
+                    return None;
+                }
+                Ok(None) => {}
+            }
+            scanned = buf.len();
+            if buf.len() >= max {
+                rewrite::own_answer(431, true, &[], None, out);
+                return None;
+            }
+            let spare = buf.spare();
+            let want = spare.len();
+            let n = match timer.until(until, io.read(spare)).await {
+                Some(Ok(0)) | Some(Err(_)) => return None,
+                Some(Ok(n)) => n,
+                None => {
+                    tracing::debug!(client = %self.ctx.peer, "request header read timed out");
+                    return None;
+                }
+            };
+            if n < want {
+                io.drained();
+            }
+            buf.filled(n);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange<T: ClientIo>(
+        &self,
+        io: &mut T,
+        buf: &mut Buf,
+        out: &mut Vec<u8>,
+        timer: &mut Timer,
+        mut fwd: Forward,
+        began: std::time::Instant,
+        own: &mut Option<Upstream>,
+        draining: bool,
+    ) -> Next {
+        let s = &self.ctx.shared.settings;
+        let mut framer = match fwd.body {
+            BodyKind::Length(n) => Some(Framer::length(n)),
+            BodyKind::Chunked => Some(Framer::chunked()),
+            BodyKind::None | BodyKind::Close => None,
+        };
+        let mut log = fwd
+            .log
+            .take()
+            .map(|l| l.into_access_log(fwd.route.tenant.clone(), 0, began, self.ctx));
+        // The body's start is read before the tenant is contacted, so one
+        // malformed from its first bytes never reaches it.
+        if let Some(f) = framer.as_mut() {
+            if buf.is_empty() {
+                if fwd.expect_continue
+                    && io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                {
+                    return Next::Close;
+                }
+                let until = Instant::now() + s.header_read_timeout;
+                let spare = buf.spare();
+                match timer.until(until, io.read(spare)).await {
+                    Some(Ok(n)) if n > 0 => buf.filled(n),
+                    _ => return self.refuse(io, 400, out).await,
+                }
+            }
+            match f.advance(buf.data()) {
+                Ok(step) => {
+                    out.extend_from_slice(&buf.data()[..step.used]);
+                    buf.consume(step.used);
+                }
+                Err(bad) => {
+                    tracing::debug!(client = %self.ctx.peer, ?bad, "malformed request body refused");
+                    return self.refuse(io, 400, out).await;
+                }
+            }
+        }
+        let body_pending = framer.as_ref().is_some_and(|f| !f.is_done());
+
+        // Send: one write of head and buffered body; a reused connection
+        // the tenant closed meanwhile is replaced once.
+        let sent_at = Instant::now();
+        let response_until = sent_at + s.upstream_timeout;
+        let mut up = match self.send(own, &fwd, out, timer).await {
+            Ok(up) => up,
+            Err(code) => return self.fail(io, out, code, &fwd, began).await,
+        };
+        let mut rbuf = self.local.buf(Size::Response);
+
+        // Relay the rest of the request body, unless the tenant answers
+        // first (then the connection ends after the answer).
+        let mut early = false;
+        if let Some(f) = framer.as_mut().filter(|f| !f.is_done()) {
+            match self.send_body(io, buf, &up.stream, f, timer).await {
+                BodySent::Done => {}
+                BodySent::Early => early = true,
+                BodySent::ClientFailed(bad) => {
+                    if bad {
+                        return self.refuse(io, 400, out).await;
+                    }
+                    return Next::Close;
+                }
+                BodySent::TenantFailed => {
+                    return self.fail(io, out, 502, &fwd, began).await;
+                }
+            }
+        }
+
+        // The response head.
+        let head_len = loop {
+            let read = self.read_response_head(&mut up, &mut rbuf, timer, response_until).await;
+            match read {
+                Ok(len) => {
+                    // Interim answers (100, 102, 103) are this hop's.
+                    let code = rbuf.data().get(9..12).unwrap_or(b"000");
+                    if code[0] == b'1' && code != b"101" {
+                        rbuf.consume(len);
+                        continue;
+                    }
+                    break len;
+                }
+                Err(ReadFail::Timeout) => {
+                    tracing::warn!(tenant = %fwd.route.tenant, upstream = %fwd.route.addr, timeout = ?s.upstream_timeout, "tenant too slow");
+                    return self.fail(io, out, 504, &fwd, began).await;
+                }
+                Err(ReadFail::Closed) if up.reused && !body_pending && !early => {
+                    // The tenant closed a pooled connection as we used it:
+                    // the request never reached it. Once more, fresh.
+                    up = match self.connect(&fwd).await {
+                        Ok(stream) => Upstream {
+                            stream,
+                            addr: fwd.route.addr,
+                            reused: false,
+                        },
+                        Err(code) => return self.fail(io, out, code, &fwd, began).await,
+                    };
+                    if up.stream.write_all(&out[..]).await.is_err() {
+                        return self.fail(io, out, 502, &fwd, began).await;
+                    }
+                    continue;
+                }
+                Err(why) => {
+                    tracing::warn!(tenant = %fwd.route.tenant, upstream = %fwd.route.addr, ?why, "tenant answered no usable response");
+                    return self.fail(io, out, 502, &fwd, began).await;
+                }
+            }
+        };
+        let upstream_time = sent_at.elapsed();
+        out.clear();
+        let res = match response_plan(rbuf.data(), head_len, &fwd, early || draining, out) {
+            Ok(res) => res,
+            Err(why) => {
+                tracing::warn!(tenant = %fwd.route.tenant, upstream = %fwd.route.addr, why, "tenant response refused");
+                return self.fail(io, out, 502, &fwd, began).await;
+            }
+        };
+        let ResPlan {
+            code,
+            switched,
+            close,
+            body,
+            reusable,
+        } = res;
+        let reusable = reusable && !early;
+        rbuf.consume(head_len);
+        self.ctx
+            .stats
+            .record(&fwd.route.tenant, code, began.elapsed().as_secs_f64());
+        if let Some(l) = log.as_mut() {
+            l.status = code;
+            l.upstream = upstream_time;
+        }
+
+        if switched {
+            out.extend_from_slice(rbuf.data());
+            rbuf.consume(rbuf.len());
+            if io.write_all(out).await.is_err() {
+                return Next::Close;
+            }
+            drop(log);
+            // What the client sent after its request was held until now.
+            if !buf.is_empty() && up.stream.write_all(buf.data()).await.is_err() {
+                return Next::Close;
+            }
+            buf.consume(buf.len());
+            super::tunnel::run(io, &mut up.stream, buf, &mut rbuf, s.idle_timeout).await;
+            return Next::Close;
+        }
+
+        let mut framer = match body {
+            BodyKind::None => None,
+            BodyKind::Length(n) => Some(Framer::length(n)),
+            BodyKind::Chunked => Some(Framer::chunked()),
+            BodyKind::Close => Some(Framer::Close),
+        };
+        let mut sent_bytes = 0u64;
+        let mut done = true;
+        if let Some(f) = framer.as_mut() {
+            match f.advance(rbuf.data()) {
+                Ok(step) => {
+                    out.extend_from_slice(&rbuf.data()[..step.used]);
+                    sent_bytes += step.used as u64;
+                    rbuf.consume(step.used);
+                    done = step.done;
+                }
+                Err(bad) => {
+                    tracing::warn!(tenant = %fwd.route.tenant, ?bad, "tenant response body refused");
+                    out.clear();
+                    return self.fail(io, out, 502, &fwd, began).await;
+                }
+            }
+        }
+        if io.write_all(out).await.is_err() {
+            return Next::Close;
+        }
+        if !done {
+            if let Some(f) = framer.as_mut() {
+                match self.relay_response(io, &up.stream, &mut rbuf, f, timer).await {
+                    Ok(n) => sent_bytes += n,
+                    Err(n) => {
+                        if let Some(l) = log.as_mut() {
+                            l.bytes = sent_bytes + n;
+                        }
+                        return Next::Close;
+                    }
+                }
+            }
+        }
+        if let Some(l) = log.as_mut() {
+            l.bytes = sent_bytes;
+        }
+        // Anything the tenant sent beyond its response spoils the
+        // connection; so does an answer before the request was all sent.
+        if reusable && rbuf.is_empty() && body != BodyKind::Close {
+            up.reused = true;
+            if self.proxy_header.is_some() {
+                *own = Some(up);
+            } else {
+                self.local.put(up.addr, up.stream);
+            }
+        }
+        drop(rbuf);
+        if close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Writes `out` (head and buffered body) to a tenant connection.
+    async fn send(
+        &self,
+        own: &mut Option<Upstream>,
+        fwd: &Forward,
+        out: &[u8],
+        _timer: &mut Timer,
+    ) -> Result<Upstream, u16> {
+        let addr = fwd.route.addr;
+        let pooled = match own.take() {
+            Some(up) if up.addr == addr => Some(up.stream),
+            _ if self.proxy_header.is_some() => None,
+            _ => self.local.take(addr),
+        };
+        if let Some(mut stream) = pooled {
+            if stream.write_all(out).await.is_ok() {
+                return Ok(Upstream {
+                    stream,
+                    addr,
+                    reused: true,
+                });
+            }
+        }
+        let mut stream = self.connect(fwd).await?;
+        stream.write_all(out).await.map_err(|_| 502u16)?;
+        Ok(Upstream {
+            stream,
+            addr,
+            reused: false,
+        })
+    }
+
+    /// A new connection to the route's tenant: 502 when refused or
+    /// unreachable, 504 after the connect timeout.
+    async fn connect(&self, fwd: &Forward) -> Result<TcpStream, u16> {
+        let addr = fwd.route.addr;
+        let timeout = self.ctx.shared.settings.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(tenant = %fwd.route.tenant, upstream = %addr, error = %e, "tenant unreachable");
+                return Err(502);
+            }
+            Err(_) => {
+                tracing::warn!(tenant = %fwd.route.tenant, upstream = %addr, "tenant connect timed out");
+                return Err(502);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut stream = stream;
+        if let Some(header) = self.proxy_header {
+            stream.write_all(header).await.map_err(|_| 502u16)?;
+        }
+        Ok(stream)
+    }
+
+    /// Reads until a complete response head starts `rbuf`; its length.
+    async fn read_response_head(
+        &self,
+        up: &mut Upstream,
+        rbuf: &mut Buf,
+        timer: &mut Timer,
+        until: Instant,
+    ) -> Result<usize, ReadFail> {
+        let mut scanned = 0;
+        let mut got_any = false;
+        loop {
+            match head::head_end(rbuf.data(), scanned) {
+                Ok(Some(len)) => return Ok(len),
+                Ok(None) => {}
+                Err(_) => return Err(ReadFail::Malformed),
+            }
+            scanned = rbuf.len();
+            if rbuf.len() == rbuf.capacity() {
+                return Err(ReadFail::TooLarge);
+            }
+            let spare = rbuf.spare();
+            let want = spare.len();
+            match timer.until(until, up.stream.read(spare)).await {
+                None => return Err(ReadFail::Timeout),
+                Some(Ok(0)) | Some(Err(_)) if !got_any => return Err(ReadFail::Closed),
+                Some(Ok(0)) | Some(Err(_)) => return Err(ReadFail::Truncated),
+                Some(Ok(n)) => {
+                    got_any = true;
+                    if n < want {
+                        drained(&up.stream);
+                    }
+                    rbuf.filled(n);
+                }
+            }
+        }
+    }
+
+    /// Relays the rest of a request body from the client to the tenant,
+    /// checking its framing; stops early if the tenant starts answering.
+    async fn send_body<T: ClientIo>(
+        &self,
+        io: &mut T,
+        buf: &mut Buf,
+        tenant: &TcpStream,
+        framer: &mut Framer,
+        timer: &mut Timer,
+    ) -> BodySent {
+        let idle = self.ctx.shared.settings.idle_timeout;
+        loop {
+            let spare = buf.spare();
+            let want = spare.len();
+            let mut probe = [0u8; 1];
+            let read = tokio::select! {
+                r = timer.until(Instant::now() + idle, io.read(spare)) => r,
+                // A byte (or the end) from the tenant: it answers already.
+                _ = tenant.peek(&mut probe) => return BodySent::Early,
+            };
+            let n = match read {
+                Some(Ok(n)) if n > 0 => n,
+                _ => return BodySent::ClientFailed(false),
+            };
+            if n < want {
+                io.drained();
+            }
+            buf.filled(n);
+            let step = match framer.advance(buf.data()) {
+                Ok(step) => step,
+                Err(bad) => {
+                    tracing::debug!(client = %self.ctx.peer, ?bad, "malformed request body refused");
+                    return BodySent::ClientFailed(true);
+                }
+            };
+            if write_all_ref(tenant, &buf.data()[..step.used]).await.is_err() {
+                return BodySent::TenantFailed;
+            }
+            buf.consume(step.used);
+            if step.done {
+                return BodySent::Done;
+            }
+        }
+    }
+
+    /// Relays the rest of a response body to the client; bytes sent, or
+    /// (as the error) bytes sent before it failed.
+    async fn relay_response<T: ClientIo>(
+        &self,
+        io: &mut T,
+        tenant: &TcpStream,
+        rbuf: &mut Buf,
+        framer: &mut Framer,
+        timer: &mut Timer,
+    ) -> Result<u64, u64> {
+        let idle = self.ctx.shared.settings.idle_timeout;
+        let mut sent = 0u64;
+        loop {
+            let spare = rbuf.spare();
+            let want = spare.len();
+            let n = match timer.until(Instant::now() + idle, read_ref(tenant, spare)).await {
+                Some(Ok(n)) => n,
+                _ => return Err(sent),
+            };
+            if n == 0 {
+                // Only a body framed by the connection's end ends so.
+                return if *framer == Framer::Close {
+                    Ok(sent)
+                } else {
+                    Err(sent)
+                };
+            }
+            if n < want {
+                drained(tenant);
+            }
+            rbuf.filled(n);
+            let step = framer.advance(rbuf.data()).map_err(|bad| {
+                tracing::warn!(?bad, "tenant response body refused mid-way");
+                sent
+            })?;
+            if io.write_all(&rbuf.data()[..step.used]).await.is_err() {
+                return Err(sent);
+            }
+            sent += step.used as u64;
+            rbuf.consume(step.used);
+            if step.done {
+                return Ok(sent);
+            }
+        }
+    }
+
+    /// Answers `code` for the tenant, closing when the request asked to
+    /// switch protocols or its body was not all read.
+    async fn fail<T: ClientIo>(
+        &self,
+        io: &mut T,
+        out: &mut Vec<u8>,
+        code: u16,
+        fwd: &Forward,
+        began: std::time::Instant,
+    ) -> Next {
+        out.clear();
+        rewrite::own_answer(code, true, &[], None, out);
+        self.ctx
+            .stats
+            .record(&fwd.route.tenant, code, began.elapsed().as_secs_f64());
+        let _ = io.write_all(out).await;
+        Next::Close
+    }
+
+    async fn refuse<T: ClientIo>(&self, io: &mut T, code: u16, out: &mut Vec<u8>) -> Next {
+        out.clear();
+        rewrite::own_answer(code, true, &[], None, out);
+        let _ = io.write_all(out).await;
+        Next::Close
+    }
+}
+
+/// What the client gets of a tenant's response head (written to `out`).
+struct ResPlan {
+    code: u16,
+    switched: bool,
+    /// The client connection ends after this response.
+    close: bool,
+    body: BodyKind,
+    reusable: bool,
+}
+
+fn response_plan(
+    rbuf: &[u8],
+    head_len: usize,
+    fwd: &Forward,
+    force_close: bool,
+    out: &mut Vec<u8>,
+) -> Result<ResPlan, &'static str> {
+    let mut hdrs = [EMPTY_HEADER; MAX_HEADERS];
+    let res = head::parse_response(rbuf, head_len, &mut hdrs, fwd.head).map_err(|bad| match bad {
+        head::BadResponse::Syntax => "malformed head",
+        head::BadResponse::ContentLength => "bad Content-Length",
+        head::BadResponse::TransferEncoding => "conflicting or unknown framing",
+        head::BadResponse::TooManyHeaders => "too many header fields",
+    })?;
+    let switched = res.code == 101;
+    if switched && !fwd.upgrade {
+        return Err("101 to a request that did not ask to switch protocols");
+    }
+    if !fwd.http11 && res.body == BodyKind::Chunked {
+        return Err("chunked response to an HTTP/1.0 client");
+    }
+    let close = fwd.close
+        || force_close
+        || (fwd.asks_upgrade && !switched)
+        || res.body == BodyKind::Close
+        || !fwd.http11;
+    rewrite::response_head(&res, close, switched, out);
+    Ok(ResPlan {
+        code: res.code,
+        switched,
+        close,
+        body: res.body,
+        reusable: res.reusable,
+    })
+}
+
+#[derive(Debug)]
+enum ReadFail {
+    Timeout,
+    /// Closed or reset before a byte of the answer.
+    Closed,
+    Truncated,
+    Malformed,
+    TooLarge,
+}
+
+enum BodySent {
+    Done,
+    /// The tenant answered before the body was all sent.
+    Early,
+    /// The client went away, or (true) sent a malformed body.
+    ClientFailed(bool),
+    TenantFailed,
+}
+
+async fn read_ref(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
+async fn write_all_ref(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match stream.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl plan::LogStart {
+    fn into_access_log(
+        self,
+        tenant: Arc<str>,
+        status: u16,
+        began: std::time::Instant,
+        ctx: &ConnCtx,
+    ) -> Box<AccessLog> {
+        Box::new(AccessLog {
+            tenant,
+            host: self.host,
+            method: self.method,
+            path: self.path,
+            status,
+            bytes: 0,
+            start: began,
+            upstream: Duration::ZERO,
+            peer: ctx.peer,
+            json: self.json,
+        })
+    }
+}
