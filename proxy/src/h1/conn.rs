@@ -327,7 +327,13 @@ impl Engine<'_> {
 
         // The response head.
         let head_len = loop {
-            let read = self.read_response_head(&mut up, &mut rbuf, timer, response_until).await;
+            let read = if fwd.upgrade {
+                self.read_switch_head(io, buf, &mut up, &mut rbuf, timer, response_until)
+                    .await
+            } else {
+                self.read_response_head(&mut up, &mut rbuf, timer, response_until)
+                    .await
+            };
             match read {
                 Ok(len) => {
                     // Interim answers (100, 102, 103) are this hop's.
@@ -337,6 +343,10 @@ impl Engine<'_> {
                         continue;
                     }
                     break len;
+                }
+                Err(ReadFail::Held) => {
+                    tracing::debug!(client = %self.ctx.peer, "bytes after an upgrade request outlasted the request-head timeout");
+                    return Next::Close;
                 }
                 Err(ReadFail::Timeout) => {
                     tracing::warn!(tenant = %fwd.route.tenant, upstream = %fwd.route.addr, timeout = ?s.upstream_timeout, "tenant too slow");
@@ -520,6 +530,43 @@ impl Engine<'_> {
             stream.write_all(header).await.map_err(|_| 502u16)?;
         }
         Ok(stream)
+    }
+
+    /// The response to a request that asks to switch protocols. What the
+    /// client sends meanwhile is held in `buf` (one head's worth at most,
+    /// then the socket pushes back), under the request-head timer: it
+    /// reaches the tenant only after a 101 (see crate::gate).
+    async fn read_switch_head<T: ClientIo>(
+        &self,
+        io: &mut T,
+        buf: &mut Buf,
+        up: &mut Upstream,
+        rbuf: &mut Buf,
+        timer: &mut Timer,
+        until: Instant,
+    ) -> Result<usize, ReadFail> {
+        let head_timeout = self.ctx.shared.settings.header_read_timeout;
+        let mut held_until: Option<Instant> = (!buf.is_empty()).then(|| Instant::now() + head_timeout);
+        loop {
+            let deadline = held_until.map_or(until, |h| h.min(until));
+            let room = buf.len() < buf.capacity();
+            let spare = buf.spare();
+            tokio::select! {
+                r = self.read_response_head(up, rbuf, timer, deadline) => {
+                    return match r {
+                        Err(ReadFail::Timeout) if held_until.is_some_and(|h| h <= Instant::now()) && deadline < until => Err(ReadFail::Held),
+                        r => r,
+                    };
+                }
+                r = io.read(spare), if room => match r {
+                    Ok(n) if n > 0 => {
+                        buf.filled(n);
+                        held_until.get_or_insert_with(|| Instant::now() + head_timeout);
+                    }
+                    _ => return Err(ReadFail::Held),
+                },
+            }
+        }
     }
 
     /// Reads until a complete response head starts `rbuf`; its length.
@@ -731,6 +778,9 @@ enum ReadFail {
     Truncated,
     Malformed,
     TooLarge,
+    /// Bytes held after an upgrade request waited too long, or the
+    /// client left: the connection ends without an answer.
+    Held,
 }
 
 enum BodySent {
