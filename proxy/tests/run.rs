@@ -9,13 +9,17 @@
 #[allow(dead_code)]
 mod common;
 
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::{get, Backend};
+use common::{get, read_response, Backend};
 use sotolito_config::{
-    HostConfig, HostName, HttpPort, ImageName, Loaded, Registry, SshPort, Tenant, TenantName,
+    Desired, HostConfig, HostName, HttpPort, ImageName, Loaded, Registry, SshPort, Tenant,
+    TenantName,
 };
 use sotolito_proxy::{run, RunOptions};
 
@@ -109,6 +113,103 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
     }
     assert_eq!(get(http, "a.test", "/").status, 200);
 
+    // Reloads under load: clients keep requesting a.test (keep-alive and
+    // new connections) while tenants come and go in the registry.
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(http).unwrap();
+                let mut done = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let status = if n % 20 == i {
+                        get(http, "a.test", "/fresh").status
+                    } else {
+                        write!(s, "GET /{n} HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+                        read_response(&mut s).status
+                    };
+                    done.push((start.elapsed(), status));
+                }
+                done
+            })
+        })
+        .collect();
+    let mut changes = Vec::new();
+    for i in 0..10u16 {
+        std::thread::sleep(Duration::from_millis(30));
+        let host = format!("c{i}.test");
+        {
+            let lock = registry.lock().unwrap();
+            let name = format!("c{i}");
+            registry
+                .put(
+                    &lock,
+                    &tenant(
+                        &name,
+                        [127, 0, 0, 10 + i as u8].into(),
+                        b.addr.port(),
+                        2210 + u64::from(i),
+                        &host,
+                    ),
+                )
+                .unwrap();
+        }
+        let written = start.elapsed();
+        // Nothing listens at its address: routed is 502, not 404.
+        while get(http, &host, "/").status == 404 {
+            assert!(start.elapsed() - written < Duration::from_secs(1), "{host} not routed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        changes.push(start.elapsed());
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    stop.store(true, Ordering::SeqCst);
+    let done: Vec<(Duration, u16)> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let failed: Vec<_> = done.iter().filter(|(_, s)| *s != 200).collect();
+    assert!(failed.is_empty(), "requests failed during reloads: {failed:?}");
+    // The traffic overlapped every change: requests were answered between
+    // each routed change and the next.
+    let mut bounds = changes.clone();
+    bounds.push(start.elapsed());
+    for pair in bounds.windows(2) {
+        let within = done.iter().filter(|(t, _)| *t > pair[0] && *t <= pair[1]).count();
+        assert!(within > 0, "no request answered between {:?} and {:?}", pair[0], pair[1]);
+    }
+    assert!(done.iter().any(|(t, _)| *t < changes[0]), "no traffic before the first change");
+
+    // A stopped tenant's sites answer 503 with a short page at once,
+    // without the tenant being asked (control: it answered just now).
+    assert_eq!(get(http, "b.test", "/").status, 200);
+    let before = b.requests().len();
+    {
+        let lock = registry.lock().unwrap();
+        let mut stopped = registry.get(&TenantName::new("b").unwrap()).unwrap().unwrap();
+        stopped.desired = Desired::Stopped;
+        registry.put(&lock, &stopped).unwrap();
+    }
+    let written = Instant::now();
+    let r = loop {
+        let asked = Instant::now();
+        let r = get(http, "b.test", "/");
+        if r.status == 503 {
+            assert!(asked.elapsed() < Duration::from_millis(500), "503 took {:?}", asked.elapsed());
+            break r;
+        }
+        assert_eq!(r.status, 200);
+        assert!(written.elapsed() < Duration::from_secs(1), "stopped tenant still routed");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(r.text().contains("stopped"), "{}", r.text());
+    assert_eq!(r.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+    let after = b.requests().len();
+    assert_eq!(get(http, "b.test", "/").status, 503);
+    assert_eq!(b.requests().len(), after, "a stopped tenant was asked");
+    assert!(after >= before);
+
     // Deprovision a.
     {
         let lock = registry.lock().unwrap();
@@ -124,7 +225,7 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
 
     let metrics = get(admin, "localhost", "/metrics").text();
     assert!(
-        metrics.contains("sotolito_proxy_reloads_total 2"),
+        metrics.contains("sotolito_proxy_reloads_total 13"),
         "{metrics}"
     );
 

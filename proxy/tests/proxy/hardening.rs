@@ -93,6 +93,67 @@ fn ambiguous_requests_get_400_close_and_never_reach_the_tenant() {
     }
 }
 
+/// Sends `bytes` in two writes cut at `at` (a pause between, so the proxy
+/// reads them apart); what came back, and whether the proxy closed.
+fn send_split(addr: std::net::SocketAddr, bytes: &[u8], at: usize) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&bytes[..at]).unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    // The proxy may have refused (and closed) on the first part already.
+    let _ = s.write_all(&bytes[at..]);
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (out, closed)
+}
+
+#[test]
+fn refused_requests_split_at_every_byte_get_400_and_a_closed_connection() {
+    for (what, req) in SMUGGLING {
+        let req = req.as_bytes();
+        let a = Backend::start("a");
+        let p = proxy(&[("a.test", "a", a.addr), ("b.test", "a", a.addr)], |_| {});
+        let addr = p.http_addr().unwrap();
+        let head_len = req
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(req.len(), |i| i + 4);
+        // Positive control: the same connection handling serves a good
+        // request split the same way.
+        let good = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+        let (out, closed) = send_split(addr, good, good.len() / 2);
+        assert!(closed && parse(&out).status == 200, "control: {:?}", String::from_utf8_lossy(&out));
+        let seen = a.connections();
+        // Every cut inside the head first: then nothing reaches the tenant.
+        let cuts = (1..=head_len.min(req.len() - 1)).chain(head_len + 1..req.len());
+        for at in cuts {
+            let (out, closed) = send_split(addr, req, at);
+            let text = String::from_utf8_lossy(&out);
+            assert!(closed, "{what}, cut at {at}: the proxy kept the connection open: {text:?}");
+            assert_eq!(parse(&out).status, 400, "{what}, cut at {at}: {text:?}");
+            assert_eq!(
+                out.windows(5).filter(|w| w == b"HTTP/").count(),
+                1,
+                "{what}, cut at {at}: {text:?}"
+            );
+            if at <= head_len {
+                assert_eq!(a.connections(), seen, "{what}, cut at {at}: the tenant was contacted");
+            }
+        }
+        p.shutdown();
+    }
+}
+
 #[test]
 fn a_bad_request_behind_a_good_one_is_refused_alone() {
     let a = Backend::start("a");
