@@ -6,9 +6,11 @@
 //! /sotolito/v1/claims/ip/ADDR          NAME   (one key per claimed thing;
 //! /sotolito/v1/claims/ssh_port/PORT    NAME    the value is the owner)
 //! /sotolito/v1/claims/host/HOST        NAME
+//! /sotolito/v1/claims/idrange/FIRST    NAME   (an isolated id range)
 //! /sotolito/v1/nodes/NODE              {"name", "private_address", ...} (JSON)
 //! /sotolito/v1/subnets/NET/PREFIX      NODE   (a node's tenant subnet)
 //! /sotolito/v1/alive/NODE              ADDR   (under the node's lease)
+//! /sotolito/v1/generation              ""     (rewritten with every tenant change)
 //! ```
 
 use std::net::Ipv4Addr;
@@ -21,6 +23,9 @@ pub const TENANTS: &str = "/sotolito/v1/tenants/";
 pub const NODES: &str = "/sotolito/v1/nodes/";
 pub const SUBNETS: &str = "/sotolito/v1/subnets/";
 pub const ALIVE: &str = "/sotolito/v1/alive/";
+/// Rewritten by every tenant write and removal: its `mod_revision` is a
+/// number that changes whenever a tenant record does.
+pub const GENERATION: &str = "/sotolito/v1/generation";
 
 pub fn tenant(name: &TenantName) -> String {
     format!("{TENANTS}{name}")
@@ -36,6 +41,10 @@ pub fn ssh_port_claim(port: SshPort) -> String {
 
 pub fn host_claim(host: &HostName) -> String {
     format!("{ROOT}claims/host/{host}")
+}
+
+pub fn idrange_claim(first_host_id: u32) -> String {
+    format!("{ROOT}claims/idrange/{first_host_id}")
 }
 
 pub fn node(name: &NodeName) -> String {

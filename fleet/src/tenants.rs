@@ -60,6 +60,16 @@ fn claims(t: &Tenant) -> BTreeSet<Claim> {
         what: format!("ssh port {}", t.ssh_port),
         hint: "pick another with --ssh-port",
     });
+    // The shared id range is everyone's; an isolated one is the tenant's
+    // alone (ranges are aligned, so equal starts are the only overlap).
+    if let Some(m) = t.idmap.filter(|m| m.isolated) {
+        out.insert(Claim {
+            order: 3,
+            key: keys::idrange_claim(m.host_id),
+            what: format!("id range starting at {}", m.host_id),
+            hint: "provision again to get a free one",
+        });
+    }
     for h in &t.hosts {
         out.insert(Claim {
             order: 2,
@@ -109,6 +119,15 @@ impl Store {
             entry: decode(&key, kv.value())?,
             mod_revision: kv.mod_revision(),
         }))
+    }
+
+    /// A number that changes whenever a tenant record is written or
+    /// removed (0 before the first).
+    pub async fn generation(&self) -> Result<u64, Error> {
+        Ok(self
+            .get(keys::GENERATION)
+            .await?
+            .map_or(0, |kv| u64::try_from(kv.mod_revision()).unwrap_or(0)))
     }
 
     /// Every tenant of the fleet, sorted by name, and the revision read.
@@ -181,6 +200,7 @@ impl Store {
         for c in old.iter().filter(|c| !new_keys.contains(c.key.as_str())) {
             then.push(TxnOp::delete(c.key.as_str(), None));
         }
+        then.push(TxnOp::put(keys::GENERATION, "", None));
         // On failure: the record, then each new claim, in `added` order.
         let mut or_else = vec![TxnOp::get(key.as_str(), None)];
         or_else.extend(added.iter().map(|c| TxnOp::get(c.key.as_str(), None)));
@@ -274,6 +294,7 @@ impl Store {
             ));
             then.push(TxnOp::delete(c.key.as_str(), None));
         }
+        then.push(TxnOp::put(keys::GENERATION, "", None));
         let resp = self.txn(Txn::new().when(when).and_then(then)).await?;
         if !resp.succeeded() {
             return Err(Error::Raced(name.clone()));
