@@ -11,6 +11,7 @@
 pub mod acme;
 mod admin;
 mod body;
+mod fleet;
 mod forward;
 mod gate;
 mod h1;
@@ -57,6 +58,8 @@ pub enum Error {
     },
     #[error("cannot read the tenant registry: {0}")]
     Registry(#[source] sotolito_config::Error),
+    #[error("cannot follow the fleet's store: {0}")]
+    Fleet(#[source] sotolito_fleet::Error),
     #[error("cannot start the proxy's {what}: {source}")]
     Start {
         what: &'static str,

@@ -14,6 +14,10 @@ use crate::{Error, Settings};
 /// within this (plus one read of the records).
 const REGISTRY_POLL: Duration = Duration::from_millis(100);
 
+/// How long a starting proxy waits for the fleet's store before it serves
+/// with no routes (the watch fills them in when etcd answers).
+const FLEET_FIRST_READ: Duration = Duration::from_secs(5);
+
 /// Command line overrides of the `[proxy]` addresses.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -45,15 +49,38 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         https: Some(opts.https.unwrap_or(config.proxy.https)),
         admin: Some(opts.admin.unwrap_or(config.proxy.admin)),
     };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Start {
+            what: "signal runtime",
+            source,
+        })?;
     let registry = Registry::new(config.registry_dir());
-    let mut generation = registry.generation().map_err(Error::Registry)?;
-    let tenants = registry.list().map_err(Error::Registry)?;
-    let table = RouteTable::from_tenants(&tenants);
-    tracing::info!(
-        tenants = tenants.len(),
-        routes = table.len(),
-        "routes loaded"
-    );
+    // With [cluster] the routes come from the fleet's store, followed by a
+    // watch on this runtime; without, from polling the file registry.
+    let mut fleet = None;
+    let mut generation = 0;
+    let table = match &config.cluster {
+        Some(cluster) => {
+            let mut f = rt.block_on(crate::fleet::Fleet::start(cluster))?;
+            let table = rt.block_on(f.first(FLEET_FIRST_READ));
+            fleet = Some(f);
+            tracing::info!(routes = table.len(), node = %cluster.node, "fleet routes loaded");
+            table
+        }
+        None => {
+            generation = registry.generation().map_err(Error::Registry)?;
+            let tenants = registry.list().map_err(Error::Registry)?;
+            let table = RouteTable::from_tenants(&tenants);
+            tracing::info!(
+                tenants = tenants.len(),
+                routes = table.len(),
+                "routes loaded"
+            );
+            table
+        }
+    };
     let proxy = ProxyHandle::start(settings, listen, table)?;
     tracing::info!(
         http = ?proxy.http_addr(),
@@ -68,13 +95,6 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         None
     });
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::Start {
-            what: "signal runtime",
-            source,
-        })?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|source| Error::Start {
@@ -89,7 +109,12 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
-                _ = tick.tick() => {}
+                table = next_fleet_routes(&mut fleet) => {
+                    let diff = proxy.set_routes(table);
+                    tracing::info!(added = diff.added.len(), removed = diff.removed.len(), changed = diff.changed.len(), "fleet routes changed");
+                    continue;
+                }
+                _ = tick.tick(), if fleet.is_none() => {}
             }
             // A broken registry is reported once per distinct problem, not
             // ten times a second; the routes in use stay.
@@ -118,6 +143,14 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
     notify("STOPPING=1");
     proxy.shutdown();
     Ok(())
+}
+
+/// The next routes from the fleet's watch; never, without a fleet.
+async fn next_fleet_routes(fleet: &mut Option<crate::fleet::Fleet>) -> RouteTable {
+    match fleet {
+        Some(f) => f.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, which

@@ -42,10 +42,13 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The workspace root (this module is used from the fleet crate's tests
+/// and from the workspace's own).
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
+        .ancestors()
+        .find(|d| d.join("scripts/fleet-certs").is_file())
+        .expect("scripts/fleet-certs above the crate")
         .to_owned()
 }
 

@@ -1,0 +1,9 @@
+//! The fleet: hosts sharing one registry in etcd (real members, mutual
+//! TLS). `vpsctl proxy` with `[cluster]` routes from an etcd watch, keeps
+//! serving the last-known routes while etcd is down, and holds its node's
+//! liveness lease.
+
+#[path = "../../fleet/tests/support/mod.rs"]
+mod support;
+
+mod proxy;
