@@ -1,4 +1,5 @@
-//! The command line contract (DESIGN.md "Command line"): clap definitions only.
+//! The command line contract (docs/architecture.md "Command line"): clap
+//! definitions only.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! The nftables plan: our two tables rendered as `nft -f` text. Pure; the
-//! only place that knows the rules (nft 1.0.6 syntax, see FACTS.md).
+//! only place that knows the rules (nft 1.0.6 syntax: docs/facts.md "nftables").
 //!
 //! - `inet sotolito`: the SSH DNAT map, masquerade (egress and hairpin),
 //!   the per-tenant connection caps (`ct count`), the forward policy (what
@@ -126,7 +126,8 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
         "type nat hook postrouting priority srcnat; policy accept;",
         &[
             // Hairpin: tenant B -> host:portA -> tenant A. Without this the
-            // reply goes straight from A to B and B drops it (FACTS.md).
+            // reply goes straight from A to B and B drops it (docs/facts.md
+            // "Hairpin").
             format!("ip saddr {subnet} ip daddr {subnet} ct status dnat masquerade"),
             format!("ip saddr {subnet} {egress} masquerade"),
         ],

@@ -398,7 +398,8 @@ fn tenant_traffic() {
     // (198.51.100.0/24): public, so the egress deny list cannot hide a
     // broken test.
     wire(&host, "pub0", "198.51.100.1/24", &client, "198.51.100.2/24");
-    // The hairpin rule must do the work, not br_netfilter (FACTS.md).
+    // The hairpin rule must do the work, not br_netfilter (docs/facts.md
+    // "Hairpin").
     host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"]);
 
     let a = tenant("alpha", Ipv4Addr::new(172, 18, 0, 2), 2201);
@@ -754,7 +755,8 @@ impl Runc {
 
     fn run(&self, args: &[&str]) {
         // Not a pipe: `runc run -d` hands its stdio to the container, and
-        // reading a pipe would wait for the container to exit (FACTS.md).
+        // reading a pipe would wait for the container to exit (docs/facts.md
+        // "runc").
         let log = self.root.with_extension("log");
         let file = std::fs::File::create(&log).unwrap();
         let status = self.cmd(args).stderr(file).status().unwrap();

@@ -112,7 +112,7 @@ pub fn cgroup_prefix(tenants_dir: &Path) -> String {
 }
 
 /// Docker's default capability set: systemd and sshd boot with it and
-/// without CAP_SYS_ADMIN (FACTS.md).
+/// without CAP_SYS_ADMIN (docs/facts.md "systemd inside runc").
 pub fn default_capabilities() -> HashSet<Capability> {
     use Capability::*;
     [

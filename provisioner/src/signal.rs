@@ -1,8 +1,9 @@
 //! Signal names and numbers as runc and images spell them.
 //!
-//! `runc kill ID SIGRTMIN+3` is refused (FACTS.md), so every signal is passed
-//! to runc as a number. Numbers are x86_64/aarch64 Linux's; SIGRTMIN is
-//! glibc's (34), so SIGRTMIN+3 = 37, what systemd waits for.
+//! `runc kill ID SIGRTMIN+3` is refused (docs/facts.md "runc"), so every
+//! signal is passed to runc as a number. Numbers are x86_64/aarch64
+//! Linux's; SIGRTMIN is glibc's (34), so SIGRTMIN+3 = 37, what systemd
+//! waits for.
 
 /// glibc's SIGRTMIN (the kernel's 32 plus the two glibc keeps for itself).
 pub const SIGRTMIN: i32 = 34;

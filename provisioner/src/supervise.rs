@@ -12,8 +12,8 @@ use crate::tenantfs::Owner;
 use crate::Error;
 
 /// Default time between the stop signal and KILL. systemd inside a
-/// container halts in well under a second here (FACTS.md); 30 s leaves
-/// slow services room.
+/// container halts in well under a second here (docs/facts.md "runc");
+/// 30 s leaves slow services room.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 const POLL: Duration = Duration::from_millis(100);
