@@ -617,6 +617,107 @@ fn image_import_and_list() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// Runs a tool of the image tests, failing the test with its stderr.
+fn tool(program: &str, package: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (apt-get install {package})"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Images as real tools write them (umoci's OCI layout, as a directory and
+/// as a tarball, and skopeo's `docker save` archive of it) import with the
+/// StopSignal of their config, and a tenant of one boots.
+#[test]
+fn images_made_by_umoci_and_skopeo_import_and_boot() {
+    let sb = Sandbox::new();
+    let layout = sb.path("layout");
+    let bundle = sb.path("bundle");
+    let (l, b) = (
+        layout.to_str().expect("utf-8"),
+        bundle.to_str().expect("utf-8"),
+    );
+    let tagged = format!("{l}:latest");
+    tool("umoci", "umoci", &["init", "--layout", l]);
+    tool("umoci", "umoci", &["new", "--image", &tagged]);
+    tool("umoci", "umoci", &["unpack", "--image", &tagged, b]);
+    tool(
+        "cp",
+        "coreutils",
+        &[
+            "-a",
+            &format!("{}/.", sb.path("state/images/bb/rootfs").display()),
+            &format!("{b}/rootfs/"),
+        ],
+    );
+    tool("umoci", "umoci", &["repack", "--image", &tagged, b]);
+    tool(
+        "umoci",
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &tagged,
+            "--config.stopsignal",
+            "SIGTERM",
+        ],
+    );
+    let oci_tar = sb.path("layout.tar");
+    tool(
+        "tar",
+        "tar",
+        &["-cf", oci_tar.to_str().expect("utf-8"), "-C", l, "."],
+    );
+    let docker_tar = sb.path("saved.tar");
+    tool(
+        "skopeo",
+        "skopeo",
+        &[
+            "copy",
+            "-q",
+            &format!("oci:{tagged}"),
+            &format!("docker-archive:{}:x:latest", docker_tar.display()),
+        ],
+    );
+    for (name, src) in [
+        ("ocidir", layout.as_path()),
+        ("ocitar", oci_tar.as_path()),
+        ("saved", docker_tar.as_path()),
+    ] {
+        sb.ok(&["image", "import", name, src.to_str().expect("utf-8")]);
+    }
+    let list: Value = serde_json::from_str(&sb.ok(&["--json", "image", "list"])).expect("JSON");
+    let by = |n: &str| {
+        list.as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == n))
+            .cloned()
+            .unwrap_or_else(|| panic!("image {n} is listed: {list}"))
+    };
+    for (name, format) in [
+        ("ocidir", "oci-layout"),
+        ("ocitar", "oci-layout"),
+        ("saved", "docker-archive"),
+    ] {
+        assert_eq!(by(name)["format"], format, "{name}");
+        // SIGTERM from the image's config, not the default SIGRTMIN+3.
+        assert_eq!(by(name)["stop_signal"], 15, "{name}");
+        assert_eq!(
+            fs::read(sb.path(&format!("state/images/{name}/rootfs/etc/passwd"))).expect(name),
+            fs::read(sb.path("state/images/bb/rootfs/etc/passwd")).expect("bb"),
+            "{name}"
+        );
+    }
+    sb.ok(&["provision", "acme", "--image", "saved"]);
+    sb.ok(&["start", "acme"]);
+    assert_eq!(sb.status("acme")["state"], "running");
+}
+
 #[test]
 fn parallel_provisions_get_distinct_leases() {
     let sb = Sandbox::new();
