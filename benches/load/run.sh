@@ -12,17 +12,30 @@
 # swaps its table in process (SIGHUP to proxy-bench), HAProxy reloads
 # softly (master-worker, USR2), nginx reloads (HUP).
 #
-# Needs: nginx, haproxy, wrk, curl, openssl (Debian packages), cargo. Every
-# server runs as a foreground child of this script, stopped by PID at exit.
+# Then the other load shapes, interleaved rounds as above: a new
+# connection per request (Connection: close), TLS keep-alive, HTTP/2
+# (h2load), a 1 MiB response (throughput, and our proxy's RSS sampled
+# during it), and IDLE_CONNS (9,000) idle keep-alive client connections
+# (each proxy's RSS per connection, its processes summed).
+#
+# Needs: nginx, haproxy, wrk, curl, openssl, h2load (Debian packages
+# nginx haproxy wrk curl openssl nghttp2-client), cargo. Every server runs
+# as a foreground child of this script, stopped by PID at exit.
 set -euo pipefail
+# 10,000 idle clients need the descriptors (as many as the hard limit allows).
+ulimit -n "$(ulimit -Hn)"
 
 DURATION=10s
 TLS_DURATION=5s
 ROUNDS=${ROUNDS:-3}
+# HAProxy asks for two descriptors per connection it may hold: under a
+# 20,000 hard limit (the build machines') it holds at most ~9,900.
+IDLE_CONNS=${IDLE_CONNS:-9000}
 if [[ "${1:-}" == "--smoke" ]]; then
     DURATION=1s
     TLS_DURATION=1s
     ROUNDS=2
+    IDLE_CONNS=1000
 fi
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
@@ -42,7 +55,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in nginx haproxy wrk curl openssl cargo; do
+for tool in nginx haproxy wrk curl openssl h2load cargo; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 1; }
 done
 
@@ -62,13 +75,15 @@ TLS_HAPROXY=$TLS_IP:18093
 TLS_NGINXP=$TLS_IP:18094
 
 echo "building proxy-bench (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p sotolito-proxy --bin proxy-bench)
+(cd "$ROOT" && cargo build --release -q -p sotolito-proxy --bin proxy-bench --bin idle-hold)
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/proxy-bench"
+IDLE_HOLD="${CARGO_TARGET_DIR:-$ROOT/target}/release/idle-hold"
 
 USER_LINE=""
 [[ $(id -u) == 0 ]] && USER_LINE="user root;"
 mkdir -p "$TMP/www" "$TMP/nginx-tmp"
 head -c 128 /dev/zero | tr '\0' 'x' >"$TMP/www/index.html"
+head -c 1048576 /dev/zero | tr '\0' 'y' >"$TMP/www/big.bin"
 mkdir -p "$TMP/certs/$TLS_HOST"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj "/CN=$TLS_HOST" -addext "subjectAltName=DNS:$TLS_HOST" \
@@ -82,7 +97,8 @@ daemon off;
 pid $TMP/$1.pid;
 error_log $TMP/$1.err warn;
 worker_processes 2;
-events { worker_connections 8192; }
+worker_rlimit_nofile 19000;
+events { worker_connections 16000; }
 http {
     access_log off;
     keepalive_requests 1000000;
@@ -127,7 +143,7 @@ EOF
         return 404;
     }
     server {
-        listen $TLS_NGINXP ssl;
+        listen $TLS_NGINXP ssl http2;
         server_name $TLS_HOST;
         ssl_certificate $TMP/certs/$TLS_HOST/fullchain.pem;
         ssl_certificate_key $TMP/certs/$TLS_HOST/privkey.pem;
@@ -149,7 +165,7 @@ printf '%s tenant\n%s tenant\n' "$HOST" "$TLS_HOST" >"$TMP/hosts.map"
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 2
-    maxconn 4000
+    maxconn 9900
     tune.ssl.cachesize 0
     ssl-default-bind-options no-tls-tickets ssl-min-ver TLSv1.2
 defaults
@@ -162,7 +178,7 @@ frontend edge
     option forwardfor
     use_backend %[req.hdr(host),lower,map($TMP/hosts.map)]
 frontend edge_tls
-    bind $TLS_HAPROXY ssl crt $TMP/haproxy.pem alpn http/1.1
+    bind $TLS_HAPROXY ssl crt $TMP/haproxy.pem alpn h2,http/1.1
     option forwardfor
     use_backend %[req.hdr(host),lower,map($TMP/hosts.map)]
 backend tenant
@@ -291,6 +307,92 @@ echo "TLS full handshakes (ECDSA P-256, new connection per request), medians of 
 printf '%-10s %14s %14s %9s\n' target handshakes/s cpu_us/hs rate/hap
 for t in ours haproxy nginx; do
     awk -v t=$t -v r="$(tcol $t 3)" -v c="$(tcol $t 4)" -v h="$TH" 'BEGIN { printf "%-10s %14.0f %14.2f %9.3f\n", t, r, c, r / h }'
+done
+
+# RSS (KiB) of a process and its direct children, from /proc/PID/status.
+rss_kib() {
+    local total=0 pid
+    for pid in $1 $(awk -v p="$1" '{ rest = substr($0, index($0, ") ") + 2); split(rest, f, " "); if (f[2] == p) print $1 }' /proc/[0-9]*/stat 2>/dev/null); do
+        total=$(( total + $(awk '/^VmRSS:/ { print $2 }' /proc/$pid/status 2>/dev/null || echo 0) ))
+    done
+    echo $total
+}
+
+SHAPES="$TMP/shapes.tsv"
+: >"$SHAPES"
+SHAPE_TARGETS=(ours haproxy nginx)
+plain_addr() { case $1 in ours) echo $OURS ;; haproxy) echo $HAPROXY ;; nginx) echo $NGINXP ;; esac; }
+plain_pid() { case $1 in ours) echo $OURS_PID ;; haproxy) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
+tls_port() { case $1 in ours) echo ${TLS_OURS##*:} ;; haproxy) echo ${TLS_HAPROXY##*:} ;; nginx) echo ${TLS_NGINXP##*:} ;; esac; }
+tls_pid() { case $1 in ours) echo $TLS_OURS_PID ;; haproxy) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
+
+echo >&2
+echo "load shapes: close, tls keep-alive, h2, 1 MiB; $ROUNDS interleaved rounds" >&2
+for round in $(seq "$ROUNDS"); do
+    shift=$(( (round - 1) % ${#SHAPE_TARGETS[@]} ))
+    for t in "${SHAPE_TARGETS[@]:shift}" "${SHAPE_TARGETS[@]:0:shift}"; do
+        addr=$(plain_addr $t); pid=$(plain_pid $t)
+        # A new connection per request.
+        before=$(cpu_ticks "$pid")
+        out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Connection: close" -H "Host: $HOST" "http://$addr/index.html")
+        after=$(cpu_ticks "$pid")
+        rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out"); reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+        printf '%s\tclose\t%s\t%s\n' "$t" "$rps" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')" >>"$SHAPES"
+        # A 1 MiB response; our RSS sampled meanwhile.
+        peak=0
+        wrk -t"$THREADS" -c16 -d"$TLS_DURATION" -H "Host: $HOST" "http://$addr/big.bin" >"$TMP/big-$t.txt" &
+        WRK_PID=$!
+        while kill -0 $WRK_PID 2>/dev/null; do
+            r=$(rss_kib "$pid"); (( r > peak )) && peak=$r
+            sleep 0.2
+        done
+        wait $WRK_PID
+        rps=$(awk '/^Requests\/sec/ { print $2 }' "$TMP/big-$t.txt")
+        printf '%s\tbig\t%s\t%s\n' "$t" "$rps" "$peak" >>"$SHAPES"
+        # TLS keep-alive.
+        port=$(tls_port $t); pid=$(tls_pid $t)
+        before=$(cpu_ticks "$pid")
+        out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Host: $TLS_HOST" "https://$TLS_HOST:$port/index.html")
+        after=$(cpu_ticks "$pid")
+        rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out"); reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
+        printf '%s\ttls-ka\t%s\t%s\n' "$t" "$rps" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')" >>"$SHAPES"
+        # HTTP/2: 64 connections, 10 streams each.
+        out=$(h2load -t"$THREADS" -c"$CONNS" -m10 -D "${TLS_DURATION%s}" "https://$TLS_HOST:$port/index.html" 2>&1)
+        rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' <<<"$out")
+        failed=$(awk '/^requests:/ { print $10 }' <<<"$out")
+        printf '%s\th2\t%s\t%s\n' "$t" "${rps:-0}" "${failed:-?}" >>"$SHAPES"
+        printf '  round %s %-8s done\n' "$round" "$t" >&2
+    done
+done
+scol() { awk -F'\t' -v t="$1" -v s="$2" -v c="$3" '$1 == t && $2 == s { print $c }' "$SHAPES" | median; }
+echo
+echo "other load shapes, medians of $ROUNDS interleaved rounds (wrk -t$THREADS; h2load -c$CONNS -m10)"
+printf '%-8s %12s %9s %12s %9s %10s %9s %12s %9s %12s %12s\n' target close_rps close/hap close_cpu_us tls_ka_rps tls/hap h2_rps h2/hap 1MiB_MiB/s 1MiB/hap peak_rss_MiB
+HC=$(scol haproxy close 3); HT=$(scol haproxy tls-ka 3); HH=$(scol haproxy h2 3); HB=$(scol haproxy big 3)
+for t in "${SHAPE_TARGETS[@]}"; do
+    awk -v t=$t -v c="$(scol $t close 3)" -v cc="$(scol $t close 4)" -v k="$(scol $t tls-ka 3)" -v h="$(scol $t h2 3)" -v b="$(scol $t big 3)" -v r="$(scol $t big 4)" \
+        -v hc="$HC" -v ht="$HT" -v hh="$HH" -v hb="$HB" \
+        'BEGIN { printf "%-8s %12.0f %9.3f %12.2f %9.0f %10.3f %9.0f %12.3f %9.0f %12.3f %12.1f\n", t, c, c / hc, cc, k, k / ht, h, (hh > 0 ? h / hh : 0), b, b / hb, r / 1024 }'
+done
+
+# Idle keep-alive client connections: each proxy's RSS with them held,
+# less its RSS before, per connection.
+echo
+echo "$IDLE_CONNS idle keep-alive client connections (one request each, then held)"
+printf '%-8s %12s %12s %14s\n' target rss_before rss_held KiB/conn
+for t in "${SHAPE_TARGETS[@]}"; do
+    addr=$(plain_addr $t); pid=$(plain_pid $t)
+    before=$(rss_kib "$pid")
+    coproc HOLD { "$IDLE_HOLD" --connect "$addr" --host "$HOST" --path /index.html --connections "$IDLE_CONNS" --hold 120; }
+    HOLD_PID=$HOLD_PID
+    read -r line <&"${HOLD[0]}" || true
+    [[ $line == "held $IDLE_CONNS" ]] || { echo "run.sh: idle-hold against $t: ${line:-nothing}" >&2; kill $HOLD_PID 2>/dev/null; exit 1; }
+    sleep 1
+    held=$(rss_kib "$pid")
+    kill $HOLD_PID 2>/dev/null || true
+    wait $HOLD_PID 2>/dev/null || true
+    awk -v t=$t -v b="$before" -v h="$held" -v n="$IDLE_CONNS" 'BEGIN { printf "%-8s %12d %12d %14.2f\n", t, b, h, (h - b) / n }'
+    sleep 2
 done
 
 
