@@ -103,7 +103,20 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Run { .. } | Command::Proxy(_) | Command::ConsoleLog { .. } => "info",
+            _ if self.hook_tenant().is_some() => "info",
             _ => "warn",
+        }
+    }
+
+    /// The tenant of one of runc's hooks: runc keeps a hook's output and
+    /// shows it only when the hook fails, so hooks log to the journal too.
+    pub fn hook_tenant(&self) -> Option<&sotolito_config::TenantName> {
+        use crate::cmd::net::NetCommand;
+        match self {
+            Command::Net(NetCommand::Attach { name, .. } | NetCommand::Detach { name }) => {
+                Some(name)
+            }
+            _ => None,
         }
     }
 }

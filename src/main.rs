@@ -15,7 +15,8 @@ use crate::context::Context;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.command.default_log_level());
+    let hook = cli.command.hook_tenant().cloned();
+    init_logging(cli.command.default_log_level(), hook.as_ref());
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -24,6 +25,9 @@ fn main() -> ExitCode {
             }
             // The whole chain on one line: "vpsctl: context: cause".
             eprintln!("vpsctl: {err:#}");
+            if hook.is_some() {
+                tracing::error!(target: JOURNAL_ONLY, "vpsctl: {err:#}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -86,16 +90,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(default_level: &str) {
+/// Events for the journal alone (stderr has them already).
+const JOURNAL_ONLY: &str = "vpsctl::journal";
+
+/// Logs to stderr; a hook also to the journal when there is one.
+fn init_logging(default_level: &str, hook: Option<&sotolito_config::TenantName>) {
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // No colour codes in files and journals.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    let journal = hook
+        .filter(|_| std::path::Path::new("/run/systemd/journal/socket").exists())
+        .and_then(|name| {
+            let layer = tracing_journald::layer().ok()?;
+            Some(
+                layer
+                    .with_syslog_identifier("vpsctl-hook".to_owned())
+                    // TENANT=NAME, as `journalctl TENANT=NAME` expects.
+                    .with_field_prefix(None)
+                    // `journalctl -u` shows it with the tenant's unit even
+                    // when journald finds the hook gone before it could
+                    // read its cgroup (a root sender may name the unit).
+                    .with_custom_fields([(
+                        "OBJECT_SYSTEMD_UNIT",
+                        sotolito_provisioner::units::instance(name),
+                    )]),
+            )
+        });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // No colour codes in files and journals.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false)
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    m.target() != JOURNAL_ONLY
+                })),
+        )
+        .with(journal)
         .init();
 }
 

@@ -222,7 +222,10 @@ fn wait_child(child: &mut Child, timeout: Duration) {
 /// bytes (see [`crate::console`]). SIGTERM, SIGINT or SIGHUP to us becomes the image's stop
 /// signal to the container, then KILL after `timeout`. `on_running` is
 /// called once, when runc first reports the container running (systemd's
-/// readiness). Returns the container's exit code.
+/// readiness). Returns the container's exit code, but 0 when it ended on
+/// the stop signal it was sent (KILL for an image whose stop signal is
+/// KILL): a stop that went as asked, not a failed unit. KILL after the
+/// timeout stays 137.
 #[allow(clippy::too_many_arguments)] // one caller, `vpsctl run`, names each
 pub fn run_foreground(
     runc: &Runc,
@@ -318,9 +321,19 @@ pub fn run_foreground(
         std::thread::sleep(Duration::from_millis(10));
     }
     use std::os::unix::process::ExitStatusExt;
-    Ok(status
+    let code = status
         .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(exit_code(code, stopping.is_some(), killed, stop_signal))
+}
+
+/// `runc run` reports a container killed by signal N as 128 + N.
+fn exit_code(code: i32, stopping: bool, killed: bool, stop_signal: i32) -> i32 {
+    if stopping && !killed && code == 128 + stop_signal {
+        0
+    } else {
+        code
+    }
 }
 
 #[cfg(test)]
@@ -446,6 +459,17 @@ mod tests {
                 "delete"
             ]
         );
+    }
+
+    #[test]
+    fn ending_on_the_stop_signal_is_a_clean_exit() {
+        assert_eq!(exit_code(137, true, false, SIGKILL), 0);
+        assert_eq!(exit_code(143, true, false, 15), 0);
+        // Killed after the timeout, dead of another signal, or not asked.
+        assert_eq!(exit_code(137, true, true, 37), 137);
+        assert_eq!(exit_code(137, true, false, 15), 137);
+        assert_eq!(exit_code(137, false, false, SIGKILL), 137);
+        assert_eq!(exit_code(0, true, false, 37), 0);
     }
 
     #[test]

@@ -34,10 +34,13 @@ pub fn run(ctx: &Context, cmd: NetCommand) -> anyhow::Result<()> {
         NetCommand::Reconcile => reconcile(ctx),
         NetCommand::Show => show(ctx),
         NetCommand::Attach { name, pid } => attach(ctx, &name, pid),
-        NetCommand::Detach { name } => ctx
-            .host
-            .detach(&name)
-            .with_context(|| format!("failed to detach tenant {name}")),
+        NetCommand::Detach { name } => {
+            ctx.host
+                .detach(&name)
+                .with_context(|| format!("failed to detach tenant {name}"))?;
+            tracing::info!(tenant = %name, "detached");
+            Ok(())
+        }
     }
 }
 
@@ -153,7 +156,9 @@ fn attach(ctx: &Context, name: &TenantName, pid: Option<u32>) -> anyhow::Result<
     // alike, after runc made the container's cgroups and before its init
     // execs: the moment systemd in a user namespace needs its cgroups
     // handed to its mapped root.
-    ctx.host.attach(name, pid).with_context(fail)
+    ctx.host.attach(name, pid).with_context(fail)?;
+    tracing::info!(tenant = %name, container_pid = pid, "attached");
+    Ok(())
 }
 
 /// The `pid` of the OCI state JSON that runc writes to a hook's stdin.
