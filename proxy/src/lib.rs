@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use route::{Route, RouteDiff, RouteTable};
-pub use run::{notify, run, RunOptions};
+pub use run::{run, RunOptions};
 pub use server::{Listen, ProxyHandle};
 pub use sotolito_config::host::{AccessLogFormat, ProxyEngine};
 

@@ -101,7 +101,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
                 what: "SIGTERM handler",
                 source,
             })?;
-        notify("READY=1");
+        notify(sd_notify::NotifyState::Ready);
         let mut tick = tokio::time::interval(REGISTRY_POLL);
         let mut last_problem: Option<String> = None;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -140,7 +140,7 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         Ok::<(), Error>(())
     })?;
     tracing::info!("draining");
-    notify("STOPPING=1");
+    notify(sd_notify::NotifyState::Stopping);
     proxy.shutdown();
     Ok(())
 }
@@ -153,26 +153,10 @@ async fn next_fleet_routes(fleet: &mut Option<crate::fleet::Fleet>) -> RouteTabl
     }
 }
 
-/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, which
-/// may be abstract (a leading `@`); nothing without it. `vpsctl run`
-/// uses it too.
-pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sent = (|| -> std::io::Result<()> {
-        use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::net::{SocketAddr, UnixDatagram};
-        let sock = UnixDatagram::unbound()?;
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(name) => SocketAddr::from_abstract_name(name)?,
-            None => SocketAddr::from_pathname(&path)?,
-        };
-        sock.send_to_addr(state.as_bytes(), &addr)?;
-        Ok(())
-    })();
-    if let Err(e) = sent {
+/// Tells systemd (the unit is Type=notify) our state, with the sd-notify
+/// crate; nothing without $NOTIFY_SOCKET.
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
 }

@@ -86,7 +86,8 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
 
     let mut buf = [0u8; 64];
     let n = notify.recv(&mut buf).expect("READY=1 within 10 s");
-    assert_eq!(&buf[..n], b"READY=1");
+    // sd_notify(3) assignments are newline-terminated (the sd-notify crate).
+    assert_eq!(&buf[..n], b"READY=1\n");
     assert_eq!(get(http, "a.test", "/").text(), "a GET / len=0\n");
     assert_eq!(get(http, "b.test", "/").status, 404);
 
@@ -235,6 +236,6 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
     let result = runner.join().unwrap();
     assert!(result.is_ok(), "{result:?}");
     let n = notify.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
     assert!(std::net::TcpStream::connect(http).is_err());
 }

@@ -111,7 +111,11 @@ pub fn run(ctx: &Context, name: &TenantName) -> anyhow::Result<ExitCode> {
         .host
         // The unit is Type=notify: `systemctl start` returns once the
         // container runs, not when `runc run` was merely spawned.
-        .run(name, &|| sotolito_proxy::notify("READY=1"))
+        .run(name, &|| {
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                tracing::warn!(error = %e, "sd_notify failed");
+            }
+        })
         .with_context(|| format!("failed to run tenant {name}"))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
