@@ -145,6 +145,16 @@ impl RouteTable {
         }
     }
 
+    /// Whether some host still goes to `route`'s tenant at its address,
+    /// and it is not stopped: a request already on its way there checks
+    /// this while it waits (a scan; called a few times a second at most).
+    pub(crate) fn still_routes(&self, route: &Route) -> bool {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .any(|r| r.tenant == route.tenant && r.addr == route.addr && !r.stopped)
+    }
+
     pub fn len(&self) -> usize {
         self.exact.len() + self.wildcard.len()
     }

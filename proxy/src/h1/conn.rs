@@ -28,6 +28,13 @@ use crate::forward::ConnCtx;
 /// Headers a head may have at most (the setting may ask for fewer).
 pub(crate) const MAX_HEADERS: usize = 128;
 
+/// How often a request waiting on its tenant (connect, response head)
+/// checks the tenant is still routed: one deprovisioned or stopped
+/// meanwhile fails the request at once instead of after a timeout (an
+/// address whose interface is gone answers nothing: ARP gives up after
+/// ~3 s, an open connection waits for the upstream timeout).
+const ROUTE_CHECK: Duration = Duration::from_millis(250);
+
 /// A client connection's transport: plain TCP, or TLS.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// Waits until a read would find bytes, so an idle connection holds
@@ -328,10 +335,10 @@ impl Engine<'_> {
         // The response head.
         let head_len = loop {
             let read = if fwd.upgrade {
-                self.read_switch_head(io, buf, &mut up, &mut rbuf, timer, response_until)
+                self.read_switch_head(io, buf, &mut up, &mut rbuf, timer, response_until, &fwd)
                     .await
             } else {
-                self.read_response_head(&mut up, &mut rbuf, timer, response_until)
+                self.read_response_head(&mut up, &mut rbuf, timer, response_until, &fwd)
                     .await
             };
             match read {
@@ -355,7 +362,7 @@ impl Engine<'_> {
                 Err(ReadFail::Closed) if up.reused && !body_pending && !early => {
                     // The tenant closed a pooled connection as we used it:
                     // the request never reached it. Once more, fresh.
-                    up = match self.connect(&fwd).await {
+                    up = match self.connect(&fwd, timer).await {
                         Ok(stream) => Upstream {
                             stream,
                             addr: fwd.route.addr,
@@ -482,7 +489,7 @@ impl Engine<'_> {
         own: &mut Option<Upstream>,
         fwd: &Forward,
         out: &[u8],
-        _timer: &mut Timer,
+        timer: &mut Timer,
     ) -> Result<Upstream, u16> {
         let addr = fwd.route.addr;
         let pooled = match own.take() {
@@ -499,7 +506,7 @@ impl Engine<'_> {
                 });
             }
         }
-        let mut stream = self.connect(fwd).await?;
+        let mut stream = self.connect(fwd, timer).await?;
         stream.write_all(out).await.map_err(|_| 502u16)?;
         Ok(Upstream {
             stream,
@@ -510,18 +517,27 @@ impl Engine<'_> {
 
     /// A new connection to the route's tenant: 502 when refused or
     /// unreachable, 504 after the connect timeout.
-    async fn connect(&self, fwd: &Forward) -> Result<TcpStream, u16> {
+    async fn connect(&self, fwd: &Forward, timer: &mut Timer) -> Result<TcpStream, u16> {
         let addr = fwd.route.addr;
-        let timeout = self.ctx.shared.settings.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(tenant = %fwd.route.tenant, upstream = %addr, error = %e, "tenant unreachable");
-                return Err(502);
-            }
-            Err(_) => {
-                tracing::warn!(tenant = %fwd.route.tenant, upstream = %addr, "tenant connect timed out");
-                return Err(502);
+        let until = Instant::now() + self.ctx.shared.settings.connect_timeout;
+        let mut connecting = pin!(TcpStream::connect(addr));
+        let stream = loop {
+            let check = (Instant::now() + ROUTE_CHECK).min(until);
+            match timer.until(check, connecting.as_mut()).await {
+                Some(Ok(s)) => break s,
+                Some(Err(e)) => {
+                    tracing::warn!(tenant = %fwd.route.tenant, upstream = %addr, error = %e, "tenant unreachable");
+                    return Err(502);
+                }
+                None if Instant::now() >= until => {
+                    tracing::warn!(tenant = %fwd.route.tenant, upstream = %addr, "tenant connect timed out");
+                    return Err(502);
+                }
+                None if !self.still_routed(fwd) => {
+                    tracing::info!(tenant = %fwd.route.tenant, upstream = %addr, "tenant gone while connecting");
+                    return Err(502);
+                }
+                None => {}
             }
         };
         let _ = stream.set_nodelay(true);
@@ -536,6 +552,7 @@ impl Engine<'_> {
     /// client sends meanwhile is held in `buf` (one head's worth at most,
     /// then the socket pushes back), under the request-head timer: it
     /// reaches the tenant only after a 101 (see crate::gate).
+    #[allow(clippy::too_many_arguments)]
     async fn read_switch_head<T: ClientIo>(
         &self,
         io: &mut T,
@@ -544,6 +561,7 @@ impl Engine<'_> {
         rbuf: &mut Buf,
         timer: &mut Timer,
         until: Instant,
+        fwd: &Forward,
     ) -> Result<usize, ReadFail> {
         let head_timeout = self.ctx.shared.settings.header_read_timeout;
         let mut held_until: Option<Instant> = (!buf.is_empty()).then(|| Instant::now() + head_timeout);
@@ -552,7 +570,7 @@ impl Engine<'_> {
             let room = buf.len() < buf.capacity();
             let spare = buf.spare();
             tokio::select! {
-                r = self.read_response_head(up, rbuf, timer, deadline) => {
+                r = self.read_response_head(up, rbuf, timer, deadline, fwd) => {
                     return match r {
                         Err(ReadFail::Timeout) if held_until.is_some_and(|h| h <= Instant::now()) && deadline < until => Err(ReadFail::Held),
                         r => r,
@@ -569,6 +587,10 @@ impl Engine<'_> {
         }
     }
 
+    fn still_routed(&self, fwd: &Forward) -> bool {
+        self.ctx.routes.load().still_routes(&fwd.route)
+    }
+
     /// Reads until a complete response head starts `rbuf`; its length.
     async fn read_response_head(
         &self,
@@ -576,6 +598,7 @@ impl Engine<'_> {
         rbuf: &mut Buf,
         timer: &mut Timer,
         until: Instant,
+        fwd: &Forward,
     ) -> Result<usize, ReadFail> {
         let mut scanned = 0;
         let mut got_any = false;
@@ -591,8 +614,12 @@ impl Engine<'_> {
             }
             let spare = rbuf.spare();
             let want = spare.len();
-            match timer.until(until, up.stream.read(spare)).await {
-                None => return Err(ReadFail::Timeout),
+            let check = (Instant::now() + ROUTE_CHECK).min(until);
+            // A read is cancel-safe: it is asked again after each check.
+            match timer.until(check, up.stream.read(spare)).await {
+                None if Instant::now() >= until => return Err(ReadFail::Timeout),
+                None if !self.still_routed(fwd) => return Err(ReadFail::Gone),
+                None => continue,
                 Some(Ok(0)) | Some(Err(_)) if !got_any => return Err(ReadFail::Closed),
                 Some(Ok(0)) | Some(Err(_)) => return Err(ReadFail::Truncated),
                 Some(Ok(n)) => {
@@ -781,6 +808,8 @@ enum ReadFail {
     /// Bytes held after an upgrade request waited too long, or the
     /// client left: the connection ends without an answer.
     Held,
+    /// The tenant was deprovisioned or stopped while it was asked.
+    Gone,
 }
 
 enum BodySent {

@@ -455,3 +455,50 @@ fn proxy_protocol_v2_names_the_real_client_to_the_tenant() {
     );
     assert!(String::from_utf8_lossy(&head).starts_with("GET / HTTP/1.1\r\n"));
 }
+
+/// A tenant address where connecting hangs: a listener that never
+/// accepts, its accept queue full, so the kernel drops further SYNs.
+fn black_hole() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fill.push(s),
+            Err(_) => return (addr, l, fill),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[test]
+fn a_request_waiting_on_a_tenant_that_is_removed_fails_fast() {
+    let (hole, _listener, _fill) = black_hole();
+    let a = Backend::start("a");
+    let p = proxy(&[("gone.test", "gone", hole), ("a.test", "a", a.addr)], |s| {
+        s.connect_timeout = Duration::from_secs(20);
+    });
+    let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: gone.test\r\n\r\n").unwrap();
+    // Control: while the tenant stays routed the request waits (its
+    // connect hangs).
+    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let mut byte = [0u8; 1];
+    let waited = s.read(&mut byte);
+    assert!(
+        matches!(&waited, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the request did not wait on the hanging tenant: {waited:?}"
+    );
+    // The tenant is deprovisioned: the waiting request fails at once.
+    let removed = std::time::Instant::now();
+    p.set_routes(RouteTable::from_routes([("a.test", "a", a.addr)]).unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = read_response(&mut s);
+    let took = removed.elapsed();
+    assert_eq!(r.status, 502);
+    assert!(took < Duration::from_secs(1), "failed only after {took:?}");
+    assert!(closed_by_peer(&mut s));
+}
