@@ -6,6 +6,7 @@
 //! drives the same rules.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod boot;
 pub mod failpoint;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 
 use sotolito_config::{HostConfig, HostName, TenantName};
 
+pub use boot::Booted;
 pub use lifecycle::{KillRequest, Started, StopRequest};
 pub use lock::HostLock;
 pub use provision::{DeprovisionRequest, Deprovisioned, Outcome, ProvisionRequest, Provisioned};

@@ -395,3 +395,97 @@ fn set_failing_at_any_step_leaves_the_old_limits_or_the_new() {
     assert_eq!(w.disks[&name("acme")], 2 << 30);
     assert_eq!(w.tables.unwrap()[&name("acme")].2, Some(64));
 }
+
+#[test]
+fn the_hook_rebuilds_missing_tables_only_under_the_host_lock() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let r = rig();
+    r.fake.with_world(|w| w.tables = Some(Default::default()));
+    r.host.provision(&request("alpha")).unwrap();
+    r.host.provision(&request("beta")).unwrap();
+    // Another command (a reconcile, a provision) holds the host lock.
+    let attach_while_held = |r: &Rig| {
+        let held = r.host.lock().unwrap();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let hook = s.spawn(|| {
+                let res = r.host.attach(&name("alpha"), 4242);
+                done.store(true, Ordering::SeqCst);
+                res
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let finished_while_held = done.load(Ordering::SeqCst);
+            drop(held);
+            hook.join().unwrap().unwrap();
+            finished_while_held
+        })
+    };
+    // Positive control: with our tables there, the hook edits one element
+    // and needs no lock, so it finishes while the lock is held.
+    assert!(attach_while_held(&r), "the probe cannot see a hook finish");
+    // With the tables gone (`nft flush ruleset`), it rebuilds them from
+    // the store, and only once the holder is done.
+    r.fake.with_world(|w| w.tables = None);
+    assert!(
+        !attach_while_held(&r),
+        "the hook rebuilt the tables while another command held the host lock"
+    );
+    let w = r.fake.world();
+    assert_eq!(
+        w.tables
+            .unwrap()
+            .keys()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        ["alpha", "beta"]
+    );
+    assert!(w.veths.contains(&name("alpha")));
+}
+
+#[test]
+fn boot_starts_what_should_run_and_goes_on_past_a_failure() {
+    let r = rig();
+    r.fake.with_world(|w| w.tables = Some(Default::default()));
+    for n in ["alpha", "beta", "gamma"] {
+        r.host.provision(&request(n)).unwrap();
+    }
+    r.host
+        .provision(&ProvisionRequest {
+            start: false,
+            ..request("idle")
+        })
+        .unwrap();
+    r.host.start(&name("beta")).unwrap();
+    // A reboot: tables and containers gone; alpha's image too.
+    r.fake.with_world(|w| {
+        w.tables = None;
+        w.containers.clear();
+        w.containers.insert(name("beta"), "running".into());
+        w.records.get_mut(&name("alpha")).unwrap().image = "gone".parse().unwrap();
+    });
+    let booted: Vec<(String, String)> = r
+        .host
+        .boot(2)
+        .unwrap()
+        .into_iter()
+        .map(|(n, b)| (n.to_string(), format!("{b:?}").chars().take(7).collect()))
+        .collect();
+    assert_eq!(
+        booted,
+        [
+            ("alpha".into(), "Failed(".into()),
+            ("beta".into(), "Running".into()),
+            ("gamma".into(), "Started".into()),
+            ("idle".into(), "Stopped".into()),
+        ]
+    );
+    let w = r.fake.world();
+    assert_eq!(w.tables.unwrap().len(), 4, "the network comes first, whole");
+    assert!(!w.containers.contains_key(&name("idle")));
+    // Shutdown stops every one and keeps the desired states.
+    let stopped = r.host.shutdown(Duration::from_secs(1), 8).unwrap();
+    assert_eq!(stopped.len(), 4);
+    let w = r.fake.world();
+    assert!(w.containers.is_empty());
+    assert_eq!(w.records[&name("gamma")].desired, Desired::Running);
+}

@@ -5,16 +5,12 @@
 //! few at a time, through the same start path as `vpsctl start`.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
-use sotolito_config::{Desired, Tenant};
-use sotolito_host::Started;
-use sotolito_provisioner::runtime::ContainerStatus;
+use sotolito_host::Booted;
 use sotolito_provisioner::supervise::{Stopped, DEFAULT_STOP_TIMEOUT};
 
 use crate::context::Context;
@@ -64,11 +60,26 @@ pub fn run(ctx: &Context, args: &BootArgs) -> anyhow::Result<bool> {
         .context("failed to boot")?;
     // Tenants are unreachable without the bridge and the DNAT map: no
     // tenant is started when the network cannot be made.
-    let tenants = ctx
+    let booted = ctx
         .host
-        .reconcile()
+        .boot(args.jobs.get())
         .context("failed to boot: cannot set up the tenant network")?;
-    let outcomes = for_each(&tenants, args.jobs.get(), |t| boot_one(ctx, t));
+    let outcomes: Vec<Outcome> = booted
+        .into_iter()
+        .map(|(name, b)| {
+            let (result, error) = match b {
+                Booted::Started => ("started", None),
+                Booted::Running => ("running", None),
+                Booted::Stopped => ("stopped", None),
+                Booted::Failed(e) => ("failed", Some(format!("{:#}", anyhow::Error::from(e)))),
+            };
+            Outcome {
+                name: name.to_string(),
+                result,
+                error,
+            }
+        })
+        .collect();
     report(ctx, "boot", "did not start", &outcomes)
 }
 
@@ -76,32 +87,26 @@ pub fn run(ctx: &Context, args: &BootArgs) -> anyhow::Result<bool> {
 /// signal, KILL after the timeout), its desired state kept, so that the
 /// next `boot` starts again what ran.
 pub fn shutdown(ctx: &Context, args: &ShutdownArgs) -> anyhow::Result<bool> {
-    let tenants = ctx
+    let stopped = ctx
         .host
-        .store
-        .list()
+        .shutdown(Duration::from_secs(args.timeout), args.jobs.get())
         .context("failed to shut down: cannot read the tenant records")?;
-    let timeout = Duration::from_secs(args.timeout);
-    let outcomes = for_each(&tenants, args.jobs.get(), |t| {
-        let name = t.name.to_string();
-        let signal = ctx.host.sys.files.stop_signal(t);
-        match ctx.host.stop_container(&t.name, signal, timeout) {
-            Ok(how) => Outcome {
-                name,
-                result: match how {
-                    Stopped::NotRunning => "not-running",
-                    Stopped::Gracefully => "stopped",
-                    Stopped::Killed => "killed",
-                },
-                error: None,
-            },
-            Err(e) => Outcome {
-                name,
-                result: "failed",
-                error: Some(format!("{e:#}")),
-            },
-        }
-    });
+    let outcomes: Vec<Outcome> = stopped
+        .into_iter()
+        .map(|(name, r)| {
+            let (result, error) = match r {
+                Ok(Stopped::NotRunning) => ("not-running", None),
+                Ok(Stopped::Gracefully) => ("stopped", None),
+                Ok(Stopped::Killed) => ("killed", None),
+                Err(e) => ("failed", Some(format!("{:#}", anyhow::Error::from(e)))),
+            };
+            Outcome {
+                name: name.to_string(),
+                result,
+                error,
+            }
+        })
+        .collect();
     report(ctx, "shut down", "did not stop", &outcomes)
 }
 
@@ -125,80 +130,4 @@ fn report(ctx: &Context, verb: &str, fail: &str, outcomes: &[Outcome]) -> anyhow
         );
     }
     Ok(failed == 0)
-}
-
-/// `f` of every tenant, in registry order, by `jobs` workers taking them
-/// from a shared queue. One failing does not stop the others.
-fn for_each(
-    tenants: &[Tenant],
-    jobs: usize,
-    f: impl Fn(&Tenant) -> Outcome + Sync,
-) -> Vec<Outcome> {
-    let outcomes: Vec<Mutex<Option<Outcome>>> = tenants.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..jobs.min(tenants.len()) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(t) = tenants.get(i) else { break };
-                let o = f(t);
-                *outcomes[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
-            });
-        }
-    });
-    outcomes
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every tenant is taken by a worker")
-        })
-        .collect()
-}
-
-fn boot_one(ctx: &Context, t: &Tenant) -> Outcome {
-    let name = t.name.to_string();
-    if t.desired == Desired::Stopped {
-        return Outcome {
-            name,
-            result: "stopped",
-            error: None,
-        };
-    }
-    // A running tenant is left alone (not even restricted or relinked).
-    let running = ctx
-        .host
-        .sys
-        .runtime
-        .state(&t.name)
-        .ok()
-        .flatten()
-        .is_some_and(|s| matches!(s.status, ContainerStatus::Running | ContainerStatus::Paused));
-    if running {
-        return Outcome {
-            name,
-            result: "running",
-            error: None,
-        };
-    }
-    match ctx.host.start(&t.name) {
-        Ok(Started::Already) => Outcome {
-            name,
-            result: "running",
-            error: None,
-        },
-        Ok(Started::Now) => {
-            tracing::info!(tenant = %t.name, "started at boot");
-            Outcome {
-                name,
-                result: "started",
-                error: None,
-            }
-        }
-        Err(e) => Outcome {
-            name,
-            result: "failed",
-            error: Some(format!("{e:#}")),
-        },
-    }
 }
