@@ -4,13 +4,12 @@
 //! reports that and measures nothing.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sotolito_config::{HostConfig, ImageName, SshPort, Tenant, TenantName};
 use sotolito_net::netns::run_in;
+use sotolito_net::sandbox::Netns;
 
 fn tenant(i: u32) -> Tenant {
     Tenant::new(
@@ -20,31 +19,6 @@ fn tenant(i: u32) -> Tenant {
         SshPort::new(20_000 + u64::from(i)).expect("valid port"),
         HostConfig::default().defaults.limits(),
     )
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(role: &str) -> Netns {
-        let name = format!("sotolito-bench-{}-{role}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name} failed");
-        Netns(name)
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.0))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 fn benches(c: &mut Criterion) {
@@ -60,7 +34,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward");
     group.sample_size(20);
     for existing in [0u32, 10_000] {
-        let ns = Netns::new(&format!("fwd{existing}"));
+        let ns = Netns::unique(&format!("sotolito-bench-fwd{existing}")).expect("a namespace");
         let tenants: Vec<Tenant> = (0..existing).map(tenant).collect();
         run_in(&ns.path(), || sotolito_net::reconcile(&config, &tenants))
             .expect("load the ruleset");

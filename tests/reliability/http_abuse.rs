@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sotolito_config::{HostConfig, HostName, ImageName, Registry, SshPort, Tenant, TenantName};
+use sotolito_net::sandbox::Netns;
 
 struct Backend {
     addr: SocketAddr,
@@ -706,56 +707,21 @@ fn access_log_fields_cannot_be_forged() {
     }
 }
 
-/// A network namespace of this test's own, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Netns {
-        let ip = |args: &[&str]| {
-            let st = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .unwrap();
-            assert!(st.success(), "ip {args:?} failed");
-        };
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", name]);
-        let ns = Netns(name.to_owned());
-        ip(&["-n", name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-
-    /// Runs `f` on a thread that lives in this namespace (sockets it makes
-    /// belong to the namespace).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.path();
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).unwrap();
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&fd),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
+/// Runs `f` on a thread that lives in `ns` (sockets it makes belong to the
+/// namespace).
+fn run_in<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&fd),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
 }
 
 /// One status line's field from /proc/PID/status.
@@ -809,7 +775,7 @@ fn the_proxy_runs_as_its_own_user_with_only_net_bind_service() {
     let d = tmp.path();
     // The state dir's parents are the host's business (/var/lib is 0755).
     std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let ns = Netns::new(&format!("pe-user-{}", std::process::id()));
+    let ns = Netns::unique("pe-user").unwrap();
     let config = d.join("sotolito.toml");
     std::fs::write(
         &config,
@@ -822,7 +788,9 @@ fn the_proxy_runs_as_its_own_user_with_only_net_bind_service() {
     )
     .unwrap();
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let (alpha, beta) = ns.run(|| (backend("127.0.0.2", "alpha"), backend("127.0.0.3", "beta")));
+    let (alpha, beta) = run_in(&ns, || {
+        (backend("127.0.0.2", "alpha"), backend("127.0.0.3", "beta"))
+    });
     let reg = Registry::new(d.join("state/registry"));
     let lock = reg.lock().unwrap();
     reg.put(&lock, &record("alpha", alpha.addr, "alpha.test", 2201))
@@ -843,7 +811,7 @@ fn the_proxy_runs_as_its_own_user_with_only_net_bind_service() {
 
     let stderr = d.join("proxy.err");
     let mut child = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.path()))
+        .arg(format!("--net={}", ns.path().display()))
         .arg("--")
         .args(AS_PROXY_USER)
         .arg(vpsctl)
@@ -865,7 +833,7 @@ fn the_proxy_runs_as_its_own_user_with_only_net_bind_service() {
     let pid = child.id();
     let child = Kill(&mut child);
     let get = |host: &'static str| {
-        ns.run(move || {
+        run_in(&ns, move || {
             send(
                 "127.0.0.1:80".parse().unwrap(),
                 format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
