@@ -39,8 +39,10 @@ pub enum Command {
     /// Before a reboot without systemd: stop every tenant gracefully,
     /// keeping its desired state for the next boot.
     Shutdown(crate::cmd::boot::ShutdownArgs),
-    /// List tenants.
+    /// List tenants (on a fleet node: every node's, with their node).
     List,
+    /// The fleet's nodes, their health and tenant counts (`[cluster]` only).
+    Nodes,
     /// Show one tenant.
     Status { name: TenantName },
     /// Images: import, debootstrap, list, rm.

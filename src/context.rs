@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use sotolito_config::{HostConfig, Loaded, Overrides, Tenant};
+use sotolito_fleet::NodeRecord;
 use sotolito_host::real::Real;
-use sotolito_host::{FileStore, Host};
+use sotolito_host::{EtcdStore, FileStore, Host, Store};
 use sotolito_provisioner::HookCommand;
 
 use crate::output::TenantView;
@@ -15,6 +16,18 @@ pub struct Context {
     pub loaded: Loaded,
     pub json: bool,
     pub host: Host,
+    /// With `[cluster]`: the fleet's store, for what spans nodes (`nodes`,
+    /// `list`, registration).
+    pub fleet: Option<Fleet>,
+}
+
+/// This host as a node of a fleet.
+pub struct Fleet {
+    pub store: EtcdStore,
+    /// The fleet's tenant range (`[network] subnet` as configured); the
+    /// host's own `network.subnet` is its node's share of it.
+    pub range: ipnet::Ipv4Net,
+    pub node: NodeRecord,
 }
 
 impl Context {
@@ -25,14 +38,38 @@ impl Context {
     ) -> anyhow::Result<Context> {
         let loaded =
             HostConfig::load(&Overrides { config, state_dir }).context("failed to load config")?;
+        let mut loaded = loaded;
         let hook = hook_command(&loaded)?;
+        let fleet = match loaded.config.cluster.clone() {
+            Some(cluster) => {
+                let range = loaded.config.network.subnet;
+                let node = node_record(&loaded.config, &cluster, range)?;
+                // This node's tenants, bridge and leases live in its share.
+                loaded.config.network.subnet = node.subnet;
+                Some(Fleet {
+                    store: EtcdStore::connect(&cluster)
+                        .context("failed to open the fleet's store")?,
+                    range,
+                    node,
+                })
+            }
+            None => None,
+        };
         let config = loaded.config.clone();
-        let store = FileStore::new(sotolito_config::Registry::new(config.registry_dir()));
+        let store: Box<dyn Store> = match &config.cluster {
+            Some(cluster) => {
+                Box::new(EtcdStore::connect(cluster).context("failed to open the fleet's store")?)
+            }
+            None => Box::new(FileStore::new(sotolito_config::Registry::new(
+                config.registry_dir(),
+            ))),
+        };
         let sys = Real::system(&config, hook);
         Ok(Context {
-            host: Host::new(config, Box::new(store), sys),
+            host: Host::new(config, store, sys),
             loaded,
             json,
+            fleet,
         })
     }
 
@@ -71,6 +108,57 @@ impl Context {
             Ok(())
         }
     }
+}
+
+/// STATE_DIR/fleet/node.json: this node's record as last registered, so
+/// that hooks and every other command know the node's tenant subnet
+/// without asking etcd (a tenant starts while etcd is down).
+pub fn node_cache(config: &HostConfig) -> PathBuf {
+    config.paths.state_dir.join("fleet/node.json")
+}
+
+/// The cached record, or a registration now when there is none yet.
+fn node_record(
+    config: &HostConfig,
+    cluster: &sotolito_config::Cluster,
+    range: ipnet::Ipv4Net,
+) -> anyhow::Result<NodeRecord> {
+    let path = node_cache(config);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let rec: NodeRecord = serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is unreadable (run vpsctl init again)", path.display())
+            })?;
+            if rec.name == cluster.node && rec.range == range {
+                return Ok(rec);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    register(config, cluster, range)
+}
+
+/// Registers (or re-registers) this host as its node and caches the record.
+pub fn register(
+    config: &HostConfig,
+    cluster: &sotolito_config::Cluster,
+    range: ipnet::Ipv4Net,
+) -> anyhow::Result<NodeRecord> {
+    let fail = || format!("failed to register node {} in the fleet", cluster.node);
+    let store = EtcdStore::connect(cluster).with_context(fail)?;
+    let rec = store
+        .block_on(store.fleet().register_node(cluster, range))
+        .with_context(fail)?;
+    let path = node_cache(config);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))
+            .with_context(fail)?;
+    }
+    let bytes = serde_json::to_vec_pretty(&rec).expect("a node record serializes");
+    sotolito_config::atomic::write(&path, &bytes, 0o644).with_context(fail)?;
+    Ok(rec)
 }
 
 /// The runc hooks and the console pump call this very binary with this

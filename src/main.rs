@@ -67,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::List => cmd::tenants::list(&ctx),
+        Command::Nodes => cmd::nodes::run(&ctx),
         Command::Status { name } => cmd::tenants::status(&ctx, &name),
         Command::Image(c) => cmd::image::run(&ctx, c),
         Command::Provision(args) => cmd::provision::run(&ctx, args),

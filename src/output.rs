@@ -41,6 +41,11 @@ pub struct TenantView {
     /// Host ids its ids 0.. map to; null for a tenant made before user
     /// namespaces (convert it with `vpsctl remap`).
     pub idmap: Option<sotolito_config::Idmap>,
+    /// The fleet node it lives on; null on a host without `[cluster]`.
+    pub node: Option<String>,
+    /// Where clients reach its ssh (the node's public address and the
+    /// port); null on a host without `[cluster]`.
+    pub ssh: Option<String>,
 }
 
 impl TenantView {
@@ -90,6 +95,8 @@ impl TenantView {
                 .to_string(),
             created: humantime::format_rfc3339_seconds(t.created).to_string(),
             idmap: t.idmap,
+            node: None,
+            ssh: None,
         }
     }
 }
@@ -113,6 +120,9 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
 }
 
 pub fn print_table(views: &[TenantView]) -> anyhow::Result<()> {
+    if views.iter().any(|v| v.node.is_some()) {
+        return print_fleet_table(views);
+    }
     let rows: Vec<[String; 7]> = views
         .iter()
         .map(|v| {
@@ -133,6 +143,32 @@ pub fn print_table(views: &[TenantView]) -> anyhow::Result<()> {
         .collect();
     print_rows(
         ["NAME", "STATE", "DESIRED", "IP", "SSH", "IMAGE", "HOSTS"],
+        &rows,
+    )
+}
+
+/// `list` on a fleet node: every node's tenants, with their node.
+fn print_fleet_table(views: &[TenantView]) -> anyhow::Result<()> {
+    let rows: Vec<[String; 7]> = views
+        .iter()
+        .map(|v| {
+            [
+                v.name.clone(),
+                v.node.clone().unwrap_or_default(),
+                v.state.to_owned(),
+                v.desired.to_owned(),
+                v.ip.clone(),
+                v.ssh.clone().unwrap_or_else(|| v.ssh_port.to_string()),
+                if v.hosts.is_empty() {
+                    "-".into()
+                } else {
+                    v.hosts.join(",")
+                },
+            ]
+        })
+        .collect();
+    print_rows(
+        ["NAME", "NODE", "STATE", "DESIRED", "IP", "SSH", "HOSTS"],
         &rows,
     )
 }
@@ -167,6 +203,9 @@ pub fn print_status(v: &TenantView) -> anyhow::Result<()> {
         v.hosts.join(", ")
     };
     writeln!(out, "name:       {}", v.name)?;
+    if let Some(node) = &v.node {
+        writeln!(out, "node:       {node}")?;
+    }
     writeln!(out, "state:      {} (desired {})", v.state, v.desired)?;
     writeln!(out, "pid:        {pid}")?;
     writeln!(
@@ -177,6 +216,9 @@ pub fn print_status(v: &TenantView) -> anyhow::Result<()> {
     writeln!(out, "image:      {}", v.image)?;
     writeln!(out, "ip:         {}", v.ip)?;
     writeln!(out, "ssh port:   {}", v.ssh_port)?;
+    if let Some(ssh) = &v.ssh {
+        writeln!(out, "ssh:        {ssh}")?;
+    }
     writeln!(out, "http port:  {}", v.http_port)?;
     writeln!(out, "hosts:      {hosts}")?;
     let idmap = v.idmap.map_or_else(

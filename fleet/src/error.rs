@@ -19,6 +19,8 @@ pub enum Error {
     Store { endpoints: String, message: String },
     #[error("{what} is taken by tenant {owner} ({hint})")]
     Conflict {
+        /// The claim's key (see [`crate::keys`]).
+        key: String,
         what: String,
         owner: TenantName,
         hint: &'static str,

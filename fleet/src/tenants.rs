@@ -252,6 +252,7 @@ impl Store {
                 let owner = String::from_utf8_lossy(kv.value()).into_owned();
                 if owner != name.as_str() {
                     return Err(Error::Conflict {
+                        key: c.key.clone(),
                         what: c.what.clone(),
                         owner: TenantName::new(&owner).map_err(|e| Error::Record {
                             key: c.key.clone(),

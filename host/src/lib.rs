@@ -32,7 +32,7 @@ pub use lifecycle::{KillRequest, Started, StopRequest};
 pub use lock::HostLock;
 pub use provision::{DeprovisionRequest, Deprovisioned, Outcome, ProvisionRequest, Provisioned};
 pub use settings::SetRequest;
-pub use store::{Claim, FileStore, Revision, Store, StoreError, Versioned};
+pub use store::{Claim, EtcdStore, FileStore, Revision, Store, StoreError, Versioned};
 pub use sys::System;
 
 /// Errors of the lifecycle: each names the thing and what to do.

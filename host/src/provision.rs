@@ -120,7 +120,7 @@ impl Host {
         loop {
             attempt += 1;
             let existing = self.store.get(&req.name)?.map(|v| v.tenant);
-            let all = self.store.list()?;
+            let all = self.store.claimed()?;
             let tenant = self.plan(req, existing.as_ref(), &all)?;
             if let Some(old) = &existing {
                 let diff = old.differences(&tenant);
@@ -153,7 +153,12 @@ impl Host {
                         }
                         return Err(e.into());
                     }
-                    Err(e) => return Err(e.into()),
+                    // The store failed (a fleet's etcd unreachable): what
+                    // this run made goes too, nothing half-made stays.
+                    Err(e) => {
+                        self.undo_new(&tenant.name, seeded);
+                        return Err(e.into());
+                    }
                 }
             }
             failpoint::hit("provision.after-record");

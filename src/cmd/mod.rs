@@ -9,6 +9,7 @@ pub(crate) mod image;
 pub(crate) mod init;
 pub(crate) mod lifecycle;
 pub(crate) mod net;
+pub(crate) mod nodes;
 pub(crate) mod provision;
 pub(crate) mod proxy;
 pub(crate) mod remap;

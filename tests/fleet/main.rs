@@ -6,4 +6,9 @@
 #[path = "../../fleet/tests/support/mod.rs"]
 mod support;
 
+mod nodes;
 mod proxy;
+
+#[path = "../common/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod common;

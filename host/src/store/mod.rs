@@ -10,6 +10,7 @@
 //! no host-wide lock (etcd: one transaction with `create_revision == 0`
 //! compares on the claim keys); the file store keeps its flock inside.
 
+mod etcd;
 mod file;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use std::net::Ipv4Addr;
 
 use sotolito_config::{HostName, SshPort, Tenant, TenantName};
 
+pub use etcd::EtcdStore;
 pub use file::FileStore;
 
 /// A record's version as the store counts it: opaque, compared for
@@ -130,13 +132,22 @@ pub enum StoreError {
     Stale(TenantName),
     #[error(transparent)]
     Backend(#[from] sotolito_config::Error),
+    /// The fleet's etcd store: unreachable, or a tenant of another node.
+    #[error(transparent)]
+    Fleet(#[from] sotolito_fleet::Error),
 }
 
 /// Where tenant records live. Every method is atomic on its own; none
 /// needs the caller to hold a lock.
 pub trait Store: Send + Sync {
-    /// All records, sorted by name.
+    /// All records of this host, sorted by name.
     fn list(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Every record whose claims a new record must avoid: this host's, or
+    /// in a fleet every node's (what provision picks free addresses and
+    /// ports against).
+    fn claimed(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.list()
+    }
     fn get(&self, name: &TenantName) -> Result<Option<Versioned>, StoreError>;
     /// Writes a new record and takes its claims, all or nothing:
     /// [`StoreError::Exists`] when the name has a record,
