@@ -59,25 +59,21 @@ pub enum Error {
 /// tonic's metadata dump.
 pub(crate) fn describe(e: &etcd_client::Error) -> String {
     use std::error::Error as _;
-    match e {
+    let (mut msg, mut src) = match e {
+        // Not the status's own Display: it dumps the metadata map.
         etcd_client::Error::GRpcStatus(s) => {
-            let mut msg = format!("{:?}: {}", s.code(), s.message());
-            // A transport failure hides its cause in the source chain.
-            let mut src = s.source();
-            while let Some(inner) = src {
-                msg = format!("{msg}: {inner}");
-                src = inner.source();
-            }
-            msg
+            (format!("{:?}: {}", s.code(), s.message()), s.source())
         }
-        other => {
-            let mut msg = other.to_string();
-            let mut src = other.source();
-            while let Some(inner) = src {
-                msg = format!("{msg}: {inner}");
-                src = inner.source();
-            }
-            msg
+        other => (other.to_string(), other.source()),
+    };
+    // A transport failure hides its cause in the source chain; tonic and
+    // hyper repeat one another there, so each distinct part once.
+    while let Some(inner) = src {
+        let part = inner.to_string();
+        if !msg.contains(&part) {
+            msg = format!("{msg}: {part}");
         }
+        src = inner.source();
     }
+    msg
 }
