@@ -341,7 +341,9 @@ pub fn detach(name: &TenantName) -> Result<(), Error> {
     with_handle(|h| async move {
         if let Some(link) = link_by_name(&h, &veth).await? {
             match h.link().del(link.header.index).execute().await {
-                Ok(()) => tracing::info!(veth = %veth, "detached"),
+                // The hook logs "detached" (the veth is usually gone
+                // with the container's namespace already).
+                Ok(()) => tracing::info!(tenant = %name, veth = %veth, "veth removed"),
                 // Gone meanwhile (the container's namespace went away).
                 Err(e) if errno(&e) == Some(libc_enodev()) => {}
                 Err(e) => return Err(nl(format!("remove {veth}"))(e)),

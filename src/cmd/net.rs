@@ -156,9 +156,8 @@ fn attach(ctx: &Context, name: &TenantName, pid: Option<u32>) -> anyhow::Result<
     // alike, after runc made the container's cgroups and before its init
     // execs: the moment systemd in a user namespace needs its cgroups
     // handed to its mapped root.
-    ctx.host.attach(name, pid).with_context(fail)?;
-    tracing::info!(tenant = %name, container_pid = pid, "attached");
-    Ok(())
+    // sotolito-net logs "attached" with the veth and address.
+    ctx.host.attach(name, pid).with_context(fail)
 }
 
 /// The `pid` of the OCI state JSON that runc writes to a hook's stdin.
