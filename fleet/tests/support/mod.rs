@@ -331,7 +331,7 @@ impl Etcd {
             .arg(certs.join("client.pem"))
             .arg("--key")
             .arg(certs.join("client-key.pem"))
-            .args(["--command-timeout", "2s", "--dial-timeout", "1s"]);
+            .args(["--command-timeout", "10s", "--dial-timeout", "5s"]);
         c
     }
 
