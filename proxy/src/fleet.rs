@@ -1,18 +1,19 @@
-//! Routes from the fleet's store (`[cluster]`): the proxy follows an etcd
-//! watch of every node's tenants (no polling) and routes any host to its
-//! tenant on whichever node it lives; the kernel routes other nodes'
-//! tenant subnets over the private network. While etcd is unreachable the
-//! last-known routes stay in use. The proxy also keeps this node's
-//! liveness lease: every node runs one, and a node whose proxy is gone
-//! shows down.
+//! Routes from the fleet's store (`[cluster]`): a [`RouteSource`] that
+//! follows an etcd watch of every node's tenants (no polling), so the
+//! proxy routes any host to its tenant on whichever node it lives; the
+//! kernel routes other nodes' tenant subnets over the private network.
+//! While etcd is unreachable the last-known routes stay in use. The proxy
+//! also keeps this node's liveness lease: every node runs one, and a node
+//! whose proxy is gone shows down. Certificates stay files on each node:
+//! the certs dir is watched by a [`FileSource`] alongside.
 
 use std::time::Duration;
 
-use sotolito_config::{Cluster, Tenant};
+use sotolito_config::Cluster;
 use sotolito_fleet::{FeedState, Registration, Store, TenantFeed};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::route::RouteTable;
+use crate::source::{FileSource, RouteSource, SourceEvent, TenantRoute};
 use crate::Error;
 
 pub(crate) struct Fleet {
@@ -21,12 +22,14 @@ pub(crate) struct Fleet {
     _alive: Registration,
     /// The view the routes in use were built from.
     revision: i64,
+    certs: FileSource,
 }
 
 impl Fleet {
     /// Connects (reading the certificates now), starts the watch and the
-    /// liveness lease. etcd being down is not an error: the feed retries.
-    pub(crate) async fn start(cluster: &Cluster) -> Result<Fleet, Error> {
+    /// liveness lease, on the calling runtime. etcd being down is not an
+    /// error: the feed retries. `certs` watches the certs dir.
+    pub(crate) async fn start(cluster: &Cluster, certs: FileSource) -> Result<Fleet, Error> {
         let store = Store::connect(cluster).await.map_err(Error::Fleet)?;
         let alive = store.keep_alive(&cluster.node, cluster.private_address, cluster.lease_ttl);
         let feed = TenantFeed::spawn(store);
@@ -36,12 +39,13 @@ impl Fleet {
             rx,
             _alive: alive,
             revision: 0,
+            certs,
         })
     }
 
-    /// The first routes: waits up to `limit` for the first read of the
-    /// store; none (an empty table) when etcd does not answer in time.
-    pub(crate) async fn first(&mut self, limit: Duration) -> RouteTable {
+    /// The first tenants: waits up to `limit` for the first read of the
+    /// store; none when etcd does not answer in time.
+    pub(crate) async fn first(&mut self, limit: Duration) -> Vec<TenantRoute> {
         let read = tokio::time::timeout(limit, self.rx.wait_for(|s| s.revision > 0))
             .await
             .is_ok_and(|r| r.is_ok());
@@ -50,27 +54,56 @@ impl Fleet {
         }
         let state = self.rx.borrow_and_update().clone();
         self.revision = state.revision;
-        table(&state)
-    }
-
-    /// The next route table, when the tenants changed; staleness alone
-    /// (etcd down or back with nothing new) keeps the routes as they are.
-    pub(crate) async fn next(&mut self) -> RouteTable {
-        loop {
-            if self.rx.changed().await.is_err() {
-                // The feed ended (it never does while we hold it).
-                std::future::pending::<()>().await;
-            }
-            let state = self.rx.borrow_and_update().clone();
-            if state.revision != self.revision && state.revision > 0 {
-                self.revision = state.revision;
-                return table(&state);
-            }
-        }
+        tenants(&state)
     }
 }
 
-fn table(state: &FeedState) -> RouteTable {
-    let tenants: Vec<Tenant> = state.tenants.values().map(|e| e.tenant.clone()).collect();
-    RouteTable::from_tenants(&tenants)
+impl RouteSource for Fleet {
+    /// A snapshot when the tenants changed; etcd going away is reported
+    /// once, and the routes in use stay. Dropping the feed and the lease
+    /// (at stop) only aborts their tasks.
+    async fn run(mut self, events: mpsc::Sender<SourceEvent>, mut stop: watch::Receiver<bool>) {
+        let certs = tokio::spawn(self.certs.run(events.clone(), stop.clone()));
+        let mut stale = false;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                r = self.rx.changed() => {
+                    if r.is_err() {
+                        // The feed ended (it never does while we hold it).
+                        break;
+                    }
+                }
+            }
+            let state = self.rx.borrow_and_update().clone();
+            let event = if state.revision != self.revision && state.revision > 0 {
+                self.revision = state.revision;
+                Some(SourceEvent::Snapshot(tenants(&state)))
+            } else if state.stale && !stale {
+                Some(SourceEvent::Unavailable(
+                    "the fleet's store is unreachable".into(),
+                ))
+            } else {
+                None
+            };
+            stale = state.stale;
+            if let Some(event) = event {
+                if events.send(event).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = certs.await;
+    }
+}
+
+fn tenants(state: &FeedState) -> Vec<TenantRoute> {
+    state
+        .tenants
+        .values()
+        .map(|e| TenantRoute {
+            node: Some(e.node.clone()),
+            ..TenantRoute::from(&e.tenant)
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 //! A connection goes accept ([`server`]) -> TLS ([`tls`]) -> strict HTTP/1
 //! framing ([`gate`], [`stream`]) -> route ([`route`]) -> upstream
 //! ([`forward`], [`body`], [`upstream`]). [`run`] is what `vpsctl proxy`
-//! calls.
+//! calls; [`source`] tells the proxy and ACME about tenants.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -21,6 +21,7 @@ mod metrics;
 pub mod route;
 mod run;
 pub mod server;
+pub mod source;
 mod stream;
 pub mod tls;
 mod upstream;
@@ -31,8 +32,9 @@ use std::time::Duration;
 
 pub use route::{Route, RouteDiff, RouteTable};
 pub use run::{run, RunOptions};
-pub use server::{Listen, ProxyHandle};
+pub use server::{Listen, ProxyHandle, ProxyUpdater};
 pub use sotolito_config::host::{AccessLogFormat, ProxyEngine};
+pub use source::{FileSource, RouteSource, SourceEvent, TenantRoute, Tenants, Watcher};
 
 /// Errors of the proxy; each names the thing and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +106,6 @@ pub struct Settings {
     pub workers: usize,
     /// Where HOST/fullchain.pem and HOST/privkey.pem live; `None`: no TLS.
     pub certs_dir: Option<PathBuf>,
-    /// How often the certificate directory is checked for changes.
-    pub cert_poll: Duration,
     /// Let TLS clients resume sessions (stateful cache, TLS 1.3 tickets).
     /// Off only to measure full handshakes.
     pub tls_resumption: bool,
@@ -136,7 +136,6 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(10),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             certs_dir: None,
-            cert_poll: Duration::from_secs(1),
             tls_resumption: true,
             acme_challenges: acme::Challenges::default(),
             access_log: AccessLogFormat::Text,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use sotolito_config::{Desired, HostName, Tenant};
 
+use crate::source::TenantRoute;
 use crate::Error;
 
 /// Where requests for one host go.
@@ -62,6 +63,12 @@ impl RouteTable {
 
     /// Routes of every host of every tenant to `ip:http_port`.
     pub fn from_tenants(tenants: &[Tenant]) -> RouteTable {
+        let records: Vec<TenantRoute> = tenants.iter().map(TenantRoute::from).collect();
+        RouteTable::from_records(&records)
+    }
+
+    /// [`RouteTable::from_tenants`] from the proxy's view of the records.
+    pub fn from_records(tenants: &[TenantRoute]) -> RouteTable {
         let mut table = RouteTable::new();
         for t in tenants {
             let route = Arc::new(Route {

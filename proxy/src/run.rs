@@ -5,14 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sotolito_config::{Loaded, Registry};
+use tokio::sync::{mpsc, watch};
 
 use crate::route::RouteTable;
 use crate::server::{Listen, ProxyHandle};
+use crate::source::{FileSource, RouteSource, SourceEvent, TenantRoute, Watcher, CERT_POLL};
 use crate::{Error, Settings};
-
-/// How often the registry's generation is checked: a provision is routed
-/// within this (plus one read of the records).
-const REGISTRY_POLL: Duration = Duration::from_millis(100);
 
 /// How long a starting proxy waits for the fleet's store before it serves
 /// with no routes (the watch fills them in when etcd answers).
@@ -56,31 +54,38 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
             what: "signal runtime",
             source,
         })?;
-    let registry = Registry::new(config.registry_dir());
-    // With [cluster] the routes come from the fleet's store, followed by a
-    // watch on this runtime; without, from polling the file registry.
-    let mut fleet = None;
-    let mut generation = 0;
-    let table = match &config.cluster {
+    // One source feeds routes, certificates and ACME (source.rs): with
+    // [cluster] the fleet's etcd watch, its tasks on this runtime; without,
+    // the file registry. Either way the certs dir is polled here.
+    let certs = FileSource::new().certs(config.certs_dir(), CERT_POLL);
+    let (source, tenants) = match &config.cluster {
         Some(cluster) => {
-            let mut f = rt.block_on(crate::fleet::Fleet::start(cluster))?;
-            let table = rt.block_on(f.first(FLEET_FIRST_READ));
-            fleet = Some(f);
-            tracing::info!(routes = table.len(), node = %cluster.node, "fleet routes loaded");
-            table
+            let mut fleet = rt.block_on(crate::fleet::Fleet::start(cluster, certs))?;
+            let tenants = rt.block_on(fleet.first(FLEET_FIRST_READ));
+            tracing::info!(node = %cluster.node, "fleet store followed");
+            (HostSource::Fleet(fleet), tenants)
         }
         None => {
-            generation = registry.generation().map_err(Error::Registry)?;
-            let tenants = registry.list().map_err(Error::Registry)?;
-            let table = RouteTable::from_tenants(&tenants);
-            tracing::info!(
-                tenants = tenants.len(),
-                routes = table.len(),
-                "routes loaded"
-            );
-            table
+            let registry = Registry::new(config.registry_dir());
+            let generation = registry.generation().map_err(Error::Registry)?;
+            let tenants: Vec<TenantRoute> = registry
+                .list()
+                .map_err(Error::Registry)?
+                .iter()
+                .map(TenantRoute::from)
+                .collect();
+            (
+                HostSource::File(certs.registry(registry, generation)),
+                tenants,
+            )
         }
     };
+    let table = RouteTable::from_records(&tenants);
+    tracing::info!(
+        tenants = tenants.len(),
+        routes = table.len(),
+        "routes loaded"
+    );
     let proxy = ProxyHandle::start(settings, listen, table)?;
     tracing::info!(
         http = ?proxy.http_addr(),
@@ -88,9 +93,10 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
         admin = ?proxy.admin_addr(),
         "proxy listening"
     );
+    let watcher = Watcher::start(source, proxy.updater(), tenants)?;
     // Automatic HTTPS when [acme] enabled; a broken [acme] section leaves
     // the proxy serving without it. The manager stops when dropped.
-    let _acme = crate::acme::start(config, challenges).unwrap_or_else(|e| {
+    let acme = crate::acme::start(config, challenges, watcher.tenants()).unwrap_or_else(|e| {
         tracing::error!(error = %e, "automatic HTTPS is off");
         None
     });
@@ -102,54 +108,33 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
                 source,
             })?;
         notify(sd_notify::NotifyState::Ready);
-        let mut tick = tokio::time::interval(REGISTRY_POLL);
-        let mut last_problem: Option<String> = None;
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
-                table = next_fleet_routes(&mut fleet) => {
-                    let diff = proxy.set_routes(table);
-                    tracing::info!(added = diff.added.len(), removed = diff.removed.len(), changed = diff.changed.len(), "fleet routes changed");
-                    continue;
-                }
-                _ = tick.tick(), if fleet.is_none() => {}
-            }
-            // A broken registry is reported once per distinct problem, not
-            // ten times a second; the routes in use stay.
-            let problem = match registry.generation() {
-                Ok(g) if g != generation => match registry.list() {
-                    Ok(tenants) => {
-                        generation = g;
-                        proxy.set_routes(RouteTable::from_tenants(&tenants));
-                        None
-                    }
-                    Err(e) => Some(e.to_string()),
-                },
-                Ok(_) => None,
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(p) = &problem {
-                if last_problem.as_ref() != Some(p) {
-                    tracing::warn!(error = %p, "registry unreadable; keeping the current routes");
-                }
-            }
-            last_problem = problem;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
         Ok::<(), Error>(())
     })?;
     tracing::info!("draining");
     notify(sd_notify::NotifyState::Stopping);
+    // No route swaps while draining.
+    drop(watcher);
     proxy.shutdown();
+    drop(acme);
     Ok(())
 }
 
-/// The next routes from the fleet's watch; never, without a fleet.
-async fn next_fleet_routes(fleet: &mut Option<crate::fleet::Fleet>) -> RouteTable {
-    match fleet {
-        Some(f) => f.next().await,
-        None => std::future::pending().await,
+/// Where this host's tenants come from.
+enum HostSource {
+    File(FileSource),
+    Fleet(crate::fleet::Fleet),
+}
+
+impl RouteSource for HostSource {
+    async fn run(self, events: mpsc::Sender<SourceEvent>, stop: watch::Receiver<bool>) {
+        match self {
+            HostSource::File(s) => s.run(events, stop).await,
+            HostSource::Fleet(s) => s.run(events, stop).await,
+        }
     }
 }
 

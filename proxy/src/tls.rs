@@ -2,7 +2,7 @@
 //! (HOST/fullchain.pem + HOST/privkey.pem, a wildcard as `_.example.com/`),
 //! swapped in when the files change, without a restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -64,27 +64,14 @@ impl CertStore {
         let mut next: HashMap<String, Arc<CertifiedKey>> = HashMap::new();
         let mut seen: HashMap<String, Stamp> = HashMap::new();
         let mut changed = false;
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e.flatten().collect::<Vec<_>>(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        let scanned = match scan(&self.dir) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read certs dir");
                 return false;
             }
         };
-        for entry in entries {
-            let Some(name) = entry.file_name().to_str().map(str::to_ascii_lowercase) else {
-                continue;
-            };
-            let host = match name.strip_prefix("_.") {
-                Some(domain) => format!("*.{domain}"),
-                None => name,
-            };
-            let path = entry.path();
-            if !path.join("fullchain.pem").exists() {
-                continue;
-            }
-            let stamp = stamp(&path);
+        for (host, (path, stamp)) in scanned {
             seen.insert(host.clone(), stamp);
             if stamps.get(&host) == Some(&stamp) {
                 if let Some(old) = current.get(&host) {
@@ -142,6 +129,41 @@ impl ResolvesServerCert for CertStore {
         // No SNI, no certificate: a tenant is chosen by name, never by IP.
         hello.server_name().and_then(|name| self.lookup(name))
     }
+}
+
+/// Each host directory holding a `fullchain.pem`, by host name (`*.domain`
+/// for `_.domain/`), with the stamp of its files. A missing directory is
+/// empty.
+fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, (PathBuf, Stamp)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e.flatten().collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        let Some(name) = entry.file_name().to_str().map(str::to_ascii_lowercase) else {
+            continue;
+        };
+        let host = match name.strip_prefix("_.") {
+            Some(domain) => format!("*.{domain}"),
+            None => name,
+        };
+        let path = entry.path();
+        if !path.join("fullchain.pem").exists() {
+            continue;
+        }
+        let stamp = stamp(&path);
+        out.insert(host, (path, stamp));
+    }
+    Ok(out)
+}
+
+/// What of the certs dir a reload looks at, to tell whether one is due;
+/// `None` when the directory cannot be read.
+pub(crate) fn dir_stamps(dir: &Path) -> Option<BTreeMap<String, Stamp>> {
+    let scanned = scan(dir).ok()?;
+    Some(scanned.into_iter().map(|(h, (_, s))| (h, s)).collect())
 }
 
 fn stamp(dir: &Path) -> Stamp {

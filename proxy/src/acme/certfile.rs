@@ -18,6 +18,7 @@ use sotolito_config::{HostConfig, Registry};
 
 use super::plan::{self, CertFacts, Eligibility, Need};
 use super::Error;
+use crate::source::TenantRoute;
 
 pub(crate) const ACCOUNT_DIR: &str = "acme";
 pub(crate) const ACCOUNT_FILE: &str = "account.json";
@@ -291,9 +292,12 @@ pub struct CertInfo {
 /// Every registry host and every certificate in the certs dir, by host.
 pub fn list_certs(config: &HostConfig) -> Result<Vec<CertInfo>, Error> {
     let certs_dir = config.certs_dir();
-    let tenants = Registry::new(config.registry_dir())
+    let tenants: Vec<TenantRoute> = Registry::new(config.registry_dir())
         .list()
-        .map_err(Error::Registry)?;
+        .map_err(Error::Registry)?
+        .iter()
+        .map(TenantRoute::from)
+        .collect();
     let mut hosts: Vec<(String, Option<String>, Option<Eligibility>)> = plan::plan_hosts(&tenants)
         .into_iter()
         .map(|(h, t, e)| (h.as_str().to_owned(), Some(t.as_str().to_owned()), Some(e)))

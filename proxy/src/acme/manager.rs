@@ -1,6 +1,7 @@
-//! The manager: a thread with its own runtime that watches the registry
-//! and the certs dir, orders certificates for eligible hosts one at a time,
-//! and backs off per host on failure.
+//! The manager: a thread with its own runtime that follows the tenants the
+//! route watcher publishes, looks at each eligible host's certificate when
+//! it is due, orders certificates one at a time, and backs off per host on
+//! failure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use instant_acme::Account;
 use sotolito_config::host::Acme;
-use sotolito_config::{HostConfig, Registry};
+use sotolito_config::{HostConfig, NodeName};
 use tokio::sync::watch;
 
 use super::certfile::{self, install, Attempt};
@@ -18,6 +19,7 @@ use super::client::AcmeHttp;
 use super::order::{self, poll_policy, ChallengeKind};
 use super::plan::{self, Need};
 use super::Error;
+use crate::source::Tenants;
 
 const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
 const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
@@ -26,7 +28,7 @@ const NO_ACCOUNT: &str = "urn:ietf:params:acme:error:accountDoesNotExist";
 /// Timing of the manager. The defaults suit a public CA; tests shorten them.
 #[derive(Debug, Clone)]
 pub struct Tuning {
-    /// How often the registry and due times are looked at.
+    /// How often due times are looked at.
     pub tick: Duration,
     /// A usable certificate's files are looked at again at least this
     /// often (an operator may replace or remove them).
@@ -75,10 +77,15 @@ impl Drop for AcmeHandle {
     }
 }
 
-/// Starts certificate management for `config`'s registry when `[acme]
+/// Starts certificate management for the hosts of `tenants` (what the
+/// route watcher publishes, [`crate::Watcher::tenants`]) when `[acme]
 /// enabled`; `Ok(None)` when it is off. `challenges` is the store the
 /// proxy's HTTP handler answers from.
-pub fn start(config: &HostConfig, challenges: Challenges) -> Result<Option<AcmeHandle>, Error> {
+pub fn start(
+    config: &HostConfig,
+    challenges: Challenges,
+    tenants: watch::Receiver<Tenants>,
+) -> Result<Option<AcmeHandle>, Error> {
     let challenge = match config.acme.challenge {
         sotolito_config::host::AcmeChallenge::Http01 => ChallengeKind::Http01,
         sotolito_config::host::AcmeChallenge::TlsAlpn01 => ChallengeKind::TlsAlpn01,
@@ -90,6 +97,7 @@ pub fn start(config: &HostConfig, challenges: Challenges) -> Result<Option<AcmeH
             challenge,
             ..Tuning::default()
         },
+        tenants,
     )
 }
 
@@ -98,6 +106,7 @@ pub fn start_with(
     config: &HostConfig,
     challenges: Challenges,
     tuning: Tuning,
+    tenants: watch::Receiver<Tenants>,
 ) -> Result<Option<AcmeHandle>, Error> {
     if !config.acme.enabled {
         return Ok(None);
@@ -110,7 +119,8 @@ pub fn start_with(
     let manager = Manager {
         acme,
         certs_dir: config.certs_dir(),
-        registry: Registry::new(config.registry_dir()),
+        tenants,
+        node: config.cluster.as_ref().map(|c| c.node.clone()),
         challenges,
         http,
         tuning,
@@ -167,7 +177,10 @@ struct HostState {
 struct Manager {
     acme: Acme,
     certs_dir: PathBuf,
-    registry: Registry,
+    tenants: watch::Receiver<Tenants>,
+    /// With `[cluster]`, this host's node: only its tenants are ordered for
+    /// (every node's proxy routes them all, one node orders).
+    node: Option<NodeName>,
     challenges: Challenges,
     http: AcmeHttp,
     tuning: Tuning,
@@ -184,25 +197,26 @@ struct Manager {
 
 impl Manager {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut generation = None;
         let mut eligible: Vec<String> = Vec::new();
+        let mut first = true;
         loop {
-            match self.registry.generation() {
-                Ok(g) if Some(g) == generation => {}
-                Ok(g) => match self.registry.list() {
-                    Ok(tenants) => {
-                        generation = Some(g);
-                        eligible = plan::plan_hosts(&tenants)
-                            .into_iter()
-                            .filter(|(_, _, e)| e.is_eligible())
-                            .map(|(h, _, _)| h.as_str().to_owned())
-                            .collect();
-                        self.hosts.retain(|h, _| eligible.contains(h));
-                        self.status.retain(|h, _| eligible.contains(h));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "ACME: registry unreadable; retrying"),
-                },
-                Err(e) => tracing::warn!(error = %e, "ACME: registry unreadable; retrying"),
+            // A watcher that stopped leaves the last tenants in force.
+            if first || self.tenants.has_changed().unwrap_or(false) {
+                first = false;
+                let tenants: Vec<_> = self
+                    .tenants
+                    .borrow_and_update()
+                    .iter()
+                    .filter(|t| t.node.is_none() || t.node == self.node)
+                    .cloned()
+                    .collect();
+                eligible = plan::plan_hosts(&tenants)
+                    .into_iter()
+                    .filter(|(_, _, e)| e.is_eligible())
+                    .map(|(h, _, _)| h.as_str().to_owned())
+                    .collect();
+                self.hosts.retain(|h, _| eligible.contains(h));
+                self.status.retain(|h, _| eligible.contains(h));
             }
             for host in &eligible {
                 if *stop.borrow() {
@@ -376,6 +390,9 @@ mod tests {
     #[test]
     fn off_unless_enabled() {
         let config = HostConfig::default();
-        assert!(start(&config, Challenges::new()).expect("ok").is_none());
+        let (_tx, tenants) = watch::channel(Tenants::from(Vec::new()));
+        assert!(start(&config, Challenges::new(), tenants)
+            .expect("ok")
+            .is_none());
     }
 }

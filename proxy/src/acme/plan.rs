@@ -5,7 +5,9 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use sotolito_config::{HostName, Tenant, TenantName};
+use sotolito_config::{HostName, TenantName};
+
+use crate::source::TenantRoute;
 
 /// Why a host is or is not requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +47,7 @@ const RESERVED_TLDS: [&str; 4] = ["localhost", "test", "example", "invalid"];
 const RESERVED_DOMAINS: [&str; 3] = ["example.com", "example.net", "example.org"];
 
 /// Whether `host` of `tenant` may be requested from the CA.
-pub fn eligibility(host: &HostName, tenant: &Tenant) -> Eligibility {
+pub fn eligibility(host: &HostName, tenant: &TenantRoute) -> Eligibility {
     let name = host.as_str();
     if tenant.acme_opt_out.iter().any(|h| h == host) {
         return Eligibility::OptedOut;
@@ -81,7 +83,7 @@ pub fn eligibility(host: &HostName, tenant: &Tenant) -> Eligibility {
 }
 
 /// Every host of every tenant, with its tenant and eligibility.
-pub fn plan_hosts(tenants: &[Tenant]) -> Vec<(HostName, TenantName, Eligibility)> {
+pub fn plan_hosts(tenants: &[TenantRoute]) -> Vec<(HostName, TenantName, Eligibility)> {
     let mut out: Vec<_> = tenants
         .iter()
         .flat_map(|t| {
@@ -178,7 +180,7 @@ pub fn backoff(
 mod tests {
     use super::*;
 
-    fn tenant(hosts: &[&str], opt_out: &[&str]) -> Tenant {
+    fn tenant(hosts: &[&str], opt_out: &[&str]) -> TenantRoute {
         let text = format!(
             "version = 1\nname = \"t\"\nimage = \"debian\"\nip = \"172.18.0.2\"\nssh_port = 2201\n\
              hosts = [{}]\nacme_opt_out = [{}]\ncreated = \"2026-11-28T10:00:00Z\"\ndesired = \"running\"\n\
@@ -186,7 +188,7 @@ mod tests {
             hosts.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(","),
             opt_out.iter().map(|h| format!("{h:?}")).collect::<Vec<_>>().join(","),
         );
-        Tenant::from_toml(&text).expect("tenant")
+        TenantRoute::from(&sotolito_config::Tenant::from_toml(&text).expect("tenant"))
     }
 
     fn elig(host: &str, opt_out: &[&str]) -> Eligibility {

@@ -1,5 +1,6 @@
-//! The control thread: the admin listener (`/metrics`, `/healthz`) and the
-//! periodic certificate re-read, off the workers' runtimes.
+//! The control thread: the admin listener (`/metrics`, `/healthz`), off
+//! the workers' runtimes. Certificates are re-read when the route source
+//! says so (`source::Watcher`).
 
 use std::sync::Arc;
 
@@ -26,18 +27,9 @@ pub(super) async fn control(
             Err(e) => tracing::error!(error = %e, "admin listener unusable"),
         }
     }
-    let mut tick = tokio::time::interval(shared.settings.cert_poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Some(certs) = &shared.certs {
-                    let certs = certs.clone();
-                    // File reads stay off the runtime's thread.
-                    let _ = tokio::task::spawn_blocking(move || certs.reload()).await;
-                }
-            }
-            _ = shutdown.changed() => return,
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The running proxy, split by stage: [`listen`] binds the sockets and
 //! runs each worker's accept loops, [`balance`] spreads connections over
 //! the workers, [`conn`] serves one connection (TLS, HTTP/1, HTTP/2) and
-//! [`control`] runs the admin listener and certificate polling. This
+//! [`control`] runs the admin listener. This
 //! module owns the [`ProxyHandle`]: start, route swaps and shutdown.
 //!
 //! One thread per worker, each with its own single-threaded runtime,
@@ -48,9 +48,7 @@ enum Kind {
 
 /// A running proxy. Dropping it stops it without draining.
 pub struct ProxyHandle {
-    shared: Arc<Shared>,
-    /// Each worker's copy of the table, swapped along with the shared one.
-    worker_routes: Vec<Arc<ArcSwap<RouteTable>>>,
+    updater: ProxyUpdater,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     http: Option<SocketAddr>,
@@ -149,8 +147,10 @@ impl ProxyHandle {
             })?;
         threads.push(control);
         Ok(ProxyHandle {
-            shared,
-            worker_routes,
+            updater: ProxyUpdater {
+                shared,
+                worker_routes,
+            },
             shutdown,
             threads,
             http,
@@ -171,6 +171,55 @@ impl ProxyHandle {
         self.admin
     }
 
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.updater.routes()
+    }
+
+    /// See [`ProxyUpdater::set_routes`].
+    pub fn set_routes(&self, table: RouteTable) -> RouteDiff {
+        self.updater.set_routes(table)
+    }
+
+    /// What changes the running proxy's routes and certificates, for a
+    /// [`Watcher`](crate::source::Watcher) on another thread.
+    pub fn updater(&self) -> ProxyUpdater {
+        self.updater.clone()
+    }
+
+    /// Stops accepting, lets open requests finish for up to the drain
+    /// timeout, then closes everything and waits for the threads.
+    pub fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Swaps routes and re-reads certificates of a running proxy; clones
+/// share it.
+#[derive(Clone)]
+pub struct ProxyUpdater {
+    shared: Arc<Shared>,
+    /// Each worker's copy of the table, swapped along with the shared one.
+    worker_routes: Vec<Arc<ArcSwap<RouteTable>>>,
+}
+
+impl std::fmt::Debug for ProxyUpdater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyUpdater")
+            .field("workers", &self.worker_routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyUpdater {
     pub fn routes(&self) -> Arc<RouteTable> {
         self.shared.routes.load_full()
     }
@@ -197,19 +246,10 @@ impl ProxyHandle {
         diff
     }
 
-    /// Stops accepting, lets open requests finish for up to the drain
-    /// timeout, then closes everything and waits for the threads.
-    pub fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ProxyHandle {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+    /// Re-reads the certificates whose files changed (none without a
+    /// certs dir). Returns whether anything changed. Blocks on file reads.
+    pub fn reload_certs(&self) -> bool {
+        self.shared.certs.as_ref().is_some_and(|c| c.reload())
     }
 }
 

@@ -17,7 +17,7 @@ use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
 use rustls::pki_types::pem::PemObject as _;
 use sotolito_config::{HostConfig, Registry, Tenant};
 use sotolito_proxy::acme::{self, AcmeHandle, ChallengeKind, Challenges, Tuning};
-use sotolito_proxy::{Listen, ProxyHandle, RouteTable, Settings};
+use sotolito_proxy::{FileSource, Listen, ProxyHandle, RouteTable, Settings, TenantRoute, Watcher};
 
 pub const DIRECTORY: &str = "https://127.0.0.1:14000/dir";
 pub const DNS: &str = "127.0.0.1:5353";
@@ -376,10 +376,11 @@ fn serve(mut s: TcpStream) {
     );
 }
 
-/// The whole world; dropped in field order: manager, proxy, tenant,
-/// pebble, dnsmasq, namespace, files.
+/// The whole world; dropped in field order: manager, route watcher,
+/// proxy, tenant, pebble, dnsmasq, namespace, files.
 pub struct Env {
     pub acme: Option<AcmeHandle>,
+    pub watcher: Option<Watcher>,
     pub proxy: Option<ProxyHandle>,
     _backend: Backend,
     pub pebble: Pebble,
@@ -442,6 +443,7 @@ impl Env {
 
         Env {
             acme: None,
+            watcher: None,
             proxy: None,
             _backend: backend,
             pebble,
@@ -467,14 +469,14 @@ impl Env {
         env
     }
 
-    /// The proxy and its manager, wired as `run` wires them.
+    /// The proxy, its route watcher and its manager, wired as `run` wires
+    /// them.
     fn start_proxy(&mut self, kind: ChallengeKind, http: bool) {
         let config = self.config.clone();
-        let (proxy, acme) = self.ns.run(move || {
+        let (proxy, watcher, acme) = self.ns.run(move || {
             let challenges = Challenges::new();
             let settings = Settings {
                 certs_dir: Some(config.certs_dir()),
-                cert_poll: Duration::from_millis(200),
                 workers: 1,
                 acme_challenges: challenges.clone(),
                 ..Settings::default()
@@ -484,11 +486,20 @@ impl Env {
                 https: Some(SocketAddr::from(([127, 0, 0, 1], 443))),
                 admin: None,
             };
-            let tenants = Registry::new(config.registry_dir())
+            let registry = Registry::new(config.registry_dir());
+            let generation = registry.generation().expect("registry");
+            let tenants: Vec<TenantRoute> = registry
                 .list()
-                .expect("registry");
-            let proxy = ProxyHandle::start(settings, listen, RouteTable::from_tenants(&tenants))
+                .expect("registry")
+                .iter()
+                .map(TenantRoute::from)
+                .collect();
+            let proxy = ProxyHandle::start(settings, listen, RouteTable::from_records(&tenants))
                 .expect("proxy");
+            let source = FileSource::new()
+                .registry(registry, generation)
+                .certs(config.certs_dir(), Duration::from_millis(200));
+            let watcher = Watcher::start(source, proxy.updater(), tenants).expect("watcher");
             let tuning = Tuning {
                 tick: Duration::from_millis(200),
                 recheck: Duration::from_secs(1),
@@ -498,12 +509,13 @@ impl Env {
                 order_timeout: Duration::from_secs(60),
                 challenge: kind,
             };
-            let acme = acme::start_with(&config, challenges, tuning)
+            let acme = acme::start_with(&config, challenges, tuning, watcher.tenants())
                 .expect("acme")
                 .expect("enabled");
-            (proxy, acme)
+            (proxy, watcher, acme)
         });
         self.proxy = Some(proxy);
+        self.watcher = Some(watcher);
         self.acme = Some(acme);
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use rustls::pki_types::pem::PemObject as _;
+use sotolito_proxy::{FileSource, Watcher};
 
 struct Site {
     _dir: tempfile::TempDir,
@@ -96,11 +97,10 @@ fn certificates_are_picked_up_without_restart() {
     let certs = s.certs.clone();
     let p = proxy(
         &[("a.test", "a", a.addr), ("new.test", "a", a.addr)],
-        |st| {
-            st.certs_dir = Some(certs);
-            st.cert_poll = Duration::from_millis(50);
-        },
+        |st| st.certs_dir = Some(certs.clone()),
     );
+    let source = FileSource::new().certs(certs, Duration::from_millis(50));
+    let _watcher = Watcher::start(source, p.updater(), Vec::new()).unwrap();
     let port = p.https_addr().unwrap().port();
     assert_eq!(
         curl(&s.ca_file, port, "https://new.test/", &[]).0,
