@@ -384,6 +384,77 @@ mod tests {
         assert_eq!(names(&view), ["a", "c"]);
     }
 
+    async fn next(rx: &mut mpsc::Receiver<SourceEvent>) -> SourceEvent {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("the source is running")
+    }
+
+    /// Nothing arrives for ten polls.
+    async fn quiet(rx: &mut mpsc::Receiver<SourceEvent>) {
+        let got = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
+        assert!(got.is_err(), "unexpected event: {got:?}");
+    }
+
+    #[test]
+    fn the_file_source_reports_each_change_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path().join("registry"));
+        registry.create().unwrap();
+        let certs = dir.path().join("certs");
+        let record = |name: &str| {
+            Tenant::from_toml(&format!(
+                "version = 1\nname = {name:?}\nimage = \"busybox\"\nip = \"10.0.0.2\"\n\
+                 ssh_port = 2201\nhosts = [\"a.example.net\"]\ncreated = \"2026-11-28T10:00:00Z\"\n\
+                 desired = \"running\"\n[limits]\nmemory = \"512M\"\ncpu_weight = 100\npids = 4096\n"
+            ))
+            .unwrap()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(8);
+            let (_stop, stop) = watch::channel(false);
+            let source = FileSource::new()
+                .registry(Registry::new(dir.path().join("registry")), 0)
+                .registry_poll(Duration::from_millis(10))
+                .certs(certs.clone(), Duration::from_millis(10));
+            tokio::spawn(source.run(tx, stop));
+            // The first look at the certs dir always reports; the registry
+            // is at the generation it was started with: nothing.
+            assert_eq!(next(&mut rx).await, SourceEvent::CertsChanged);
+            quiet(&mut rx).await;
+
+            let lock = registry.lock().unwrap();
+            registry.put(&lock, &record("acme")).unwrap();
+            drop(lock);
+            match next(&mut rx).await {
+                SourceEvent::Snapshot(t) => assert_eq!(t, [TenantRoute::from(&record("acme"))]),
+                other => panic!("expected a snapshot, got {other:?}"),
+            }
+            quiet(&mut rx).await;
+
+            // An unreadable registry: one report, however many polls.
+            let generation = dir.path().join("registry/generation");
+            std::fs::rename(&generation, dir.path().join("saved")).unwrap();
+            std::fs::create_dir(&generation).unwrap();
+            assert!(matches!(next(&mut rx).await, SourceEvent::Unavailable(_)));
+            quiet(&mut rx).await;
+            std::fs::remove_dir(&generation).unwrap();
+            std::fs::rename(dir.path().join("saved"), &generation).unwrap();
+            quiet(&mut rx).await;
+
+            let host = certs.join("a.example.net");
+            std::fs::create_dir_all(&host).unwrap();
+            std::fs::write(host.join("fullchain.pem"), "x").unwrap();
+            assert_eq!(next(&mut rx).await, SourceEvent::CertsChanged);
+            quiet(&mut rx).await;
+        });
+    }
+
     #[test]
     fn problems_and_certificate_changes_keep_the_tenants() {
         let mut view = View::new(vec![route("a", "a.example.net", 2)]);
