@@ -609,7 +609,7 @@ fn all_reachable(h: &TestHost, t0: Instant, busybox: &[u16]) -> Duration {
 /// its container's scope was not stopped under it first: that SIGTERMs
 /// every process of the tenant, its systemd re-executes on it and drops
 /// the 37 that follows (docs/architecture.md "Boot").
-fn assert_clean_halt(h: &TestHost, round: u32) {
+fn assert_clean_halt(h: &TestHost, round: u32, took: Duration) {
     let journal = h.ok(&[
         "journalctl",
         "-b",
@@ -644,6 +644,22 @@ fn assert_clean_halt(h: &TestHost, round: u32) {
         );
     }
     eprintln!("reboot {round}, deb in the host's journal during the halt:\n{shown}");
+    // A figure, not a check: what a slow halt waited for.
+    if took > Duration::from_secs(10) {
+        let waits: Vec<&str> = lines[halt..]
+            .iter()
+            .copied()
+            .filter(|l| {
+                ["Stopping", "Stopped", "Timed out", "Killing", "Deactivated"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
+        eprintln!(
+            "reboot {round}: the halt took {took:?}; its units:\n{}",
+            waits.join("\n")
+        );
+    }
 }
 
 /// This boot's journal of `unit`, messages only.
@@ -924,7 +940,7 @@ fn systemd_host_runs_tenants_and_brings_them_back_after_reboots() {
         );
         assert_eq!(h.vpsctl_json(&["status", "idle"])["state"], "stopped");
         assert!(h.banner(2203).is_err(), "idle answers after reboot {round}");
-        assert_clean_halt(&h, round);
+        assert_clean_halt(&h, round, down);
     }
 
     // A busybox tenant stops on KILL, its image's stop signal: a stop as
