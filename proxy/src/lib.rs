@@ -14,7 +14,8 @@ mod body;
 mod fleet;
 mod forward;
 mod gate;
-mod h1;
+#[doc(hidden)]
+pub mod h1;
 mod headers;
 mod limit;
 mod metrics;

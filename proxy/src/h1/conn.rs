@@ -335,7 +335,8 @@ impl Engine<'_> {
         // The response head.
         let head_len = loop {
             let read = if fwd.upgrade {
-                self.read_switch_head(io, buf, &mut up, &mut rbuf, timer, response_until, &fwd)
+                // Boxed, as only upgrade requests wait this way.
+                Box::pin(self.read_switch_head(io, buf, &mut up, &mut rbuf, timer, response_until, &fwd))
                     .await
             } else {
                 self.read_response_head(&mut up, &mut rbuf, timer, response_until, &fwd)
@@ -419,7 +420,8 @@ impl Engine<'_> {
                 return Next::Close;
             }
             buf.consume(buf.len());
-            super::tunnel::run(io, &mut up.stream, buf, &mut rbuf, s.idle_timeout).await;
+            // Boxed: only upgraded connections need the tunnel's state.
+            Box::pin(super::tunnel::run(io, &mut up.stream, buf, &mut rbuf, s.idle_timeout)).await;
             return Next::Close;
         }
 
