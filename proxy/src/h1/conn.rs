@@ -142,7 +142,7 @@ impl Engine<'_> {
             };
             if inb.as_ref().is_none_or(Buf::is_empty) {
                 inb = None;
-                out = Vec::new();
+                self.local.put_out(std::mem::take(&mut out));
                 let waited = tokio::select! {
                     r = timer.until(idle_until, io.wait_readable()) => r,
                     _ = shutdown.changed() => return,
@@ -153,13 +153,17 @@ impl Engine<'_> {
                 }
             }
             let buf = inb.get_or_insert_with(|| self.local.buf(Size::Request));
-            let head_until = if first {
-                start + s.header_read_timeout
-            } else {
-                Instant::now() + s.header_read_timeout
-            };
+            if out.capacity() == 0 {
+                out = self.local.take_out();
+            }
+            // The first head is due within the header timeout of the
+            // connection's start; later ones within it of their first byte.
+            let head_until = first.then(|| start + s.header_read_timeout);
             first = false;
-            let Some(len) = self.read_head(&mut io, buf, &mut timer, head_until, &mut out).await else {
+            let Some(len) = self
+                .read_head(&mut io, buf, &mut timer, idle_until, head_until, &mut out)
+                .await
+            else {
                 if !out.is_empty() {
                     let _ = io.write_all(&out).await;
                 }
@@ -201,15 +205,20 @@ impl Engine<'_> {
 
     /// Reads until a complete request head starts the buffer; its length.
     /// `None`: the connection ends, after `out` (a refusal) if not empty.
+    /// While nothing has arrived the connection is idle (`idle_until`; a
+    /// TLS connection waits here); then the head is due by `head_until`,
+    /// or the header timeout after its first byte.
     async fn read_head<T: ClientIo>(
         &self,
         io: &mut T,
         buf: &mut Buf,
         timer: &mut Timer,
-        until: Instant,
+        idle_until: Instant,
+        mut head_until: Option<Instant>,
         out: &mut Vec<u8>,
     ) -> Option<usize> {
         let max = self.ctx.shared.settings.max_header_bytes;
+        let head_timeout = self.ctx.shared.settings.header_read_timeout;
         let mut scanned = 0;
         loop {
             let empty = head::leading_empty_lines(buf.data());
@@ -235,6 +244,11 @@ impl Engine<'_> {
                 rewrite::own_answer(431, true, &[], None, out);
                 return None;
             }
+            let until = if buf.is_empty() {
+                idle_until
+            } else {
+                *head_until.get_or_insert_with(|| Instant::now() + head_timeout)
+            };
             let spare = buf.spare();
             let want = spare.len();
             let n = match timer.until(until, io.read(spare)).await {

@@ -21,6 +21,8 @@ const MAX_FREE_BUFFERS: usize = 256;
 pub(crate) struct Local {
     idle: Mutex<HashMap<SocketAddr, Vec<TcpStream>>>,
     free: [Mutex<Vec<Box<[u8]>>>; 2],
+    /// Head-writing buffers, kept with their capacity.
+    outs: Mutex<Vec<Vec<u8>>>,
     sizes: [usize; 2],
 }
 
@@ -38,6 +40,7 @@ impl Local {
         Arc::new(Local {
             idle: Mutex::new(HashMap::new()),
             free: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
+            outs: Mutex::new(Vec::new()),
             sizes: [request_buf, response_buf],
         })
     }
@@ -54,6 +57,27 @@ impl Local {
             end: 0,
             home: self.clone(),
             size,
+        }
+    }
+
+    /// A buffer the heads of one request are written into.
+    pub(crate) fn take_out(&self) -> Vec<u8> {
+        self.outs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(4096))
+    }
+
+    /// Back when the connection goes idle; a large one is freed.
+    pub(crate) fn put_out(&self, mut out: Vec<u8>) {
+        if out.capacity() == 0 || out.capacity() > 64 * 1024 {
+            return;
+        }
+        out.clear();
+        let mut outs = self.outs.lock().unwrap_or_else(PoisonError::into_inner);
+        if outs.len() < MAX_FREE_BUFFERS {
+            outs.push(out);
         }
     }
 
