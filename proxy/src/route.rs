@@ -73,10 +73,7 @@ impl RouteTable {
         for t in tenants {
             let route = Arc::new(Route {
                 stopped: t.desired == Desired::Stopped,
-                ..Route::new(
-                    t.name.as_str(),
-                    SocketAddr::from((t.ip, t.http_port.get())),
-                )
+                ..Route::new(t.name.as_str(), SocketAddr::from((t.ip, t.http_port.get())))
             });
             for host in &t.hosts {
                 if let Some(owner) = table.insert_name(host, route.clone()) {
@@ -204,9 +201,7 @@ impl RouteTable {
         for (host, route) in &new {
             match old.get(host) {
                 None => diff.added.push(host.clone()),
-                Some(prev) if **prev != **route => {
-                    diff.changed.push(host.clone())
-                }
+                Some(prev) if **prev != **route => diff.changed.push(host.clone()),
                 Some(_) => {}
             }
         }

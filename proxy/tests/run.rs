@@ -11,9 +11,9 @@ mod common;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use common::{get, read_response, Backend};
@@ -162,25 +162,45 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
         let written = start.elapsed();
         // Nothing listens at its address: routed is 502, not 404.
         while get(http, &host, "/").status == 404 {
-            assert!(start.elapsed() - written < Duration::from_secs(1), "{host} not routed");
+            assert!(
+                start.elapsed() - written < Duration::from_secs(1),
+                "{host} not routed"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         changes.push(start.elapsed());
     }
     std::thread::sleep(Duration::from_millis(30));
     stop.store(true, Ordering::SeqCst);
-    let done: Vec<(Duration, u16)> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let done: Vec<(Duration, u16)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     let failed: Vec<_> = done.iter().filter(|(_, s)| *s != 200).collect();
-    assert!(failed.is_empty(), "requests failed during reloads: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during reloads: {failed:?}"
+    );
     // The traffic overlapped every change: requests were answered between
     // each routed change and the next.
     let mut bounds = changes.clone();
     bounds.push(start.elapsed());
     for pair in bounds.windows(2) {
-        let within = done.iter().filter(|(t, _)| *t > pair[0] && *t <= pair[1]).count();
-        assert!(within > 0, "no request answered between {:?} and {:?}", pair[0], pair[1]);
+        let within = done
+            .iter()
+            .filter(|(t, _)| *t > pair[0] && *t <= pair[1])
+            .count();
+        assert!(
+            within > 0,
+            "no request answered between {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
     }
-    assert!(done.iter().any(|(t, _)| *t < changes[0]), "no traffic before the first change");
+    assert!(
+        done.iter().any(|(t, _)| *t < changes[0]),
+        "no traffic before the first change"
+    );
 
     // A stopped tenant's sites answer 503 with a short page at once,
     // without the tenant being asked (control: it answered just now).
@@ -188,7 +208,10 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
     let before = b.requests().len();
     {
         let lock = registry.lock().unwrap();
-        let mut stopped = registry.get(&TenantName::new("b").unwrap()).unwrap().unwrap();
+        let mut stopped = registry
+            .get(&TenantName::new("b").unwrap())
+            .unwrap()
+            .unwrap();
         stopped.desired = Desired::Stopped;
         registry.put(&lock, &stopped).unwrap();
     }
@@ -197,15 +220,25 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
         let asked = Instant::now();
         let r = get(http, "b.test", "/");
         if r.status == 503 {
-            assert!(asked.elapsed() < Duration::from_millis(500), "503 took {:?}", asked.elapsed());
+            assert!(
+                asked.elapsed() < Duration::from_millis(500),
+                "503 took {:?}",
+                asked.elapsed()
+            );
             break r;
         }
         assert_eq!(r.status, 200);
-        assert!(written.elapsed() < Duration::from_secs(1), "stopped tenant still routed");
+        assert!(
+            written.elapsed() < Duration::from_secs(1),
+            "stopped tenant still routed"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(r.text().contains("stopped"), "{}", r.text());
-    assert_eq!(r.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
     let after = b.requests().len();
     assert_eq!(get(http, "b.test", "/").status, 503);
     assert_eq!(b.requests().len(), after, "a stopped tenant was asked");

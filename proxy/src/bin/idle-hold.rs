@@ -40,10 +40,16 @@ fn run() -> Result<(), String> {
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--connect" => connect = Some(value()?.parse().map_err(|_| "--connect takes ADDR:PORT")?),
+            "--connect" => {
+                connect = Some(value()?.parse().map_err(|_| "--connect takes ADDR:PORT")?)
+            }
             "--host" => host = Some(value()?),
             "--path" => path = value()?,
-            "--connections" => count = value()?.parse().map_err(|_| "--connections takes a number")?,
+            "--connections" => {
+                count = value()?
+                    .parse()
+                    .map_err(|_| "--connections takes a number")?
+            }
             "--hold" => hold = value()?.parse().map_err(|_| "--hold takes seconds")?,
             _ => return Err(format!("unknown argument {flag}")),
         }
@@ -59,7 +65,9 @@ fn run() -> Result<(), String> {
         let mut s = open(source, connect).map_err(|e| format!("connection {i}: {e}"))?;
         s.write_all(request.as_bytes())
             .map_err(|e| format!("connection {i}: {e}"))?;
-        let n = s.read(&mut buf).map_err(|e| format!("connection {i}: {e}"))?;
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("connection {i}: {e}"))?;
         if !buf[..n].starts_with(b"HTTP/1.1 200") {
             return Err(format!(
                 "connection {i}: {:?}",

@@ -176,7 +176,9 @@ impl Engine<'_> {
             let next = match plan {
                 Plan::Answer(answer) => {
                     let tenant = answer.tenant.clone().unwrap_or_else(|| Arc::from(""));
-                    self.ctx.stats.record(&tenant, answer.code, began.elapsed().as_secs_f64());
+                    self.ctx
+                        .stats
+                        .record(&tenant, answer.code, began.elapsed().as_secs_f64());
                     let log = answer.log.map(|l| {
                         let mut log = l.into_access_log(tenant, answer.code, began, self.ctx);
                         log.bytes = answer.body_len as u64;
@@ -192,8 +194,10 @@ impl Engine<'_> {
                 }
                 Plan::Forward(fwd) => {
                     let draining = *shutdown.borrow();
-                    self.exchange(&mut io, buf, &mut out, &mut timer, fwd, began, &mut own, draining)
-                        .await
+                    self.exchange(
+                        &mut io, buf, &mut out, &mut timer, fwd, began, &mut own, draining,
+                    )
+                    .await
                 }
             };
             if matches!(next, Next::Close) {
@@ -293,7 +297,10 @@ impl Engine<'_> {
         if let Some(f) = framer.as_mut() {
             if buf.is_empty() {
                 if fwd.expect_continue
-                    && io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                    && io
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .is_err()
                 {
                     return Next::Close;
                 }
@@ -350,8 +357,16 @@ impl Engine<'_> {
         let head_len = loop {
             let read = if fwd.upgrade {
                 // Boxed, as only upgrade requests wait this way.
-                Box::pin(self.read_switch_head(io, buf, &mut up, &mut rbuf, timer, response_until, &fwd))
-                    .await
+                Box::pin(self.read_switch_head(
+                    io,
+                    buf,
+                    &mut up,
+                    &mut rbuf,
+                    timer,
+                    response_until,
+                    &fwd,
+                ))
+                .await
             } else {
                 self.read_response_head(&mut up, &mut rbuf, timer, response_until, &fwd)
                     .await
@@ -435,7 +450,14 @@ impl Engine<'_> {
             }
             buf.consume(buf.len());
             // Boxed: only upgraded connections need the tunnel's state.
-            Box::pin(super::tunnel::run(io, &mut up.stream, buf, &mut rbuf, s.idle_timeout)).await;
+            Box::pin(super::tunnel::run(
+                io,
+                &mut up.stream,
+                buf,
+                &mut rbuf,
+                s.idle_timeout,
+            ))
+            .await;
             return Next::Close;
         }
 
@@ -467,7 +489,10 @@ impl Engine<'_> {
         }
         if !done {
             if let Some(f) = framer.as_mut() {
-                match self.relay_response(io, &up.stream, &mut rbuf, f, timer).await {
+                match self
+                    .relay_response(io, &up.stream, &mut rbuf, f, timer)
+                    .await
+                {
                     Ok(n) => sent_bytes += n,
                     Err(n) => {
                         if let Some(l) = log.as_mut() {
@@ -580,7 +605,8 @@ impl Engine<'_> {
         fwd: &Forward,
     ) -> Result<usize, ReadFail> {
         let head_timeout = self.ctx.shared.settings.header_read_timeout;
-        let mut held_until: Option<Instant> = (!buf.is_empty()).then(|| Instant::now() + head_timeout);
+        let mut held_until: Option<Instant> =
+            (!buf.is_empty()).then(|| Instant::now() + head_timeout);
         loop {
             let deadline = held_until.map_or(until, |h| h.min(until));
             let room = buf.len() < buf.capacity();
@@ -684,7 +710,10 @@ impl Engine<'_> {
                     return BodySent::ClientFailed(true);
                 }
             };
-            if write_all_ref(tenant, &buf.data()[..step.used]).await.is_err() {
+            if write_all_ref(tenant, &buf.data()[..step.used])
+                .await
+                .is_err()
+            {
                 return BodySent::TenantFailed;
             }
             buf.consume(step.used);
@@ -709,7 +738,10 @@ impl Engine<'_> {
         loop {
             let spare = rbuf.spare();
             let want = spare.len();
-            let n = match timer.until(Instant::now() + idle, read_ref(tenant, spare)).await {
+            let n = match timer
+                .until(Instant::now() + idle, read_ref(tenant, spare))
+                .await
+            {
                 Some(Ok(n)) => n,
                 _ => return Err(sent),
             };
@@ -785,12 +817,13 @@ fn response_plan(
     out: &mut Vec<u8>,
 ) -> Result<ResPlan, &'static str> {
     let mut hdrs = [EMPTY_HEADER; MAX_HEADERS];
-    let res = head::parse_response(rbuf, head_len, &mut hdrs, fwd.head).map_err(|bad| match bad {
-        head::BadResponse::Syntax => "malformed head",
-        head::BadResponse::ContentLength => "bad Content-Length",
-        head::BadResponse::TransferEncoding => "conflicting or unknown framing",
-        head::BadResponse::TooManyHeaders => "too many header fields",
-    })?;
+    let res =
+        head::parse_response(rbuf, head_len, &mut hdrs, fwd.head).map_err(|bad| match bad {
+            head::BadResponse::Syntax => "malformed head",
+            head::BadResponse::ContentLength => "bad Content-Length",
+            head::BadResponse::TransferEncoding => "conflicting or unknown framing",
+            head::BadResponse::TooManyHeaders => "too many header fields",
+        })?;
     let switched = res.code == 101;
     if switched && !fwd.upgrade {
         return Err("101 to a request that did not ask to switch protocols");

@@ -22,12 +22,20 @@ const MAX_CHUNK_EXT: u16 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Chunk {
-    Size { digits: u8, size: u64, ext: u16, cr: bool },
+    Size {
+        digits: u8,
+        size: u64,
+        ext: u16,
+        cr: bool,
+    },
     Data(u64),
     DataCr,
     DataLf,
     /// `line`: the current trailer line has bytes.
-    Trailers { line: bool, cr: bool },
+    Trailers {
+        line: bool,
+        cr: bool,
+    },
     Done,
 }
 
@@ -91,11 +99,15 @@ impl Framer {
                     match *state {
                         Chunk::Done => break,
                         Chunk::Data(n) => {
-                            let take =
-                                usize::try_from(n).map_or(input.len() - i, |n| n.min(input.len() - i));
+                            let take = usize::try_from(n)
+                                .map_or(input.len() - i, |n| n.min(input.len() - i));
                             i += take;
                             let left = n - take as u64;
-                            *state = if left == 0 { Chunk::DataCr } else { Chunk::Data(left) };
+                            *state = if left == 0 {
+                                Chunk::DataCr
+                            } else {
+                                Chunk::Data(left)
+                            };
                         }
                         _ => {
                             *state = chunk_byte(*state, input[i])?;
@@ -241,7 +253,10 @@ mod tests {
         assert_eq!(run(Framer::length(5), b"helloGET", &[]), Ok((5, true)));
         assert_eq!(run(Framer::length(5), b"hel", &[]), Ok((3, false)));
         let body = b"5;a=b\r\nhello\r\n0\r\nx-t: 1\r\n\r\nNEXT";
-        assert_eq!(run(Framer::chunked(), body, &[]), Ok((body.len() - 4, true)));
+        assert_eq!(
+            run(Framer::chunked(), body, &[]),
+            Ok((body.len() - 4, true))
+        );
         assert_eq!(run(Framer::Close, body, &[]), Ok((body.len(), false)));
     }
 

@@ -378,10 +378,8 @@ pub(crate) fn parse_response<'h, 'b>(
             None => BodyKind::Close,
         }
     };
-    let reusable = body != BodyKind::Close
-        && !close
-        && (version == 1 || keep_alive)
-        && !(code == 101);
+    let reusable =
+        body != BodyKind::Close && !close && (version == 1 || keep_alive) && !(code == 101);
     Ok(Response {
         code,
         reason,
@@ -463,7 +461,10 @@ mod tests {
             Ok((200, BodyKind::None, true))
         );
         assert_eq!(
-            res("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false),
+            res(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
             Ok((200, BodyKind::Chunked, true))
         );
         assert_eq!(
@@ -475,20 +476,38 @@ mod tests {
             Ok((200, BodyKind::None, false))
         );
         assert_eq!(
-            res("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false),
+            res(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
             Ok((304, BodyKind::None, true))
         );
         for (bad, want) in [
-            ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", TransferEncoding),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", ContentLength),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", TransferEncoding),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", TransferEncoding),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                TransferEncoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                TransferEncoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                TransferEncoding,
+            ),
             ("HTTP/1.1 200 OK\nContent-Length: 3\r\n\r\n", Syntax),
             ("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", Syntax),
             ("HTTP/1.1 200 OK\r\nX : a\r\n\r\n", Syntax),
             ("HTTP/1.1 99 OK\r\n\r\n", Syntax),
             ("HTTP/2 200 OK\r\n\r\n", Syntax),
-            ("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", ContentLength),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                ContentLength,
+            ),
         ] {
             assert_eq!(res(bad, false), Err(want), "{bad:?}");
         }
@@ -496,10 +515,19 @@ mod tests {
 
     #[test]
     fn head_end_refuses_bare_lf_and_resumes() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", 0), Ok(Some(27)));
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", 0),
+            Ok(Some(27))
+        );
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), Ok(None));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 20), Ok(Some(27)));
-        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n", 0), Err(Violation::BareLf));
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 20),
+            Ok(Some(27))
+        );
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n", 0),
+            Err(Violation::BareLf)
+        );
         assert_eq!(leading_empty_lines(b"\r\n\r\nGET"), 4);
         assert_eq!(leading_empty_lines(b"\r"), 0);
     }

@@ -70,7 +70,8 @@ pub fn fuzz_request_stream(data: &[u8]) {
         let mut again = [EMPTY_HEADER; conn::MAX_HEADERS];
         let re = head::parse_request(&out, out.len(), &mut again);
         assert!(
-            req.host.is_none_or(|h| !h.iter().all(|&b| (0x20..0x7f).contains(&b)))
+            req.host
+                .is_none_or(|h| !h.iter().all(|&b| (0x20..0x7f).contains(&b)))
                 || re.as_ref().is_ok_and(|r| r.body == req.body),
             "rewritten head {:?} of {:?} reads differently: {re:?}",
             String::from_utf8_lossy(&out),

@@ -66,7 +66,14 @@ fn answer(
     rewrite::own_answer(code, close, extra, body, out);
     let body_len = match body {
         Some((_, b)) => b.len(),
-        None => out.len() - start - out[start..].windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4),
+        None => {
+            out.len()
+                - start
+                - out[start..]
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(0, |p| p + 4)
+        }
     };
     Plan::Answer(Answer {
         code,
@@ -115,8 +122,7 @@ pub(crate) fn plan(ctx: &ConnCtx, head_bytes: &[u8], out: &mut Vec<u8>) -> Plan 
 
     if !ctx.tls {
         // ACME HTTP-01 (RFC 8555 8.3): our pending tokens only.
-        if let Some(resp) =
-            crate::acme::challenge_response(&settings.acme_challenges, path, |b| b)
+        if let Some(resp) = crate::acme::challenge_response(&settings.acme_challenges, path, |b| b)
         {
             let body = resp.body().clone();
             return answer(

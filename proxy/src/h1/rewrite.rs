@@ -75,15 +75,18 @@ fn listed_by_connection(headers: &[Header<'_>], name: &str) -> bool {
 }
 
 fn has_extra_connection_tokens(headers: &[Header<'_>]) -> bool {
-    headers.iter().filter(|h| is(h.name, "connection")).any(|h| {
-        h.value.split(|&b| b == b',').any(|t| {
-            let t = t.trim_ascii();
-            !(t.is_empty()
-                || t.eq_ignore_ascii_case(b"keep-alive")
-                || t.eq_ignore_ascii_case(b"close")
-                || t.eq_ignore_ascii_case(b"upgrade"))
+    headers
+        .iter()
+        .filter(|h| is(h.name, "connection"))
+        .any(|h| {
+            h.value.split(|&b| b == b',').any(|t| {
+                let t = t.trim_ascii();
+                !(t.is_empty()
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"upgrade"))
+            })
         })
-    })
 }
 
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -100,7 +103,12 @@ fn is_text(v: &[u8]) -> bool {
 }
 
 /// The request head for the tenant. `host` is the request's Host value.
-pub(crate) fn request_head(req: &Request<'_, '_>, host: &[u8], fwd: &Forwarding<'_>, out: &mut Vec<u8>) {
+pub(crate) fn request_head(
+    req: &Request<'_, '_>,
+    host: &[u8],
+    fwd: &Forwarding<'_>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(req.method);
     out.push(b' ');
     out.extend_from_slice(origin_form(req.target));
@@ -199,7 +207,12 @@ fn join_values(headers: &[Header<'_>], name: &str, out: &mut Vec<u8>) {
 
 /// The response head for the client. `close`: the client connection ends
 /// after this response; `switched`: a 101 to an upgrade request.
-pub(crate) fn response_head(res: &Response<'_, '_>, close: bool, switched: bool, out: &mut Vec<u8>) {
+pub(crate) fn response_head(
+    res: &Response<'_, '_>,
+    close: bool,
+    switched: bool,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     let code = res.code;
     out.extend_from_slice(&[

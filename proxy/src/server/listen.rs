@@ -15,10 +15,10 @@ use super::balance::{Assigned, Balance, Handoff};
 use super::conn::Conn;
 use super::{Kind, Listen};
 use crate::forward::Shared;
+use crate::h1;
 use crate::limit::ConnLimiter;
 use crate::metrics::RequestShard;
 use crate::route::RouteTable;
-use crate::h1;
 use crate::upstream::Pool;
 use crate::Error;
 

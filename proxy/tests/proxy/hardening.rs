@@ -132,14 +132,21 @@ fn refused_requests_split_at_every_byte_get_400_and_a_closed_connection() {
         // request split the same way.
         let good = b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
         let (out, closed) = send_split(addr, good, good.len() / 2);
-        assert!(closed && parse(&out).status == 200, "control: {:?}", String::from_utf8_lossy(&out));
+        assert!(
+            closed && parse(&out).status == 200,
+            "control: {:?}",
+            String::from_utf8_lossy(&out)
+        );
         let seen = a.connections();
         // Every cut inside the head first: then nothing reaches the tenant.
         let cuts = (1..=head_len.min(req.len() - 1)).chain(head_len + 1..req.len());
         for at in cuts {
             let (out, closed) = send_split(addr, req, at);
             let text = String::from_utf8_lossy(&out);
-            assert!(closed, "{what}, cut at {at}: the proxy kept the connection open: {text:?}");
+            assert!(
+                closed,
+                "{what}, cut at {at}: the proxy kept the connection open: {text:?}"
+            );
             assert_eq!(parse(&out).status, 400, "{what}, cut at {at}: {text:?}");
             assert_eq!(
                 out.windows(5).filter(|w| w == b"HTTP/").count(),
@@ -147,7 +154,11 @@ fn refused_requests_split_at_every_byte_get_400_and_a_closed_connection() {
                 "{what}, cut at {at}: {text:?}"
             );
             if at <= head_len {
-                assert_eq!(a.connections(), seen, "{what}, cut at {at}: the tenant was contacted");
+                assert_eq!(
+                    a.connections(),
+                    seen,
+                    "{what}, cut at {at}: the tenant was contacted"
+                );
             }
         }
         p.shutdown();

@@ -156,7 +156,14 @@ impl ProxyProcess {
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_proxy-bench"))
-            .args(["--listen", &addr.to_string(), "--route", route, "--workers", "2"])
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--route",
+                route,
+                "--workers",
+                "2",
+            ])
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start proxy-bench");
@@ -245,7 +252,10 @@ fn hundred_megabyte_bodies_stream_both_ways_in_bounded_memory() {
     assert!(samples.len() > 10, "too few RSS samples: {samples:?}");
     let peak = samples.iter().copied().max().unwrap();
     let grown_kib = peak.saturating_sub(idle);
-    eprintln!("proxy RSS: idle {idle} KiB, peak {peak} KiB over {} samples", samples.len());
+    eprintln!(
+        "proxy RSS: idle {idle} KiB, peak {peak} KiB over {} samples",
+        samples.len()
+    );
     assert!(
         grown_kib < 4 * 1024,
         "the proxy's RSS grew by {grown_kib} KiB (idle {idle} KiB, peak {peak} KiB) while 100 MiB bodies passed"
@@ -461,7 +471,8 @@ fn proxy_protocol_v2_names_the_real_client_to_the_tenant() {
 fn black_hole() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
     use socket2::{Domain, Socket, Type};
     let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
     l.listen(0).unwrap();
     let addr = l.local_addr().unwrap().as_socket().unwrap();
     let mut fill = Vec::new();
@@ -478,14 +489,19 @@ fn black_hole() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
 fn a_request_waiting_on_a_tenant_that_is_removed_fails_fast() {
     let (hole, _listener, _fill) = black_hole();
     let a = Backend::start("a");
-    let p = proxy(&[("gone.test", "gone", hole), ("a.test", "a", a.addr)], |s| {
-        s.connect_timeout = Duration::from_secs(20);
-    });
+    let p = proxy(
+        &[("gone.test", "gone", hole), ("a.test", "a", a.addr)],
+        |s| {
+            s.connect_timeout = Duration::from_secs(20);
+        },
+    );
     let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: gone.test\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: gone.test\r\n\r\n")
+        .unwrap();
     // Control: while the tenant stays routed the request waits (its
     // connect hangs).
-    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     let mut byte = [0u8; 1];
     let waited = s.read(&mut byte);
     assert!(
