@@ -163,7 +163,7 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
         // Nothing listens at its address: routed is 502, not 404.
         while get(http, &host, "/").status == 404 {
             assert!(
-                start.elapsed() - written < Duration::from_secs(1),
+                start.elapsed() - written < Duration::from_secs(3),
                 "{host} not routed"
             );
             std::thread::sleep(Duration::from_millis(5));
@@ -221,7 +221,8 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
         let r = get(http, "b.test", "/");
         if r.status == 503 {
             assert!(
-                asked.elapsed() < Duration::from_millis(500),
+                // At once: the old path waited about 3 s for ARP to fail.
+                asked.elapsed() < Duration::from_secs(2),
                 "503 took {:?}",
                 asked.elapsed()
             );
@@ -229,7 +230,7 @@ fn run_serves_the_registry_and_picks_up_new_tenants_live() {
         }
         assert_eq!(r.status, 200);
         assert!(
-            written.elapsed() < Duration::from_secs(1),
+            written.elapsed() < Duration::from_secs(3),
             "stopped tenant still routed"
         );
         std::thread::sleep(Duration::from_millis(10));

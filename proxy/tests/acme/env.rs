@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
 use rustls::pki_types::pem::PemObject as _;
 use sotolito_config::{HostConfig, Registry, Tenant};
+use sotolito_net::sandbox;
 use sotolito_proxy::acme::{self, AcmeHandle, ChallengeKind, Challenges, Tuning};
 use sotolito_proxy::{FileSource, Listen, ProxyHandle, RouteTable, Settings, TenantRoute, Watcher};
 
@@ -105,26 +106,22 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
+/// A test namespace: the workspace's one sandbox (`sotolito_net::sandbox`),
+/// plus a thread that runs inside it.
 pub struct Netns {
-    pub name: String,
+    ns: sandbox::Netns,
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("acme-test-{tag}-{}-{nanos}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        ns
+        let ns = sandbox::Netns::unique(&format!("acme-test-{tag}")).expect("network namespace");
+        Netns { ns }
     }
 
     /// Runs `f` on a thread inside the namespace; threads and sockets it
     /// makes stay there.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("netns file");
+        let file = std::fs::File::open(self.ns.path()).expect("netns file");
         std::thread::scope(|s| {
             s.spawn(|| {
                 move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
@@ -137,9 +134,7 @@ impl Netns {
     }
 
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
+        self.ns.command(program)
     }
 
     /// `curl` inside the namespace; (exit ok, body).
@@ -154,19 +149,6 @@ impl Netns {
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(c: &mut Command) {
-    let st = c.status().expect("spawn");
-    assert!(st.success(), "{c:?} failed: {st}");
 }
 
 /// A child process ended by PID on drop.

@@ -515,6 +515,8 @@ fn a_request_waiting_on_a_tenant_that_is_removed_fails_fast() {
     let r = read_response(&mut s);
     let took = removed.elapsed();
     assert_eq!(r.status, 502);
-    assert!(took < Duration::from_secs(1), "failed only after {took:?}");
+    // Fast means long before the 20 s connect timeout; the bound leaves a
+    // loaded machine room (the route is checked every 250 ms).
+    assert!(took < Duration::from_secs(5), "failed only after {took:?}");
     assert!(closed_by_peer(&mut s));
 }
