@@ -256,7 +256,7 @@ impl Sandbox {
                 .arg("-czf")
                 .arg(&partial)
                 .arg("."))?;
-            fs::rename(&partial, cache)?;
+            sotolito_config::atomic::commit(&partial, cache)?;
             return Ok("debian");
         }
         self.vpsctl_ok(&["image", "import", "debian", DEBIAN_CACHE])?;
