@@ -7,11 +7,8 @@
 //! tenant lock, then (inside a store call, briefly) the store's own; never
 //! a container's `runc create` while holding it (its hook may take it).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-
-use rustix::fs::{flock, FlockOperation};
 
 use crate::{io_err, Error};
 
@@ -31,20 +28,7 @@ impl HostLock {
     pub fn take(state_dir: &Path) -> Result<HostLock, Error> {
         std::fs::create_dir_all(state_dir).map_err(io_err("create", state_dir))?;
         let path = HostLock::path(state_dir);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        let meta = file.metadata().map_err(io_err("open", &path))?;
-        if meta.mode() & 0o777 != 0o600 {
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(io_err("restrict", &path))?;
-        }
-        flock(&file, FlockOperation::LockExclusive).map_err(|e| io_err("lock", &path)(e.into()))?;
+        let file = sotolito_provisioner::lock::lock_exclusive(&path)?;
         Ok(HostLock { _file: file })
     }
 }

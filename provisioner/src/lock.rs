@@ -28,21 +28,29 @@ pub fn lock_path(tenants_dir: &Path, name: &TenantName) -> PathBuf {
 pub fn lock_tenant(tenants_dir: &Path, name: &TenantName) -> Result<TenantLock, Error> {
     std::fs::create_dir_all(tenants_dir).map_err(io_err("create", tenants_dir))?;
     let path = lock_path(tenants_dir, name);
+    let file = lock_exclusive(&path)?;
+    Ok(TenantLock { _file: file, path })
+}
+
+/// Opens `path` (created 0600, a symlink refused, an older file's mode
+/// fixed) and blocks until this process holds an exclusive flock on it:
+/// the one way every lock file of the host is taken.
+pub fn lock_exclusive(path: &Path) -> Result<File, Error> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(io_err("open", &path))?;
-    let meta = file.metadata().map_err(io_err("open", &path))?;
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let meta = file.metadata().map_err(io_err("open", path))?;
     if meta.mode() & 0o777 != 0o600 {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err("restrict", &path))?;
+            .map_err(io_err("restrict", path))?;
     }
-    flock(&file, FlockOperation::LockExclusive).map_err(|e| io_err("lock", &path)(e.into()))?;
-    Ok(TenantLock { _file: file, path })
+    flock(&file, FlockOperation::LockExclusive).map_err(|e| io_err("lock", path)(e.into()))?;
+    Ok(file)
 }
 
 #[cfg(test)]
