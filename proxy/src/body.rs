@@ -85,6 +85,8 @@ pub(crate) enum ResBody {
         /// The tenant connection, returned to the pool when the body ends.
         checkout: Option<Checkout>,
         log: Option<Box<AccessLog>>,
+        /// The first frame, read before the head went out ([`first_frame`]).
+        ahead: Option<Frame<Bytes>>,
     },
 }
 
@@ -101,7 +103,63 @@ impl ResBody {
             body,
             checkout,
             log: None,
+            ahead: None,
         }
+    }
+}
+
+/// Reads the first frame of a tenant's response body if it is already on
+/// hand (one turn of the connection's task), so that a body malformed
+/// from its first bytes becomes a 502 instead of a head followed by a
+/// cut. `Err` when it is malformed; a body that is not on hand yet is
+/// left alone.
+pub(crate) async fn first_frame(resp: &mut ResBody) -> Result<(), ()> {
+    let ResBody::Upstream {
+        body,
+        checkout,
+        ahead,
+        ..
+    } = resp
+    else {
+        return Ok(());
+    };
+    if body.is_end_stream() || ahead.is_some() {
+        return Ok(());
+    }
+    // hyper decodes body bytes on the connection's task, when asked: ask,
+    // let that task run once, and take what it had buffered.
+    let mut next = body.frame();
+    let polled = match futures::poll!(&mut next) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => {
+            tokio::task::yield_now().await;
+            match futures::poll!(&mut next) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            }
+        }
+    };
+    match polled {
+        Some(Some(Ok(frame))) => {
+            *ahead = Some(frame);
+            if body.is_end_stream() {
+                if let Some(l) = checkout.take() {
+                    l.release();
+                }
+            }
+            Ok(())
+        }
+        Some(Some(Err(_))) => {
+            *checkout = None;
+            Err(())
+        }
+        Some(None) => {
+            if let Some(l) = checkout.take() {
+                l.release();
+            }
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 
@@ -119,7 +177,14 @@ impl Body for ResBody {
                 body,
                 checkout,
                 log,
+                ahead,
             } => {
+                if let Some(frame) = ahead.take() {
+                    if let (Some(log), Some(data)) = (log, frame.data_ref()) {
+                        log.bytes += data.len() as u64;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 let r = Pin::new(&mut *body).poll_frame(cx);
                 match &r {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -150,7 +215,7 @@ impl Body for ResBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResBody::Full(b) => b.is_none(),
-            ResBody::Upstream { body, .. } => body.is_end_stream(),
+            ResBody::Upstream { body, ahead, .. } => ahead.is_none() && body.is_end_stream(),
         }
     }
 
@@ -158,7 +223,19 @@ impl Body for ResBody {
         match self {
             ResBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResBody::Full(None) => SizeHint::with_exact(0),
-            ResBody::Upstream { body, .. } => body.size_hint(),
+            ResBody::Upstream { body, ahead, .. } => {
+                let extra = ahead
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + extra);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{access_log_enabled, read_ahead, AccessLog, ReqBody, ResBody};
+use crate::body::{access_log_enabled, first_frame, read_ahead, AccessLog, ReqBody, ResBody};
 use crate::gate::Switch;
 use crate::headers::{
     apply_forwarding, forwarded_element, strip_hop_by_hop, ClientSide, PeerValues,
@@ -272,14 +272,56 @@ async fn proxy(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) 
             return o;
         }
     };
-    respond(
+    if let Err(why) = response_framing(&answer.0, upgrade) {
+        // The tenant connection goes with the answer (not back to the pool).
+        tracing::warn!(tenant = %route.tenant, upstream = %route.addr, why, "tenant response refused");
+        let mut o = Outcome::ours(StatusCode::BAD_GATEWAY, upgrade, ctx);
+        o.tenant = Some(route.tenant.clone());
+        return o;
+    }
+    let mut outcome = respond(
         route,
         upgrade,
         client_upgrade,
         answer,
         upstream,
         ctx.switch.as_ref(),
-    )
+    );
+    // An HTTP/1 client must not get a head whose body is already known to
+    // be malformed (HTTP/2 frames its own bodies and resets the stream).
+    if !ctx.h2 && first_frame(outcome.resp.body_mut()).await.is_err() {
+        tracing::warn!(tenant = ?outcome.tenant, "tenant response body refused");
+        let tenant = outcome.tenant.take();
+        outcome = Outcome::ours(StatusCode::BAD_GATEWAY, upgrade, ctx);
+        outcome.tenant = tenant;
+    }
+    outcome
+}
+
+/// What hyper's client accepts but the h1 engine refuses (crate::h1's
+/// head checks): a response whose framing a client could read another
+/// way than hyper did (Content-Length with Transfer-Encoding, a coding
+/// other than one final `chunked`), or a 101 nobody asked for.
+fn response_framing(resp: &Response<Incoming>, upgrade: bool) -> Result<(), &'static str> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+        return Err("101 to a request that did not ask to switch protocols");
+    }
+    let h = resp.headers();
+    let (mut codings, mut chunked, mut last_chunked) = (0, 0, false);
+    for v in h.get_all(header::TRANSFER_ENCODING) {
+        for c in v.as_bytes().split(|&b| b == b',') {
+            codings += 1;
+            last_chunked = c.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            chunked += usize::from(last_chunked);
+        }
+    }
+    if codings == 0 {
+        return Ok(());
+    }
+    if h.contains_key(header::CONTENT_LENGTH) || chunked != 1 || !last_chunked {
+        return Err("conflicting or unknown framing");
+    }
+    Ok(())
 }
 
 /// Routes the request and rewrites it for the tenant, or answers it.

@@ -101,10 +101,13 @@ impl Pool {
         // Flat writes, as on the client side (see server/conn.rs). A response
         // the client does not read waits in this read buffer: bounded to
         // what a head may be plus one stream window (hyper's default grows
-        // to ~400 KiB).
+        // to ~400 KiB). A head over 64 KiB is refused (502), as the h1
+        // engine refuses it.
         let (sender, conn) = http1::Builder::new()
             .writev(false)
             .max_buf_size(UPSTREAM_READ_BUFFER)
+            // The buffer bounds a head only roughly (a read may overshoot).
+            .max_header_size(UPSTREAM_READ_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;

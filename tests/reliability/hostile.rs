@@ -5,5 +5,6 @@
 mod cgroups;
 mod disk;
 mod paths;
+mod responses;
 mod seccomp;
 mod userns;
