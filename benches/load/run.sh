@@ -5,6 +5,7 @@
 #   benches/load/run.sh            wrk -t2 -c64, 10 s rounds, 3 interleaved rounds
 #   ROUNDS=5 benches/load/run.sh   more rounds, steadier medians on a noisy machine
 #   benches/load/run.sh --smoke    1 s rounds, 2 rounds (what CI runs)
+#   PORT_BASE=21080 benches/load/run.sh   ports 21080..21094 instead of 18080..
 #
 # Then TLS: a full handshake per request (ECDSA P-256, Connection: close,
 # session resumption off on every server), handshakes per second. Then
@@ -59,20 +60,22 @@ for tool in nginx haproxy wrk curl openssl h2load cargo; do
     command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 1; }
 done
 
-BACKEND=127.0.0.1:18080
-OURS=127.0.0.1:18081
-OURS10K=127.0.0.1:18082
-HAPROXY=127.0.0.1:18083
-NGINXP=127.0.0.1:18084
+# PORT_BASE moves every port, so two runs on one machine do not collide.
+P=${PORT_BASE:-18080}
+BACKEND=127.0.0.1:$P
+OURS=127.0.0.1:$((P + 1))
+OURS10K=127.0.0.1:$((P + 2))
+HAPROXY=127.0.0.1:$((P + 3))
+NGINXP=127.0.0.1:$((P + 4))
 HOST=bench.test
 # TLS clients send SNI only for names; wrk takes the name from the URL, so
 # the TLS targets are named localhost and listen where it resolves.
 TLS_HOST=localhost
 TLS_IP=$(getent ahosts localhost | awk 'NR == 1 { print $1 }')
 [[ $TLS_IP == *:* ]] && TLS_IP="[$TLS_IP]"
-TLS_OURS=$TLS_IP:18091
-TLS_HAPROXY=$TLS_IP:18093
-TLS_NGINXP=$TLS_IP:18094
+TLS_OURS=$TLS_IP:$((P + 11))
+TLS_HAPROXY=$TLS_IP:$((P + 13))
+TLS_NGINXP=$TLS_IP:$((P + 14))
 
 echo "building proxy-bench (release)..." >&2
 (cd "$ROOT" && cargo build --release -q -p sotolito-proxy --bin proxy-bench --bin idle-hold)
@@ -116,6 +119,9 @@ EOF
     server {
         listen $BACKEND;
         location / { root $TMP/www; }
+        # Requests served, read before and after each run: a proxy's 2xx
+        # answers must all have come from here.
+        location = /stub_status { stub_status; }
     }
 }
 EOF
@@ -162,6 +168,9 @@ EOF
 } >"$TMP/nginxp.conf"
 
 printf '%s tenant\n%s tenant\n' "$HOST" "$TLS_HOST" >"$TMP/hosts.map"
+# The map is looked up with Host less its port: h2load sends
+# `:authority: localhost:PORT`, which HAProxy matched to no backend and
+# answered 503 to every stream (the 241,883 "req/s" of 2026-11-29).
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 2
@@ -176,16 +185,24 @@ defaults
 frontend edge
     bind $HAPROXY
     option forwardfor
-    use_backend %[req.hdr(host),lower,map($TMP/hosts.map)]
+    use_backend %[req.hdr(host),lower,field(1,:),map($TMP/hosts.map)]
 frontend edge_tls
     bind $TLS_HAPROXY ssl crt $TMP/haproxy.pem alpn h2,http/1.1
     option forwardfor
-    use_backend %[req.hdr(host),lower,map($TMP/hosts.map)]
+    use_backend %[req.hdr(host),lower,field(1,:),map($TMP/hosts.map)]
 backend tenant
     http-reuse always
     server t1 $BACKEND
 EOF
 
+# A port another run holds would answer in place of the server meant to
+# hold it (nginx even retries its bind for seconds before it gives up).
+for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP $TLS_OURS $TLS_HAPROXY $TLS_NGINXP 127.0.0.1:$((P + 10)); do
+    if [[ -n $(ss -Htln "sport = :${addr##*:}") ]]; then
+        echo "run.sh: port ${addr##*:} is taken (another run?); PORT_BASE=N moves the ports to N..N+14" >&2
+        exit 1
+    fi
+done
 nginx -c "$TMP/backend.conf" -e "$TMP/backend.err" &
 PIDS+=($!); BACKEND_PID=$!
 nginx -c "$TMP/nginxp.conf" -e "$TMP/nginxp.err" &
@@ -196,9 +213,14 @@ PIDS+=($!); HAPROXY_PID=$!
 PIDS+=($!); OURS_PID=$!
 "$BIN" --listen $OURS10K --route $HOST=$BACKEND --extra-routes 10000 --workers 2 2>"$TMP/ours10k.err" &
 PIDS+=($!); OURS10K_PID=$!
-"$BIN" --listen 127.0.0.1:18090 --https $TLS_OURS --certs "$TMP/certs" --no-resumption \
-    --route $TLS_HOST=$BACKEND --workers 2 2>"$TMP/ours-tls.err" &
+"$BIN" --listen 127.0.0.1:$((P + 10)) --https $TLS_OURS --certs "$TMP/certs" --no-resumption \
+    --route $TLS_HOST=$BACKEND --workers 2 --h2-streams-per-ip 1000 2>"$TMP/ours-tls.err" &
 PIDS+=($!); TLS_OURS_PID=$!
+
+# h2load's 64 clients x 10 streams all come from 127.0.0.1: over the
+# default budget of 500 open streams per client address, 140 streams at a
+# time would get our 429 (HAProxy and nginx have no such budget), so the
+# TLS proxy above allows 1,000.
 
 # Wait until every target answers.
 for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP; do
@@ -234,6 +256,26 @@ cpu_ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
+# Requests the backend has served so far (its stub_status).
+backend_requests() { curl -s "http://$BACKEND/stub_status" | awk 'NR == 3 { print $3 }'; }
+# A run counts only if every answer was 2xx and the backend served at least
+# as many requests meanwhile (less the stub_status read itself): a proxy's
+# own error pages, or answers that never reached the backend, are not
+# proxied requests. Problems are collected and fail the run at the end.
+INVALID=()
+check_answers() { # TARGET SHAPE ANSWERED NON2XX BACKEND_BEFORE BACKEND_AFTER
+    local served=$(( $6 - $5 - 1 ))
+    (( $4 == 0 )) || INVALID+=("$2 $1: $4 of $3 answers were not 2xx")
+    (( served >= $3 - $4 )) || INVALID+=("$2 $1: $(( $3 - $4 )) 2xx answers, but the backend served $served requests")
+}
+# The same for wrk's report ("Non-2xx or 3xx responses: N").
+check_wrk() { # TARGET SHAPE WRK_OUTPUT BACKEND_BEFORE BACKEND_AFTER
+    local reqs bad
+    reqs=$(awk '/requests in/ { print $1 }' <<<"$3")
+    bad=$(awk '/Non-2xx/ { print $NF }' <<<"$3")
+    check_answers "$1" "$2" "${reqs:-0}" "${bad:-0}" "$4" "$5"
+}
+
 target_addr() { case $1 in direct) echo $BACKEND ;; ours) echo $OURS ;; ours-10k) echo $OURS10K ;; haproxy) echo $HAPROXY ;; nginx) echo $NGINXP ;; esac; }
 target_pid() { case $1 in direct) echo $BACKEND_PID ;; ours) echo $OURS_PID ;; ours-10k) echo $OURS10K_PID ;; haproxy) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
 
@@ -251,9 +293,9 @@ for round in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]:shift}" "${TARGETS[@]:0:shift}"; do
         addr=$(target_addr $t)
         pid=$(target_pid $t)
-        before=$(cpu_ticks "$pid")
+        before=$(cpu_ticks "$pid"); b0=$(backend_requests)
         out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H "Host: $HOST" "http://$addr/index.html")
-        after=$(cpu_ticks "$pid")
+        after=$(cpu_ticks "$pid"); check_wrk "$t" keep-alive "$out" "$b0" "$(backend_requests)"
         rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
         reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
         errors=$(awk '/Non-2xx|Socket errors/ { print }' <<<"$out" | tr '\n' ' ')
@@ -289,9 +331,9 @@ for round in $(seq "$ROUNDS"); do
     shift=$(( (round - 1) % ${#TLS_TARGETS[@]} ))
     for t in "${TLS_TARGETS[@]:shift}" "${TLS_TARGETS[@]:0:shift}"; do
         case $t in ours) addr=$TLS_OURS pid=$TLS_OURS_PID ;; haproxy) addr=$TLS_HAPROXY pid=$HAPROXY_PID ;; nginx) addr=$TLS_NGINXP pid=$NGINXP_PID ;; esac
-        before=$(cpu_ticks "$pid")
+        before=$(cpu_ticks "$pid"); b0=$(backend_requests)
         out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Connection: close" -H "Host: $TLS_HOST" "https://$TLS_HOST:${addr##*:}/index.html")
-        after=$(cpu_ticks "$pid")
+        after=$(cpu_ticks "$pid"); check_wrk "$t" tls-handshakes "$out" "$b0" "$(backend_requests)"
         rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
         reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
         cpu_us=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')
@@ -333,13 +375,13 @@ for round in $(seq "$ROUNDS"); do
     for t in "${SHAPE_TARGETS[@]:shift}" "${SHAPE_TARGETS[@]:0:shift}"; do
         addr=$(plain_addr $t); pid=$(plain_pid $t)
         # A new connection per request.
-        before=$(cpu_ticks "$pid")
+        before=$(cpu_ticks "$pid"); b0=$(backend_requests)
         out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Connection: close" -H "Host: $HOST" "http://$addr/index.html")
-        after=$(cpu_ticks "$pid")
+        after=$(cpu_ticks "$pid"); check_wrk "$t" close "$out" "$b0" "$(backend_requests)"
         rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out"); reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
         printf '%s\tclose\t%s\t%s\n' "$t" "$rps" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')" >>"$SHAPES"
         # A 1 MiB response; our RSS sampled meanwhile.
-        peak=0
+        peak=0; b0=$(backend_requests)
         wrk -t"$THREADS" -c16 -d"$TLS_DURATION" -H "Host: $HOST" "http://$addr/big.bin" >"$TMP/big-$t.txt" &
         WRK_PID=$!
         while kill -0 $WRK_PID 2>/dev/null; do
@@ -347,32 +389,42 @@ for round in $(seq "$ROUNDS"); do
             sleep 0.2
         done
         wait $WRK_PID
+        check_wrk "$t" 1MiB "$(cat "$TMP/big-$t.txt")" "$b0" "$(backend_requests)"
         rps=$(awk '/^Requests\/sec/ { print $2 }' "$TMP/big-$t.txt")
         printf '%s\tbig\t%s\t%s\n' "$t" "$rps" "$peak" >>"$SHAPES"
         # TLS keep-alive.
         port=$(tls_port $t); pid=$(tls_pid $t)
-        before=$(cpu_ticks "$pid")
+        before=$(cpu_ticks "$pid"); b0=$(backend_requests)
         out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Host: $TLS_HOST" "https://$TLS_HOST:$port/index.html")
-        after=$(cpu_ticks "$pid")
+        after=$(cpu_ticks "$pid"); check_wrk "$t" tls-keep-alive "$out" "$b0" "$(backend_requests)"
         rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out"); reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
         printf '%s\ttls-ka\t%s\t%s\n' "$t" "$rps" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')" >>"$SHAPES"
-        # HTTP/2: 64 connections, 10 streams each.
-        out=$(h2load -t"$THREADS" -c"$CONNS" -m10 -D "${TLS_DURATION%s}" "https://$TLS_HOST:$port/index.html" 2>&1)
-        rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' <<<"$out")
-        failed=$(awk '/^requests:/ { print $10 }' <<<"$out")
-        printf '%s\th2\t%s\t%s\n' "$t" "${rps:-0}" "${failed:-?}" >>"$SHAPES"
+        # HTTP/2: 64 connections, 10 streams each. The rate is of 2xx
+        # answers (h2load's own req/s counts every answer, 503s too).
+        # h2load has been seen to spin past -D: bounded.
+        before=$(cpu_ticks "$pid"); b0=$(backend_requests)
+        out=$(timeout 60 h2load -t"$THREADS" -c"$CONNS" -m10 -D "${TLS_DURATION%s}" "https://$TLS_HOST:$port/index.html" 2>&1) ||
+            { echo "run.sh: h2load against $t failed or did not end: $out" >&2; exit 1; }
+        after=$(cpu_ticks "$pid"); b1=$(backend_requests)
+        done_=$(awk '/^requests:/ { print $6 }' <<<"$out")
+        ok=$(awk '/^status codes:/ { print $3 }' <<<"$out")
+        secs=$(awk '/^finished in/ { print $3 + 0 }' <<<"$out")
+        check_answers "$t" h2 "${done_:-0}" "$(( ${done_:-0} - ${ok:-0} ))" "$b0" "$b1"
+        rps=$(awk -v n="${ok:-0}" -v s="${secs:-0}" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
+        cpu_us=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="${ok:-0}" 'BEGIN { printf "%.2f", (n > 0 ? d / hz / n * 1e6 : 0) }')
+        printf '%s\th2\t%s\t%s\n' "$t" "$rps" "$cpu_us" >>"$SHAPES"
         printf '  round %s %-8s done\n' "$round" "$t" >&2
     done
 done
 scol() { awk -F'\t' -v t="$1" -v s="$2" -v c="$3" '$1 == t && $2 == s { print $c }' "$SHAPES" | median; }
 echo
 echo "other load shapes, medians of $ROUNDS interleaved rounds (wrk -t$THREADS; h2load -c$CONNS -m10)"
-printf '%-8s %12s %9s %12s %9s %10s %9s %12s %9s %12s %12s\n' target close_rps close/hap close_cpu_us tls_ka_rps tls/hap h2_rps h2/hap 1MiB_MiB/s 1MiB/hap peak_rss_MiB
+printf '%-8s %12s %9s %12s %9s %10s %9s %9s %10s %12s %9s %12s\n' target close_rps close/hap close_cpu_us tls_ka_rps tls/hap h2_rps h2/hap h2_cpu_us 1MiB_MiB/s 1MiB/hap peak_rss_MiB
 HC=$(scol haproxy close 3); HT=$(scol haproxy tls-ka 3); HH=$(scol haproxy h2 3); HB=$(scol haproxy big 3)
 for t in "${SHAPE_TARGETS[@]}"; do
-    awk -v t=$t -v c="$(scol $t close 3)" -v cc="$(scol $t close 4)" -v k="$(scol $t tls-ka 3)" -v h="$(scol $t h2 3)" -v b="$(scol $t big 3)" -v r="$(scol $t big 4)" \
+    awk -v t=$t -v c="$(scol $t close 3)" -v cc="$(scol $t close 4)" -v k="$(scol $t tls-ka 3)" -v h="$(scol $t h2 3)" -v hcpu="$(scol $t h2 4)" -v b="$(scol $t big 3)" -v r="$(scol $t big 4)" \
         -v hc="$HC" -v ht="$HT" -v hh="$HH" -v hb="$HB" \
-        'BEGIN { printf "%-8s %12.0f %9.3f %12.2f %9.0f %10.3f %9.0f %12.3f %9.0f %12.3f %12.1f\n", t, c, c / hc, cc, k, k / ht, h, (hh > 0 ? h / hh : 0), b, b / hb, r / 1024 }'
+        'BEGIN { printf "%-8s %12.0f %9.3f %12.2f %9.0f %10.3f %9.0f %9.3f %9.2f %10.0f %12.3f %12.1f\n", t, c, c / hc, cc, k, k / ht, h, (hh > 0 ? h / hh : 0), hcpu, b, b / hb, r / 1024 }'
 done
 
 # Idle keep-alive client connections: each proxy's RSS with them held,
@@ -425,6 +477,12 @@ for t in ours haproxy nginx; do
     sleep 1
 done
 
+if (( ${#INVALID[@]} )); then
+    echo
+    echo "run.sh: runs whose answers were not all proxied 2xx (their figures above do not count):" >&2
+    printf '  %s\n' "${INVALID[@]}" >&2
+    exit 1
+fi
 if [[ -n ${RELOAD_FAILED:-} ]]; then
     echo "run.sh: $RELOAD_FAILED requests failed while our proxy reloaded its routes" >&2
     exit 1

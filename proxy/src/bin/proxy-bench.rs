@@ -4,6 +4,7 @@
 //! proxy-bench --listen ADDR --route HOST=ADDR... [--extra-routes N]
 //!             [--workers N] [--admin ADDR]
 //!             [--https ADDR --certs DIR [--no-resumption]]
+//!             [--h2-streams-per-ip N]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -45,6 +46,11 @@ fn run() -> Result<(), String> {
                 extra = value()?
                     .parse()
                     .map_err(|_| "--extra-routes takes a number")?
+            }
+            "--h2-streams-per-ip" => {
+                settings.max_h2_streams_per_ip = value()?
+                    .parse()
+                    .map_err(|_| "--h2-streams-per-ip takes a number")?
             }
             "--workers" => {
                 settings.workers = value()?.parse().map_err(|_| "--workers takes a number")?
