@@ -105,6 +105,7 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Run { .. } | Command::Proxy(_) | Command::ConsoleLog { .. } => "info",
+            Command::Net(crate::cmd::net::NetCommand::Reconcile { watch: true }) => "info",
             _ if self.hook_tenant().is_some() => "info",
             _ => "warn",
         }

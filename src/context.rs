@@ -46,6 +46,14 @@ impl Context {
                 let node = node_record(&loaded.config, &cluster, range)?;
                 // This node's tenants, bridge and leases live in its share.
                 loaded.config.network.subnet = node.subnet;
+                // The firewall's view of the other nodes, as the last
+                // `net reconcile` saw them: every table this command
+                // rebuilds keeps admitting their proxies.
+                loaded.config.network.fleet = Some(sotolito_config::FleetNetwork {
+                    range,
+                    private_address: cluster.private_address,
+                    peers: read_peers(&loaded.config)?,
+                });
                 Some(Fleet {
                     store: EtcdStore::connect(&cluster)
                         .context("failed to open the fleet's store")?,
@@ -115,6 +123,41 @@ impl Context {
 /// without asking etcd (a tenant starts while etcd is down).
 pub fn node_cache(config: &HostConfig) -> PathBuf {
     config.paths.state_dir.join("fleet/node.json")
+}
+
+/// STATE_DIR/fleet/peers.json: the other nodes as `net reconcile` last
+/// saw them (routes and the firewall are kept from it while etcd is down).
+pub fn peers_cache(config: &HostConfig) -> PathBuf {
+    config.paths.state_dir.join("fleet/peers.json")
+}
+
+/// The cached peers; none before the first `net reconcile`.
+fn read_peers(config: &HostConfig) -> anyhow::Result<Vec<sotolito_config::FleetPeer>> {
+    let path = peers_cache(config);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!("{} is unreadable (run vpsctl net reconcile again)", path.display())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Caches the peers for [`read_peers`], unless they are unchanged.
+pub fn write_peers(
+    config: &HostConfig,
+    peers: &[sotolito_config::FleetPeer],
+) -> anyhow::Result<()> {
+    let path = peers_cache(config);
+    let bytes = serde_json::to_vec_pretty(peers).expect("peers serialize");
+    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    sotolito_config::atomic::write(&path, &bytes, 0o644)?;
+    Ok(())
 }
 
 /// The cached record, or a registration now when there is none yet.

@@ -12,6 +12,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::NodeName;
 
+/// What a fleet node's network needs to know of the fleet: the tenant
+/// range of the whole fleet, this node's private address, and every other
+/// node (routes to their tenant subnets; the firewall admits their
+/// proxies and keeps tenants away from them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetNetwork {
+    pub range: Ipv4Net,
+    pub private_address: Ipv4Addr,
+    pub peers: Vec<FleetPeer>,
+}
+
+/// Another node of the fleet, as routes and the firewall use it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetPeer {
+    pub node: NodeName,
+    pub private_address: Ipv4Addr,
+    pub subnet: Ipv4Net,
+}
+
+impl FleetNetwork {
+    /// What tenants may never reach: the fleet's range (other nodes'
+    /// tenants) and the other nodes' private addresses, merged into
+    /// disjoint networks.
+    pub fn tenant_deny(&self) -> Vec<Ipv4Net> {
+        let mut all = vec![self.range];
+        all.extend(
+            self.peers
+                .iter()
+                .map(|p| Ipv4Net::from(p.private_address)),
+        );
+        Ipv4Net::aggregate(&all)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {

@@ -78,6 +78,10 @@ pub struct Network {
     /// (the host routes only for its tenants) or `accept` (other routed
     /// networks on the host keep working; their firewall is theirs).
     pub forward_policy: ForwardPolicy,
+    /// On a fleet node: the other nodes, as the firewall sees them. Never
+    /// read from the file: vpsctl fills it in from the node list.
+    #[serde(skip)]
+    pub fleet: Option<crate::cluster::FleetNetwork>,
 }
 
 /// See [`Network::forward_policy`].
@@ -113,6 +117,7 @@ impl Default for Network {
             tenant_dns: Vec::new(),
             block_smtp: false,
             forward_policy: ForwardPolicy::Drop,
+            fleet: None,
         }
     }
 }

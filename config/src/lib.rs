@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use atomic::WriteError;
-pub use cluster::{Cluster, EtcdEndpoint};
+pub use cluster::{Cluster, EtcdEndpoint, FleetNetwork, FleetPeer};
 pub use host::{HostConfig, Loaded, Overrides};
 pub use idmap::{Idmap, IdmapPool};
 pub use names::{

@@ -8,6 +8,7 @@ pub mod lease;
 pub mod link;
 pub mod netns;
 pub mod nft;
+pub mod route;
 pub mod ruleset;
 pub mod sandbox;
 #[cfg(test)]
@@ -55,6 +56,22 @@ pub fn ensure(
         tracing::info!(tenants = tenants.len(), "nft tables created");
     }
     Ok(())
+}
+
+/// On a fleet node: replaces the fleet's sets of our table (the other
+/// nodes' private addresses, what tenants may not reach) from
+/// `config.network.fleet`, in one transaction. `false` when our tables or
+/// those sets are missing: the caller rebuilds them ([`reconcile`]).
+/// Nothing to do on a single host.
+pub fn apply_fleet(config: &HostConfig) -> Result<bool, Error> {
+    let script = ruleset::render_fleet(config);
+    if script.is_empty() {
+        return Ok(true);
+    }
+    match nft::apply_fleet(&script) {
+        Err(e) if nft::is_missing(&e) => Ok(false),
+        other => other.map(|()| true),
+    }
 }
 
 /// The host ends of all tenant veths that exist (names from

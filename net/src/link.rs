@@ -386,7 +386,7 @@ pub fn veth_present(name: &TenantName) -> Result<bool, Error> {
 /// socket is opened in the calling thread's network namespace. Called from
 /// inside a tokio runtime, it runs on a scoped thread (which starts in the
 /// caller's network namespace), as a runtime cannot block on another.
-fn with_handle<T, F, Fut>(f: F) -> Result<T, Error>
+pub(crate) fn with_handle<T, F, Fut>(f: F) -> Result<T, Error>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,
@@ -462,11 +462,11 @@ fn kind(link: &LinkMessage) -> Option<InfoKind> {
     })
 }
 
-fn nl(action: String) -> impl FnOnce(rtnetlink::Error) -> Error {
+pub(crate) fn nl(action: String) -> impl FnOnce(rtnetlink::Error) -> Error {
     move |source| Error::Netlink { action, source }
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
         _ => None,
@@ -479,7 +479,7 @@ const fn libc_enodev() -> i32 {
 }
 
 /// EEXIST: what the kernel answers for a link or address made meanwhile.
-const EEXIST: i32 = 17;
+pub(crate) const EEXIST: i32 = 17;
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,11 @@ pub fn apply_ruleset(script: &str) -> Result<(), Error> {
     run_script(script, "load the sotolito ruleset")
 }
 
+/// Replaces the fleet's sets (from [`ruleset::render_fleet`]).
+pub fn apply_fleet(script: &str) -> Result<(), Error> {
+    run_script(script, "update the fleet's sets")
+}
+
 /// Checks `script` without applying it (`nft -c`).
 pub fn check_ruleset(script: &str) -> Result<(), Error> {
     run(

@@ -33,6 +33,14 @@ pub const SET_DENY: &str = "egress_deny";
 pub const SET_ALLOW: &str = "egress_allow";
 /// The resolvers tenants may reach on port 53 (network.tenant_dns).
 pub const SET_DNS: &str = "tenant_dns";
+/// On a fleet node: the other nodes' private addresses (their proxies).
+pub const SET_PEERS: &str = "fleet_peers";
+/// On a fleet node: what tenants may never reach (the fleet's range and
+/// the other nodes' private addresses).
+pub const SET_FLEET_DENY: &str = "fleet_deny";
+/// On a fleet node: this node's tenants' `address . http port`, the only
+/// thing the other nodes may reach.
+pub const SET_HTTP: &str = "tenant_http";
 /// The port sshd listens on inside a tenant.
 pub const TENANT_SSH_PORT: u16 = 22;
 /// Room in each cap's dynamic set: one element per tenant address.
@@ -76,6 +84,9 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
         let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
     }
     let _ = writeln!(s, "\t}}");
+    if let Some(fleet) = &net.fleet {
+        fleet_sets(&mut s, fleet, tenants);
+    }
 
     // Connection caps: one chain and dynamic set per distinct cap (few),
     // a verdict map from each tenant address to its chain (one lookup).
@@ -146,11 +157,27 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
         // Towards tenants: replies, and connections DNAT'd to them.
         format!("oifname \"{br}\" ct state established,related accept"),
         format!("oifname \"{br}\" ct status dnat accept"),
+    ];
+    if net.fleet.is_some() {
+        // Another node's proxy to one of our tenants' HTTP port; nothing
+        // else of theirs, and nobody else's.
+        forward.push(format!(
+            "oifname \"{br}\" ip saddr @{SET_PEERS} ip daddr . tcp dport @{SET_HTTP} accept"
+        ));
+    }
+    forward.extend([
         // Tenant to tenant routed through the host, and anything not
         // DNAT'd from outside: never.
         format!("oifname \"{br}\" drop"),
         format!("iifname \"{br}\" ct state established,related accept"),
-    ];
+    ]);
+    if net.fleet.is_some() {
+        // Other nodes' tenants and the nodes themselves, before any
+        // exception of the allow list or the resolvers.
+        forward.push(format!(
+            "iifname \"{br}\" ip daddr @{SET_FLEET_DENY} reject with icmp type admin-prohibited"
+        ));
+    }
     if net.block_smtp {
         forward.push(format!(
             "iifname \"{br}\" tcp dport 25 reject with tcp reset"
@@ -235,12 +262,89 @@ pub fn render_ruleset(config: &HostConfig, tenants: &[Tenant]) -> String {
 /// them one by one, see `nft::add_forward`).
 pub fn render_add_forward(config: &HostConfig, tenant: &Tenant) -> String {
     format!(
-        "{}add element inet {TABLE} {MAP_SSH} {{ {} }}\nadd element inet {TABLE} {MAP_CAPS} {{ {} }}\nadd element bridge {TABLE} {SET_ADDRS} {{ {} }}\n",
+        "{}add element inet {TABLE} {MAP_SSH} {{ {} }}\nadd element inet {TABLE} {MAP_CAPS} {{ {} }}\nadd element bridge {TABLE} {SET_ADDRS} {{ {} }}\n{}",
         render_cap_objects(cap_of(config, tenant)),
         map_element(tenant),
         cap_element(config, tenant),
         set_element(tenant),
+        render_add_http(config, tenant),
     )
+}
+
+/// On a fleet node, the tenant's `address . http port` in the set the
+/// other nodes' proxies may reach; nothing on a single host.
+fn render_add_http(config: &HostConfig, tenant: &Tenant) -> String {
+    if config.network.fleet.is_none() {
+        return String::new();
+    }
+    format!(
+        "add element inet {TABLE} {SET_HTTP} {{ {} }}\n",
+        http_element(tenant)
+    )
+}
+
+/// Replaces the fleet's sets (the other nodes, what tenants may not
+/// reach) with `config.network.fleet`'s, in one transaction; nothing on a
+/// single host. Fails with "No such file or directory" when our table or
+/// its fleet sets are missing (the caller then rebuilds the table).
+pub fn render_fleet(config: &HostConfig) -> String {
+    let Some(fleet) = &config.network.fleet else {
+        return String::new();
+    };
+    let mut s = format!("flush set inet {TABLE} {SET_PEERS}\n");
+    let peers = peer_addrs(fleet);
+    if !peers.is_empty() {
+        let _ = writeln!(
+            s,
+            "add element inet {TABLE} {SET_PEERS} {{ {} }}",
+            peers.join(", ")
+        );
+    }
+    let _ = writeln!(s, "flush set inet {TABLE} {SET_FLEET_DENY}");
+    let deny: Vec<String> = fleet.tenant_deny().iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        s,
+        "add element inet {TABLE} {SET_FLEET_DENY} {{ {} }}",
+        deny.join(", ")
+    );
+    s
+}
+
+fn peer_addrs(fleet: &sotolito_config::FleetNetwork) -> Vec<String> {
+    let mut peers: Vec<std::net::Ipv4Addr> = fleet
+        .peers
+        .iter()
+        .map(|p| p.private_address)
+        .filter(|a| *a != fleet.private_address)
+        .collect();
+    peers.sort_unstable();
+    peers.dedup();
+    peers.iter().map(ToString::to_string).collect()
+}
+
+fn fleet_sets(s: &mut String, fleet: &sotolito_config::FleetNetwork, tenants: &[Tenant]) {
+    let peers = peer_addrs(fleet);
+    let _ = writeln!(s, "\tset {SET_PEERS} {{");
+    let _ = writeln!(s, "\t\ttype ipv4_addr;");
+    if !peers.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{ {} }}", peers.join(", "));
+    }
+    let _ = writeln!(s, "\t}}");
+    let deny: Vec<String> = fleet.tenant_deny().iter().map(ToString::to_string).collect();
+    interval_set(s, SET_FLEET_DENY, &deny);
+    let mut http: Vec<&Tenant> = tenants.iter().collect();
+    http.sort_by_key(|t| t.ip);
+    let _ = writeln!(s, "\tset {SET_HTTP} {{");
+    let _ = writeln!(s, "\t\ttype ipv4_addr . inet_service;");
+    if !http.is_empty() {
+        let elems: Vec<String> = http.iter().map(|t| http_element(t)).collect();
+        let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
+fn http_element(t: &Tenant) -> String {
+    format!("{} . {}", t.ip, t.http_port)
 }
 
 /// Replaces the map element of the tenant's port whatever it maps to now.
@@ -283,10 +387,10 @@ pub fn render_replace_cap(config: &HostConfig, tenant: &Tenant) -> String {
 
 /// Adds only the tenant's anti-spoofing element.
 pub fn render_add_port(config: &HostConfig, tenant: &Tenant) -> String {
-    let _ = config;
     format!(
-        "add element bridge {TABLE} {SET_ADDRS} {{ {} }}\n",
-        set_element(tenant)
+        "add element bridge {TABLE} {SET_ADDRS} {{ {} }}\n{}",
+        set_element(tenant),
+        render_add_http(config, tenant),
     )
 }
 
@@ -312,11 +416,18 @@ pub fn render_remove_cap(config: &HostConfig, tenant: &Tenant) -> String {
 
 /// Removes only the tenant's anti-spoofing element (its bridge port).
 pub fn render_remove_port(config: &HostConfig, tenant: &Tenant) -> String {
-    let _ = config;
     let e = set_element(tenant);
-    format!(
+    let mut s = format!(
         "add element bridge {TABLE} {SET_ADDRS} {{ {e} }}\ndelete element bridge {TABLE} {SET_ADDRS} {{ {e} }}\n"
-    )
+    );
+    if config.network.fleet.is_some() {
+        let h = http_element(tenant);
+        let _ = write!(
+            s,
+            "add element inet {TABLE} {SET_HTTP} {{ {h} }}\ndelete element inet {TABLE} {SET_HTTP} {{ {h} }}\n"
+        );
+    }
+    s
 }
 
 /// The set and chain that enforce cap `n`, made idempotently: `add` keeps
@@ -536,6 +647,85 @@ mod tests {
             out.contains("ip daddr != 127.0.0.0/8 fib daddr type local dnat"),
             "{out}"
         );
+    }
+
+    fn fleet_config() -> HostConfig {
+        let mut c = config();
+        c.network.subnet = "172.18.0.0/24".parse().unwrap();
+        c.network.fleet = Some(sotolito_config::FleetNetwork {
+            range: "172.18.0.0/16".parse().unwrap(),
+            private_address: [10, 0, 0, 1].into(),
+            peers: vec![
+                sotolito_config::FleetPeer {
+                    node: "node3".parse().unwrap(),
+                    private_address: [10, 0, 0, 3].into(),
+                    subnet: "172.18.2.0/24".parse().unwrap(),
+                },
+                sotolito_config::FleetPeer {
+                    node: "node2".parse().unwrap(),
+                    private_address: [10, 0, 0, 2].into(),
+                    subnet: "172.18.1.0/24".parse().unwrap(),
+                },
+            ],
+        });
+        c
+    }
+
+    #[test]
+    fn a_fleet_node_admits_other_nodes_only_to_http_ports() {
+        let c = fleet_config();
+        let mut web = tenant("web", [172, 18, 0, 3], 2202);
+        web.http_port = sotolito_config::HttpPort::new(8080).unwrap();
+        let ts = vec![tenant("acme", [172, 18, 0, 2], 2201), web.clone()];
+        let got = render_ruleset(&c, &ts);
+        assert!(
+            got.contains("set fleet_peers {\n\t\ttype ipv4_addr;\n\t\telements = { 10.0.0.2, 10.0.0.3 }"),
+            "{got}"
+        );
+        assert!(
+            got.contains("elements = { 172.18.0.2 . 80, 172.18.0.3 . 8080 }"),
+            "{got}"
+        );
+        // The range and the other nodes, merged into disjoint networks.
+        assert!(
+            got.contains("set fleet_deny {\n\t\ttype ipv4_addr; flags interval;\n\t\telements = { 10.0.0.2/31, 172.18.0.0/16 }"),
+            "{got}"
+        );
+        let fwd = &got[got.find("chain forward").unwrap()..];
+        let admit = fwd
+            .find("oifname \"sotolito0\" ip saddr @fleet_peers ip daddr . tcp dport @tenant_http accept")
+            .expect("the admit rule");
+        assert!(admit < fwd.find("oifname \"sotolito0\" drop").unwrap());
+        // Tenants never reach the fleet, whatever the allow list says.
+        let deny = fwd
+            .find("iifname \"sotolito0\" ip daddr @fleet_deny reject")
+            .expect("the fleet deny rule");
+        assert!(deny > fwd.find("iifname \"sotolito0\" ct state established,related accept").unwrap());
+        assert!(deny < fwd.find("@tenant_dns").unwrap());
+        assert!(deny < fwd.find("@egress_allow accept").unwrap());
+        // Element edits keep the HTTP set.
+        assert!(render_add_forward(&c, &web)
+            .ends_with("add element inet sotolito tenant_http { 172.18.0.3 . 8080 }\n"));
+        assert!(render_add_port(&c, &web).contains("tenant_http { 172.18.0.3 . 8080 }"));
+        assert!(render_remove_port(&c, &web)
+            .ends_with("delete element inet sotolito tenant_http { 172.18.0.3 . 8080 }\n"));
+        assert_eq!(
+            render_fleet(&c),
+            "flush set inet sotolito fleet_peers\n\
+             add element inet sotolito fleet_peers { 10.0.0.2, 10.0.0.3 }\n\
+             flush set inet sotolito fleet_deny\n\
+             add element inet sotolito fleet_deny { 10.0.0.2/31, 172.18.0.0/16 }\n"
+        );
+    }
+
+    #[test]
+    fn a_single_host_has_no_fleet_rules() {
+        let c = config();
+        let t = tenant("acme", [172, 18, 0, 2], 2201);
+        let got = render_ruleset(&c, std::slice::from_ref(&t));
+        assert!(!got.contains("fleet") && !got.contains("tenant_http"), "{got}");
+        assert!(!render_add_forward(&c, &t).contains("tenant_http"));
+        assert!(render_fleet(&c).is_empty());
     }
 
     #[test]

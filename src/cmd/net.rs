@@ -13,8 +13,15 @@ use crate::context::Context;
 #[derive(Debug, Subcommand)]
 pub enum NetCommand {
     /// Rebuild the bridge and the nft tables from the registry (after a
-    /// reboot or `nft flush ruleset`); replaces only sotolito's tables.
-    Reconcile,
+    /// reboot or `nft flush ruleset`); replaces only sotolito's tables. On
+    /// a fleet node also the routes to the other nodes' tenant subnets and
+    /// the firewall's view of those nodes.
+    Reconcile {
+        /// Fleet nodes: keep routes and firewall following the node list
+        /// (an etcd watch) until stopped; what sotolito-fleet-net.service runs.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Show each tenant's lease, veth and whether its SSH forward is live.
     Show,
     /// runc createRuntime hook: give tenant NAME's container its eth0.
@@ -31,7 +38,17 @@ pub enum NetCommand {
 
 pub fn run(ctx: &Context, cmd: NetCommand) -> anyhow::Result<()> {
     match cmd {
-        NetCommand::Reconcile => reconcile(ctx),
+        NetCommand::Reconcile { watch: false } => match &ctx.fleet {
+            Some(fleet) => crate::cmd::fleet_net::reconcile(ctx, fleet),
+            None => reconcile(ctx),
+        },
+        NetCommand::Reconcile { watch: true } => match &ctx.fleet {
+            Some(fleet) => crate::cmd::fleet_net::watch(ctx, fleet),
+            None => Err(anyhow::anyhow!(
+                "--watch follows the fleet's nodes, and this host is not in a fleet (run vpsctl net reconcile without it, or add a [cluster] table, see docs/fleet.md)"
+            ))
+            .context("failed to reconcile the tenant network"),
+        },
         NetCommand::Show => show(ctx),
         NetCommand::Attach { name, pid } => attach(ctx, &name, pid),
         NetCommand::Detach { name } => {

@@ -17,6 +17,12 @@ pub struct Node {
 
 impl Node {
     pub fn new(lan: &Lan, etcd: &Etcd, i: usize, dir: &Path) -> Node {
+        Node::with_network(lan, etcd, i, dir, "subnet = \"172.18.0.0/16\"\n")
+    }
+
+    /// Node i with `network` as its `[network]` table (the fleet's range
+    /// and egress lists); its proxy listens on every address.
+    pub fn with_network(lan: &Lan, etcd: &Etcd, i: usize, dir: &Path, network: &str) -> Node {
         let name = format!("node{}", i + 1);
         let root = dir.join(&name);
         std::fs::create_dir_all(&root).unwrap();
@@ -26,10 +32,11 @@ impl Node {
             &config,
             format!(
                 "[paths]\nstate_dir = \"{0}/state\"\nrun_dir = \"{0}/run\"\nconfig_dir = \"{0}/etc\"\nsystemd_dir = \"{0}/systemd\"\n\
-                 [network]\nsubnet = \"172.18.0.0/16\"\n\
-                 [proxy]\nhttp = \"{ip}:80\"\nhttps = \"{ip}:443\"\n{1}",
+                 [runtime]\ncgroup_manager = \"cgroupfs\"\n\
+                 [network]\n{network}\
+                 [proxy]\nhttp = \"0.0.0.0:80\"\nhttps = \"0.0.0.0:443\"\n{1}",
                 root.display(),
-                etcd.cluster_toml(&name, ip, Ipv4Addr::new(203, 0, 113, 1 + i as u8)),
+                etcd.cluster_toml(&name, ip, Node::public_address(i)),
             ),
         )
         .unwrap();
@@ -39,6 +46,19 @@ impl Node {
             root,
             config,
         }
+    }
+
+    /// Node i's public address (where clients reach its DNAT ports).
+    pub fn public_address(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(203, 0, 113, 1 + u8::try_from(i).expect("few nodes"))
+    }
+
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    pub fn config(&self) -> &Path {
+        &self.config
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
@@ -82,7 +102,35 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // Tenants were never started; the state dir goes with the temp dir.
+        // Containers first (they hold mounts and cgroups), then mounts under
+        // the node's root; the state dir goes with the temp dir.
+        let runc_root = self.root.join("run/runc");
+        let ids = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.lines() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "-f", id])
+                .output();
+        }
+        crate::common::remove_instance_cgroups(&self.root.join("state/tenants"));
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| Path::new(m).starts_with(&self.root))
+                .collect();
+            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in ours {
+                let _ = Command::new("umount").args(["-l", m]).output();
+            }
+        }
     }
 }
 
