@@ -13,6 +13,8 @@ pub const TEMPLATE: &str = "sotolito-vps@.service";
 pub const TARGET: &str = "sotolito-vps.target";
 pub const NET_SERVICE: &str = "sotolito-net.service";
 pub const PROXY_SERVICE: &str = "sotolito-proxy.service";
+/// On a fleet node: routes and firewall following the node list.
+pub const FLEET_NET_SERVICE: &str = "sotolito-fleet-net.service";
 
 /// What the units embed: systemd passes no environment, so the absolute
 /// vpsctl and the instance's config.
@@ -30,6 +32,9 @@ pub struct UnitContext {
     pub registry_dir: PathBuf,
     /// Where the proxy reads certificates and ACME writes them.
     pub certs_dir: PathBuf,
+    /// The host is a fleet node (`[cluster]`): install the fleet's
+    /// network unit too.
+    pub fleet: bool,
 }
 
 impl UnitContext {
@@ -173,13 +178,40 @@ pub fn render_proxy(u: &UnitContext) -> String {
 }
 
 /// Every unit file by name.
+/// A fleet node's routes to the other nodes' tenants and its firewall's
+/// view of them, following the node list in etcd. As root (routes and nft
+/// need CAP_NET_ADMIN, which the proxy's user lacks); restarted on
+/// failure, so an etcd outage at boot only delays it.
+pub fn render_fleet_net(u: &UnitContext) -> String {
+    format!(
+        "[Unit]\n\
+         Description=sotolito fleet routes and firewall (follows the node list)\n\
+         Wants=network-online.target\n\
+         After=network-online.target {NET_SERVICE}\n\
+         Before={TARGET}\n\
+         \n\
+         [Service]\n\
+         ExecStart={exec}\n\
+         Restart=always\n\
+         RestartSec=2s\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        exec = u.vpsctl("net reconcile --watch"),
+    )
+}
+
 pub fn render_all(u: &UnitContext) -> Vec<(&'static str, String)> {
-    vec![
+    let mut all = vec![
         (TEMPLATE, render_template(u)),
         (TARGET, render_target()),
         (NET_SERVICE, render_net(u)),
         (PROXY_SERVICE, render_proxy(u)),
-    ]
+    ];
+    if u.fleet {
+        all.push((FLEET_NET_SERVICE, render_fleet_net(u)));
+    }
+    all
 }
 
 /// Writes the units into `systemd_dir` and enables the target, the net
@@ -197,7 +229,8 @@ pub fn install(systemd_dir: &Path, u: &UnitContext) -> Result<Vec<PathBuf>, Erro
         changed.push(path);
     }
     let wants = systemd_dir.join("multi-user.target.wants");
-    for name in [TARGET, NET_SERVICE, PROXY_SERVICE] {
+    let fleet = u.fleet.then_some(FLEET_NET_SERVICE);
+    for name in [TARGET, NET_SERVICE, PROXY_SERVICE].into_iter().chain(fleet) {
         if link(&wants, name, &format!("../{name}"))? {
             changed.push(wants.join(name));
         }
@@ -265,7 +298,29 @@ mod tests {
             stop_timeout_secs: 30,
             registry_dir: "/var/lib/sotolito/registry".into(),
             certs_dir: "/var/lib/sotolito/certs".into(),
+            fleet: false,
         }
+    }
+
+    #[test]
+    fn a_fleet_node_gets_the_route_watch() {
+        assert!(!render_all(&ctx()).iter().any(|(n, _)| *n == FLEET_NET_SERVICE));
+        let u = UnitContext {
+            fleet: true,
+            ..ctx()
+        };
+        let f = render_fleet_net(&u);
+        assert!(f.contains(
+            "ExecStart=/usr/local/bin/vpsctl --config /etc/sotolito/sotolito.toml net reconcile --watch\n"
+        ));
+        assert!(f.contains("Restart=always\n") && !f.contains("User="), "{f}");
+        let tmp = tempfile::tempdir().unwrap();
+        install(tmp.path(), &u).unwrap();
+        assert_eq!(
+            fs::read_link(tmp.path().join("multi-user.target.wants").join(FLEET_NET_SERVICE))
+                .unwrap(),
+            Path::new("../sotolito-fleet-net.service")
+        );
     }
 
     #[test]

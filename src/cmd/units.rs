@@ -14,7 +14,8 @@ use crate::context::Context;
 #[derive(Debug, Subcommand)]
 pub enum UnitsCommand {
     /// Write sotolito-vps@.service, sotolito-vps.target, sotolito-net.service
-    /// and sotolito-proxy.service, and enable them.
+    /// and sotolito-proxy.service (and on a fleet node
+    /// sotolito-fleet-net.service), and enable them.
     Install,
 }
 
@@ -34,6 +35,7 @@ fn install(ctx: &Context) -> anyhow::Result<()> {
         stop_timeout_secs: DEFAULT_STOP_TIMEOUT.as_secs(),
         registry_dir: ctx.config().registry_dir(),
         certs_dir: ctx.config().certs_dir(),
+        fleet: ctx.fleet.is_some(),
     };
     let dir = &ctx.config().paths.systemd_dir;
     let changed = units::install(dir, &u)?;

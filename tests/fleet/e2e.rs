@@ -174,9 +174,9 @@ pub struct Fleet {
     pub proxies: Vec<Daemon>,
     pub watchers: Vec<Daemon>,
     pub nodes: Vec<Node>,
-    pub etcd: Etcd,
+    pub _etcd: Etcd,
     pub internet: Internet,
-    pub lan: Lan,
+    pub _lan: Lan,
     pub dir: tempfile::TempDir,
 }
 
@@ -221,9 +221,9 @@ impl Fleet {
             proxies,
             watchers,
             nodes,
-            etcd,
+            _etcd: etcd,
             internet,
-            lan,
+            _lan: lan,
             dir,
         };
         // Every node routes the other two nodes' subnets, via their
@@ -420,8 +420,8 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
     let (ok, out) = nc_from_tenant(n2, "evil", "203.0.113.1", 80, req);
     assert!(ok && out.contains("web-on-node1"), "control: node 1's public proxy: {out}");
     for (addr, port, what) in [
-        (web_ip.as_str(), 22, "node 1's tenant's ssh"),
         (web_ip.as_str(), 80, "node 1's tenant's HTTP port, past the proxy"),
+        (web_ip.as_str(), 22, "node 1's tenant's ssh"),
         ("10.89.0.1", 2379, "node 1's etcd on its private address"),
         ("10.89.0.1", 80, "node 1's proxy on its private address"),
         ("10.89.0.3", 22, "node 3's private address"),
@@ -453,6 +453,11 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
     // The internet -> a tenant address through a node: dropped, even with
     // a route that sends the tenant range to node 1.
     run(f.internet.cmd("ip").args(["route", "add", RANGE, "via", "203.0.113.1"]));
+    let got = get_in(&f.internet.path(), SocketAddr::from((web_ip_v4, 80)), "web.test");
+    assert_eq!(
+        got, None,
+        "the internet reached node 1's tenant's HTTP port past the proxy"
+    );
     for port in [80, 22] {
         let got = probe_in(&f.internet.path(), SocketAddr::from((web_ip_v4, port)));
         assert!(
