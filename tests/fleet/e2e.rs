@@ -174,7 +174,7 @@ pub struct Fleet {
     pub proxies: Vec<Daemon>,
     pub watchers: Vec<Daemon>,
     pub nodes: Vec<Node>,
-    pub _etcd: Etcd,
+    pub etcd: Etcd,
     pub internet: Internet,
     pub _lan: Lan,
     pub dir: tempfile::TempDir,
@@ -221,7 +221,7 @@ impl Fleet {
             proxies,
             watchers,
             nodes,
-            _etcd: etcd,
+            etcd,
             internet,
             _lan: lan,
             dir,
@@ -476,4 +476,169 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
     assert_eq!(st["ssh"], "203.0.113.1:2201", "{st}");
     assert_eq!(st["state"], "remote", "{st}");
     let _ = f.logs();
+}
+
+fn hello(name: &str) -> Option<(u16, String)> {
+    Some((200, format!("hello from {name}\n")))
+}
+
+/// Runs `vpsctl provision NAME --start` of a busybox tenant on `node`.
+fn provision_busybox(node: &Node, name: &str, port: u16) -> std::process::Output {
+    node.run(&[
+        "provision",
+        name,
+        "--image",
+        "busybox",
+        "--host",
+        &format!("{name}.test"),
+        "--ssh-port",
+        &port.to_string(),
+        "--start",
+    ])
+}
+
+fn runc_ids(node: &Node) -> Vec<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(node.root.join("run/runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_fleet_rides_out_etcd_outages_and_a_dead_node() {
+    let mut f = Fleet::new();
+    for n in &f.nodes {
+        n.busybox_image();
+    }
+    for (i, name, port) in [(0, "alpha", 2301), (2, "gamma", 2303)] {
+        let out = provision_busybox(&f.nodes[i], name, port);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for (host, via) in [("alpha", [0, 1, 2]), ("gamma", [0, 1, 2])] {
+        for i in via {
+            wait_for(&format!("{host} through node{}", i + 1), || {
+                f.get_via(i, &format!("{host}.test")) == hello(host)
+            });
+        }
+    }
+
+    // One member down (node 3's): serving goes on, and a provision
+    // succeeds and is routed everywhere.
+    f.etcd.kill(2);
+    for i in 0..3 {
+        assert_eq!(f.get_via(i, "alpha.test"), hello("alpha"), "node{}", i + 1);
+    }
+    let out = provision_busybox(&f.nodes[1], "beta", 2302);
+    assert!(out.status.success(), "provision with one member down: {}", text(&out));
+    for i in [2, 0] {
+        wait_for(&format!("beta through node{} (one member down)", i + 1), || {
+            f.get_via(i, "beta.test") == hello("beta")
+        });
+    }
+
+    // Every member down: the proxies serve their last-known routes, and
+    // provision fails on one line naming the store, leaving nothing.
+    f.etcd.kill(0);
+    f.etcd.kill(1);
+    for d in &f.proxies {
+        wait_for("the proxies to say their routes are stale", || {
+            d.log().contains("stale")
+        });
+    }
+    for (host, i) in [("alpha", 1), ("alpha", 2), ("beta", 0), ("beta", 2), ("gamma", 0)] {
+        assert_eq!(
+            f.get_via(i, &format!("{host}.test")),
+            hello(host),
+            "{host} through node{} with etcd down",
+            i + 1
+        );
+    }
+    let n1 = &f.nodes[0];
+    let out = provision_busybox(n1, "delta", 2304);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("provision with every member down: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("vpsctl: failed to provision tenant delta: ") && err.contains("etcd store https://10.89.0.1:2379"),
+        "{err}"
+    );
+    assert!(!n1.root.join("state/tenants/delta").exists(), "no tenant dir left");
+    assert!(!runc_ids(n1).contains(&"delta".to_owned()), "no container left");
+    assert!(
+        !std::fs::read_dir(n1.root.join("etc/tenants"))
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("delta")))
+            .unwrap_or(false),
+        "no unit environment left"
+    );
+
+    // etcd back: everything converges without a restart.
+    for i in 0..3 {
+        f.etcd.restart(i);
+    }
+    for i in 0..3 {
+        f.etcd.wait_healthy(i);
+    }
+    let out = provision_busybox(n1, "delta", 2304);
+    assert!(out.status.success(), "provision after etcd returned: {}", text(&out));
+    for i in [2, 1] {
+        wait_for(&format!("delta through node{} after the outage", i + 1), || {
+            f.get_via(i, "delta.test") == hello("delta")
+        });
+    }
+
+    // Node 3 dies: its proxy, route watch and tenants stop, its links go
+    // down. Its lease expires, the others keep serving theirs, and its
+    // tenant shows as unreachable.
+    f.proxies[2].kill();
+    f.watchers[2].kill();
+    for id in runc_ids(&f.nodes[2]) {
+        run(Command::new("runc")
+            .arg("--root")
+            .arg(f.nodes[2].root.join("run/runc"))
+            .args(["delete", "-f", &id]));
+    }
+    for link in ["eth0", "wan0"] {
+        run(Command::new("nsenter")
+            .arg(format!("--net={}", f.nodes[2].netns()))
+            .args(["ip", "link", "set", link, "down"]));
+    }
+    wait_for("node3 to show down", || {
+        f.nodes[0].json(&["nodes"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "node3" && n["health"] == "down")
+    });
+    let nodes = f.nodes[1].json(&["nodes"]);
+    let health: Vec<(&str, &str)> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["health"].as_str().unwrap()))
+        .collect();
+    assert_eq!(health, [("node1", "up"), ("node2", "up"), ("node3", "down")]);
+    for (host, i) in [("alpha", 0), ("alpha", 1), ("beta", 0), ("beta", 1), ("delta", 1)] {
+        assert_eq!(
+            f.get_via(i, &format!("{host}.test")),
+            hello(host),
+            "{host} through node{} with node3 dead",
+            i + 1
+        );
+    }
+    let list = f.nodes[0].json(&["list"]);
+    let gamma = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "gamma")
+        .unwrap_or_else(|| panic!("node3's tenant is still listed: {list}"));
+    assert_eq!(gamma["node"], "node3", "{gamma}");
+    assert_eq!(gamma["state"], "unreachable", "{gamma}");
 }
