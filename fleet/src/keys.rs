@@ -11,7 +11,16 @@
 //! /sotolito/v1/subnets/NET/PREFIX      NODE   (a node's tenant subnet)
 //! /sotolito/v1/alive/NODE              ADDR   (under the node's lease)
 //! /sotolito/v1/generation              ""     (rewritten with every tenant change)
+//! /sotolito/v1/acme/account            {"directory", "credentials"} (JSON)
+//! /sotolito/v1/acme/certs/HOST         {"directory", "serial", "issued",
+//!                                       "chain_pem", "key_pem"} (JSON)
+//! /sotolito/v1/acme/challenges/TOKEN   KEY_AUTHORIZATION (under the
+//!                                       orderer's lock lease)
+//! /sotolito/v1/acme/locks/HOST/LEASE   (etcd's lock API: one orderer a host)
 //! ```
+//!
+//! The certificate records hold private keys: every fleet client can read
+//! them (see "Fleet (etcd store)" in docs/architecture.md).
 
 use std::net::Ipv4Addr;
 
@@ -26,6 +35,13 @@ pub const ALIVE: &str = "/sotolito/v1/alive/";
 /// Rewritten by every tenant write and removal: its `mod_revision` is a
 /// number that changes whenever a tenant record does.
 pub const GENERATION: &str = "/sotolito/v1/generation";
+/// Everything ACME shares between nodes; one watch on this prefix follows
+/// certificates and challenges.
+pub const ACME: &str = "/sotolito/v1/acme/";
+pub const ACME_ACCOUNT: &str = "/sotolito/v1/acme/account";
+pub const ACME_CERTS: &str = "/sotolito/v1/acme/certs/";
+pub const ACME_CHALLENGES: &str = "/sotolito/v1/acme/challenges/";
+pub const ACME_LOCKS: &str = "/sotolito/v1/acme/locks/";
 
 pub fn tenant(name: &TenantName) -> String {
     format!("{TENANTS}{name}")
@@ -57,6 +73,20 @@ pub fn subnet(net: Ipv4Net) -> String {
 
 pub fn alive(name: &NodeName) -> String {
     format!("{ALIVE}{name}")
+}
+
+/// A host's certificate (`*.domain` as written: `*` is a valid key byte).
+pub fn acme_cert(host: &str) -> String {
+    format!("{ACME_CERTS}{host}")
+}
+
+pub fn acme_challenge(token: &str) -> String {
+    format!("{ACME_CHALLENGES}{token}")
+}
+
+/// The lock that one node holds while it orders `host`.
+pub fn acme_lock(host: &str) -> String {
+    format!("{ACME_LOCKS}{host}")
 }
 
 /// The name at the end of a key under `prefix`.
@@ -93,5 +123,12 @@ mod tests {
         assert_eq!(alive(&n), "/sotolito/v1/alive/node1");
         assert_eq!(name_in(TENANTS, "/sotolito/v1/tenants/acme"), Some("acme"));
         assert_eq!(name_in(TENANTS, "/sotolito/v1/tenants/"), None);
+        assert_eq!(acme_cert("shop.io"), "/sotolito/v1/acme/certs/shop.io");
+        assert_eq!(
+            acme_challenge("tok-1"),
+            "/sotolito/v1/acme/challenges/tok-1"
+        );
+        assert_eq!(acme_lock("shop.io"), "/sotolito/v1/acme/locks/shop.io");
+        assert!(acme_cert("x").starts_with(ACME) && acme_lock("x").starts_with(ACME));
     }
 }

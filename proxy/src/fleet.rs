@@ -4,8 +4,12 @@
 //! kernel routes other nodes' tenant subnets over the private network.
 //! While etcd is unreachable the last-known routes stay in use. The proxy
 //! also keeps this node's liveness lease: every node runs one, and a node
-//! whose proxy is gone shows down. Certificates stay files on each node:
-//! the certs dir is watched by a [`FileSource`] alongside.
+//! whose proxy is gone shows down. Certificates are served from the certs
+//! dir as on one host (a [`FileSource`] watches it alongside); the fleet's
+//! ACME certificates and tokens reach it through a second watch
+//! (`acme::shared::mirror`), whether or not this node orders any.
+
+use std::path::PathBuf;
 
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use sotolito_config::Cluster;
 use sotolito_fleet::{FeedState, Registration, Store, TenantFeed};
 use tokio::sync::{mpsc, watch};
 
+use crate::acme::Challenges;
 use crate::source::{FileSource, RouteSource, SourceEvent, TenantRoute};
 use crate::Error;
 
@@ -23,16 +28,26 @@ pub(crate) struct Fleet {
     /// The view the routes in use were built from.
     revision: i64,
     certs: FileSource,
+    /// What the ACME mirror needs: the store, the map the proxy answers
+    /// HTTP-01 from, and the certs dir.
+    acme: (Store, Challenges, PathBuf),
 }
 
 impl Fleet {
     /// Connects (reading the certificates now), starts the watch and the
     /// liveness lease, on the calling runtime. etcd being down is not an
-    /// error: the feed retries. `certs` watches the certs dir.
-    pub(crate) async fn start(cluster: &Cluster, certs: FileSource) -> Result<Fleet, Error> {
+    /// error: the feed retries. `certs` watches the certs dir; the fleet's
+    /// certificates are copied to `certs_dir` and its tokens into
+    /// `challenges`.
+    pub(crate) async fn start(
+        cluster: &Cluster,
+        certs: FileSource,
+        challenges: Challenges,
+        certs_dir: PathBuf,
+    ) -> Result<Fleet, Error> {
         let store = Store::connect(cluster).await.map_err(Error::Fleet)?;
         let alive = store.keep_alive(&cluster.node, cluster.private_address, cluster.lease_ttl);
-        let feed = TenantFeed::spawn(store);
+        let feed = TenantFeed::spawn(store.clone());
         let rx = feed.subscribe();
         Ok(Fleet {
             _feed: feed,
@@ -40,6 +55,7 @@ impl Fleet {
             _alive: alive,
             revision: 0,
             certs,
+            acme: (store, challenges, certs_dir),
         })
     }
 
@@ -64,6 +80,14 @@ impl RouteSource for Fleet {
     /// (at stop) only aborts their tasks.
     async fn run(mut self, events: mpsc::Sender<SourceEvent>, mut stop: watch::Receiver<bool>) {
         let certs = tokio::spawn(self.certs.run(events.clone(), stop.clone()));
+        let (store, challenges, certs_dir) = self.acme.clone();
+        let acme = tokio::spawn(crate::acme::mirror(
+            store,
+            challenges,
+            certs_dir,
+            events.clone(),
+            stop.clone(),
+        ));
         let mut stale = false;
         loop {
             tokio::select! {
@@ -94,6 +118,7 @@ impl RouteSource for Fleet {
             }
         }
         let _ = certs.await;
+        let _ = acme.await;
     }
 }
 

@@ -60,7 +60,12 @@ pub fn run(loaded: &Loaded, opts: RunOptions) -> Result<(), Error> {
     let certs = FileSource::new().certs(config.certs_dir(), CERT_POLL);
     let (source, tenants) = match &config.cluster {
         Some(cluster) => {
-            let mut fleet = rt.block_on(crate::fleet::Fleet::start(cluster, certs))?;
+            let mut fleet = rt.block_on(crate::fleet::Fleet::start(
+                cluster,
+                certs,
+                challenges.clone(),
+                config.certs_dir(),
+            ))?;
             let tenants = rt.block_on(fleet.first(FLEET_FIRST_READ));
             tracing::info!(node = %cluster.node, "fleet store followed");
             (HostSource::Fleet(fleet), tenants)

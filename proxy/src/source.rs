@@ -37,7 +37,7 @@ pub struct TenantRoute {
     /// Hosts for which no ACME certificate is requested.
     pub acme_opt_out: Vec<HostName>,
     /// The fleet node the tenant lives on; `None` from this host's own
-    /// registry. ACME orders only for this host's tenants.
+    /// registry.
     pub node: Option<NodeName>,
 }
 

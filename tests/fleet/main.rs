@@ -6,6 +6,7 @@
 #[path = "../../fleet/tests/support/mod.rs"]
 mod support;
 
+mod acme;
 mod e2e;
 mod nodes;
 mod proxy;

@@ -189,6 +189,24 @@ impl Etcd {
         Etcd::start(members)
     }
 
+    /// One member in each of the given lan nodes' namespaces (the other
+    /// nodes run none), on its private address.
+    pub fn in_lan_nodes(lan: &Lan, nodes: &[usize]) -> Etcd {
+        let members = nodes
+            .iter()
+            .map(|&i| Member {
+                name: format!("m{i}"),
+                ip: Lan::address(i),
+                client_port: 2379,
+                peer_port: 2380,
+                node: Some(i),
+                netns: Some(lan.netns_path(i)),
+                child: None,
+            })
+            .collect();
+        Etcd::start(members)
+    }
+
     fn start(members: Vec<Member>) -> Etcd {
         require("etcd", "etcd-server");
         require("etcdctl", "etcd-client");

@@ -139,7 +139,7 @@ pub(crate) fn read_facts(
     let marker: Option<Marker> = fs::read(dir.join(MARKER_FILE))
         .ok()
         .and_then(|m| serde_json::from_slice(&m).ok());
-    let key_usable = key_matches(&chain, &dir.join("privkey.pem"));
+    let key_usable = fs::read(dir.join("privkey.pem")).is_ok_and(|k| key_matches(&chain, &k));
     let facts = CertFacts {
         not_before: leaf.not_before,
         not_after: leaf.not_after,
@@ -150,16 +150,31 @@ pub(crate) fn read_facts(
     Some(Ok((facts, leaf)))
 }
 
-/// Whether the key file holds the private key of the chain's leaf, as the
-/// TLS resolver checks before serving the pair.
-fn key_matches(chain_pem: &[u8], key_path: &Path) -> bool {
-    let Ok(key_pem) = fs::read(key_path) else {
-        return false;
+/// The facts of a certificate held in memory (the fleet's record), which
+/// is always one we issued.
+pub(crate) fn facts_of(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    host: &str,
+) -> Result<(CertFacts, Leaf), String> {
+    let leaf = parse_leaf(chain_pem)?;
+    let facts = CertFacts {
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        covers_host: leaf.dns_names.iter().any(|n| n == host),
+        ours: true,
+        key_usable: key_matches(chain_pem, key_pem),
     };
+    Ok((facts, leaf))
+}
+
+/// Whether `key_pem` is the private key of the chain's leaf, as the TLS
+/// resolver checks before serving the pair.
+fn key_matches(chain_pem: &[u8], key_pem: &[u8]) -> bool {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(chain_pem)
         .filter_map(Result::ok)
         .collect();
-    let Ok(key) = PrivateKeyDer::from_pem_slice(&key_pem) else {
+    let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem) else {
         return false;
     };
     let Ok(signer) = rustls::crypto::ring::sign::any_supported_type(&key) else {

@@ -2,7 +2,9 @@
 //! key authorization, answered by the proxy's plain-HTTP handler before
 //! routing (RFC 8555 section 8.3), and TLS-ALPN-01 host -> challenge
 //! certificate, answered by the TLS resolver for ALPN `acme-tls/1`
-//! (RFC 8737).
+//! (RFC 8737). With `[cluster]` the fleet's pending tokens are mirrored
+//! here from the store's watch ([`super::shared`]), so every node answers
+//! whichever node ordered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -23,6 +25,8 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 #[derive(Clone, Default)]
 pub struct Challenges {
     tokens: Arc<RwLock<HashMap<String, String>>>,
+    /// The fleet's tokens as the store's watch last showed them.
+    shared: Arc<RwLock<HashMap<String, String>>>,
     alpn: Arc<RwLock<HashMap<String, Arc<CertifiedKey>>>>,
 }
 
@@ -41,17 +45,54 @@ impl Challenges {
 
     /// The key authorization for `token`, if a challenge is pending.
     pub fn get(&self, token: &str) -> Option<String> {
-        self.tokens
+        let local = self
+            .tokens
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(token)
-            .cloned()
+            .cloned();
+        local.or_else(|| {
+            self.shared
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(token)
+                .cloned()
+        })
     }
 
-    /// Pending challenges of both kinds.
+    /// Pending challenges of both kinds, the fleet's included.
     pub fn len(&self) -> usize {
         self.tokens.read().unwrap_or_else(|p| p.into_inner()).len()
+            + self.shared.read().unwrap_or_else(|p| p.into_inner()).len()
             + self.alpn.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Replaces the fleet's tokens (after a read of the store).
+    pub(crate) fn replace_shared(&self, tokens: impl IntoIterator<Item = (String, String)>) {
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = tokens.into_iter().collect();
+    }
+
+    pub(crate) fn set_shared(&self, token: String, key_authorization: String) {
+        self.shared
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, key_authorization);
+    }
+
+    pub(crate) fn remove_shared(&self, token: &str) {
+        self.shared
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+
+    /// Whether the fleet's mirror shows `token` (the orderer waits for
+    /// its own watch before telling the CA to validate).
+    pub(crate) fn has_shared(&self, token: &str) -> bool {
+        self.shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(token)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -174,6 +215,23 @@ mod tests {
         assert!(challenge_response(&c, "/tok123", |b| b).is_none());
         assert!(challenge_response(&c, "/.well-known/acme-challenge/tok123/x", |b| b).is_none());
         drop(guard);
+        assert!(challenge_response(&c, path, |b| b).is_none());
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn the_fleets_tokens_are_answered_until_the_store_drops_them() {
+        let c = Challenges::new();
+        let path = "/.well-known/acme-challenge/fleet1";
+        c.replace_shared([("fleet1".to_owned(), "fleet1.thumb".to_owned())]);
+        let resp = challenge_response(&c, path, |b| b).expect("shared token");
+        assert_eq!(resp.body(), &Bytes::from("fleet1.thumb"));
+        c.set_shared("fleet2".into(), "fleet2.thumb".into());
+        assert!(c.has_shared("fleet2"));
+        c.remove_shared("fleet2");
+        assert!(!c.has_shared("fleet2"));
+        // A read of the store replaces what the watch had shown.
+        c.replace_shared(Vec::new());
         assert!(challenge_response(&c, path, |b| b).is_none());
         assert!(c.is_empty());
     }

@@ -4,20 +4,20 @@
 //! failure.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use instant_acme::Account;
 use sotolito_config::host::Acme;
-use sotolito_config::{HostConfig, NodeName};
+use sotolito_config::HostConfig;
 use tokio::sync::watch;
 
-use super::certfile::{self, install, Attempt};
+use super::certfile::{self, Attempt};
 use super::challenge::Challenges;
 use super::client::AcmeHttp;
 use super::order::{self, poll_policy, ChallengeKind};
 use super::plan::{self, Need};
+use super::state::{AcmeState, Begin, OrderGuard};
 use super::Error;
 use crate::source::Tenants;
 
@@ -115,12 +115,28 @@ pub fn start_with(
     acme.directory = directory_url(&acme.directory).to_owned();
     check_directory(&acme.directory)?;
     let http = AcmeHttp::new(&acme.ca_roots)?;
-    tracing::info!(directory = %acme.directory, "automatic HTTPS on");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Start)?;
+    // The store's connections belong to the manager's runtime.
+    let state = match &config.cluster {
+        None => AcmeState::Files {
+            certs_dir: config.certs_dir(),
+        },
+        Some(cluster) => AcmeState::Fleet {
+            certs_dir: config.certs_dir(),
+            store: rt
+                .block_on(sotolito_fleet::Store::connect(cluster))
+                .map_err(Error::Fleet)?,
+            challenges: challenges.clone(),
+        },
+    };
+    tracing::info!(directory = %acme.directory, fleet = state.is_fleet(), "automatic HTTPS on");
     let manager = Manager {
         acme,
-        certs_dir: config.certs_dir(),
+        state,
         tenants,
-        node: config.cluster.as_ref().map(|c| c.node.clone()),
         challenges,
         http,
         tuning,
@@ -131,10 +147,6 @@ pub fn start_with(
         ca_down_until: None,
     };
     let (stop, stop_rx) = watch::channel(false);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Start)?;
     let thread = std::thread::Builder::new()
         .name("acme".into())
         .spawn(move || rt.block_on(manager.run(stop_rx)))
@@ -176,11 +188,11 @@ struct HostState {
 
 struct Manager {
     acme: Acme,
-    certs_dir: PathBuf,
+    /// Where the account, certificates and tokens live. In a fleet every
+    /// node's manager looks after every tenant's hosts; the host's lock
+    /// in the store lets one order at a time.
+    state: AcmeState,
     tenants: watch::Receiver<Tenants>,
-    /// With `[cluster]`, this host's node: only its tenants are ordered for
-    /// (every node's proxy routes them all, one node orders).
-    node: Option<NodeName>,
     challenges: Challenges,
     http: AcmeHttp,
     tuning: Tuning,
@@ -203,13 +215,7 @@ impl Manager {
             // A watcher that stopped leaves the last tenants in force.
             if first || self.tenants.has_changed().unwrap_or(false) {
                 first = false;
-                let tenants: Vec<_> = self
-                    .tenants
-                    .borrow_and_update()
-                    .iter()
-                    .filter(|t| t.node.is_none() || t.node == self.node)
-                    .cloned()
-                    .collect();
+                let tenants: Vec<_> = self.tenants.borrow_and_update().iter().cloned().collect();
                 eligible = plan::plan_hosts(&tenants)
                     .into_iter()
                     .filter(|(_, _, e)| e.is_eligible())
@@ -227,7 +233,7 @@ impl Manager {
                 if state.next.is_some_and(|t| t > now) {
                     continue;
                 }
-                let reason = match certfile::need(&self.certs_dir, host, now) {
+                let reason = match self.state.need(host, now) {
                     Need::Fine { renew_at } => {
                         state.next = Some(renew_at.min(now + self.tuning.recheck));
                         continue;
@@ -257,9 +263,9 @@ impl Manager {
     /// Orders a certificate for `host` and installs it, or schedules the
     /// next attempt.
     async fn obtain(&mut self, host: &str, reason: &str) {
-        tracing::info!(host, reason, "ordering a certificate");
+        tracing::debug!(host, reason, "certificate due");
         let _ = self.http.take_retry_after();
-        let result = tokio::time::timeout(self.tuning.order_timeout, self.attempt(host))
+        let result = tokio::time::timeout(self.tuning.order_timeout, self.attempt(host, reason))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Order {
@@ -323,12 +329,34 @@ impl Manager {
             next_attempt: state.next,
         };
         self.status.insert(host.to_owned(), attempt);
-        if let Err(e) = certfile::write_status(&self.certs_dir, &self.status) {
+        if let Err(e) = certfile::write_status(self.state.certs_dir(), &self.status) {
             tracing::warn!(error = %e, "ACME status not saved");
         }
     }
 
-    async fn attempt(&mut self, host: &str) -> Result<certfile::Leaf, Error> {
+    /// Takes the host's lock (in a fleet) and orders, unless another node
+    /// stored a certificate meanwhile.
+    async fn attempt(&mut self, host: &str, reason: &str) -> Result<certfile::Leaf, Error> {
+        let guard = match self
+            .state
+            .begin(host, reason, self.tuning.order_timeout)
+            .await?
+        {
+            Begin::Done(leaf) => {
+                tracing::info!(host, serial = %leaf.serial, "the fleet store has a certificate; no order");
+                return Ok(leaf);
+            }
+            Begin::Order(guard, reason) => {
+                tracing::info!(host, reason = %reason, "ordering a certificate");
+                guard
+            }
+        };
+        let result = self.order(host, &guard).await;
+        guard.release().await;
+        result
+    }
+
+    async fn order(&mut self, host: &str, guard: &OrderGuard) -> Result<certfile::Leaf, Error> {
         let poll = poll_policy(self.tuning.order_timeout / 2);
         let mut tries = 0;
         loop {
@@ -336,24 +364,21 @@ impl Manager {
             let account = match &self.account {
                 Some(a) => a.clone(),
                 None => {
-                    let a =
-                        order::account(&self.http, &self.acme, &self.certs_dir, self.fresh_account)
-                            .await?;
+                    let a = order::account(&self.http, &self.acme, &self.state, self.fresh_account)
+                        .await?;
                     self.fresh_account = false;
                     self.account = Some(a.clone());
                     a
                 }
             };
             let kind = self.tuning.challenge;
-            match order::issue(&account, host, kind, &self.challenges, &poll).await {
+            let at = (&self.state, guard);
+            match order::issue(&account, host, kind, at, &self.challenges, &poll).await {
                 Ok(issued) => {
-                    return install(
-                        &self.certs_dir,
-                        host,
-                        &self.acme.directory,
-                        &issued.chain_pem,
-                        &issued.key_pem,
-                    );
+                    return self
+                        .state
+                        .install(host, &self.acme.directory, &issued.chain_pem, &issued.key_pem)
+                        .await;
                 }
                 // instant-acme retries a rejected nonce three times per
                 // request; pebble rejects 5% of them, so once in a while

@@ -4,8 +4,10 @@
 //!
 //! Decided apart from done: [`plan`] says which hosts may be requested and
 //! when a certificate is due (pure), [`certfile`] reads and writes the certs
-//! dir, [`client`] is the HTTPS client towards the CA, [`order`] runs one
-//! order and [`manager`] schedules them with backoff. The proxy only needs
+//! dir, [`state`] says where the account, certificates and tokens live (the
+//! certs dir, or with `[cluster]` the fleet's etcd store, followed by
+//! [`shared`]), [`client`] is the HTTPS client towards the CA, [`order`]
+//! runs one order and [`manager`] schedules them with backoff. The proxy only needs
 //! [`Challenges`] (shared with its HTTP handler) and [`start`].
 
 mod certfile;
@@ -14,6 +16,8 @@ mod client;
 mod manager;
 mod order;
 pub mod plan;
+mod shared;
+mod state;
 
 use std::path::PathBuf;
 
@@ -23,6 +27,7 @@ pub use challenge::{
 };
 pub use manager::{directory_url, start, start_with, AcmeHandle, Tuning};
 pub use order::ChallengeKind;
+pub(crate) use shared::mirror;
 
 /// Errors of certificate management; each names the thing and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,14 @@ pub enum Error {
     },
     #[error("cannot read the tenant registry: {0}")]
     Registry(#[source] sotolito_config::Error),
+    #[error("ACME account record {location} is invalid: {source} (remove it to register a new account)")]
+    AccountRecord {
+        location: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("ACME state in the fleet store: {0}")]
+    Fleet(#[source] sotolito_fleet::Error),
     #[error("cannot start the ACME manager: {0}")]
     Start(#[source] std::io::Error),
 }

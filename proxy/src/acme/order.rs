@@ -1,7 +1,6 @@
-//! One ACME order for one host with HTTP-01, and the account it is made
-//! with (created once, kept in CERTS_DIR/acme/account.json).
+//! One ACME order for one host with HTTP-01 or TLS-ALPN-01, and the
+//! account it is made with (created once, kept where [`AcmeState`] says).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,51 +12,57 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use sotolito_config::host::Acme;
 
-use super::certfile::{account_path, ensure_dir, write_private};
+use super::certfile::account_path;
 use super::challenge::Challenges;
 use super::client::AcmeHttp;
+use super::state::{AcmeState, OrderGuard};
 use super::Error;
 
-/// account.json: the credentials and the directory they belong to, so a
-/// change of `[acme] directory` (staging -> production) registers anew.
+/// The account record (CERTS_DIR/acme/account.json, or the fleet's
+/// `acme/account` key): the credentials and the directory they belong to,
+/// so a change of `[acme] directory` (staging -> production) registers anew.
 #[derive(Serialize, Deserialize)]
 struct AccountFile {
     directory: String,
     credentials: AccountCredentials,
 }
 
-/// The account for `acme.directory`: restored from account.json, or
-/// registered and saved there (0600) when missing, made for another
-/// directory, or `fresh` (the CA forgot it).
+fn parse_record(state: &AcmeState, bytes: &[u8]) -> Result<AccountFile, Error> {
+    serde_json::from_slice(bytes).map_err(|source| match state {
+        AcmeState::Files { certs_dir } => Error::AccountFile {
+            path: account_path(certs_dir),
+            source,
+        },
+        AcmeState::Fleet { .. } => Error::AccountRecord {
+            location: state.account_location(),
+            source,
+        },
+    })
+}
+
+/// The account for `acme.directory`: restored from its record, or
+/// registered and saved (0600 on one host) when missing, made for another
+/// directory, or `fresh` (the CA forgot it). In a fleet, a node that loses
+/// the race to save a new account uses the winner's.
 pub(crate) async fn account(
     http: &AcmeHttp,
     acme: &Acme,
-    certs_dir: &Path,
+    state: &AcmeState,
     fresh: bool,
 ) -> Result<Account, Error> {
-    let path = account_path(certs_dir);
-    if !fresh {
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let file: AccountFile =
-                    serde_json::from_slice(&bytes).map_err(|source| Error::AccountFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                if file.directory == acme.directory {
-                    return Ok(Account::builder_with_http(Box::new(http.clone()))
-                        .from_credentials(file.credentials)
-                        .await?);
-                }
-                tracing::info!(
-                    old = %file.directory,
-                    new = %acme.directory,
-                    "ACME directory changed; registering a new account"
-                );
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(Error::Read { path, source }),
+    let saved = state.account_record().await?;
+    if let (false, Some(bytes)) = (fresh, &saved) {
+        let file = parse_record(state, bytes)?;
+        if file.directory == acme.directory {
+            return Ok(Account::builder_with_http(Box::new(http.clone()))
+                .from_credentials(file.credentials)
+                .await?);
         }
+        tracing::info!(
+            old = %file.directory,
+            new = %acme.directory,
+            "ACME directory changed; registering a new account"
+        );
     }
     let contact = format!("mailto:{}", acme.email);
     let contacts: Vec<&str> = if acme.email.is_empty() {
@@ -80,15 +85,22 @@ pub(crate) async fn account(
         directory: acme.directory.clone(),
         credentials,
     };
-    let json = serde_json::to_vec_pretty(&file).map_err(|source| Error::AccountFile {
-        path: path.clone(),
+    let json = serde_json::to_vec_pretty(&file).map_err(|source| Error::AccountRecord {
+        location: state.account_location(),
         source,
     })?;
-    if let Some(dir) = path.parent() {
-        ensure_dir(dir)?;
+    let stored = state.save_account(&json, saved.as_deref()).await?;
+    if stored != json {
+        let theirs = parse_record(state, &stored)?;
+        tracing::info!(
+            location = %state.account_location(),
+            "another node registered the fleet's ACME account first; using it"
+        );
+        return Ok(Account::builder_with_http(Box::new(http.clone()))
+            .from_credentials(theirs.credentials)
+            .await?);
     }
-    write_private(&path, &json)?;
-    tracing::info!(id = %account.id(), path = %path.display(), "ACME account registered");
+    tracing::info!(id = %account.id(), location = %state.account_location(), "ACME account registered");
     Ok(account)
 }
 
@@ -118,11 +130,13 @@ pub(crate) fn poll_policy(timeout: Duration) -> RetryPolicy {
 }
 
 /// Orders a certificate for `host`, publishing the challenge answers in
-/// `challenges` while the CA validates.
+/// `challenges` (HTTP-01 in a fleet: through `state`, under `guard`) while
+/// the CA validates.
 pub(crate) async fn issue(
     account: &Account,
     host: &str,
     kind: ChallengeKind,
+    (state, guard): (&AcmeState, &OrderGuard),
     challenges: &Challenges,
     poll: &RetryPolicy,
 ) -> Result<Issued, Error> {
@@ -150,7 +164,11 @@ pub(crate) async fn issue(
             .ok_or_else(|| order_err(format!("the CA offers no {name} challenge")))?;
         let key_auth = challenge.key_authorization();
         guards.push(match kind {
-            ChallengeKind::Http01 => challenges.insert(&challenge.token, key_auth.as_str()),
+            ChallengeKind::Http01 => {
+                state
+                    .publish_token(guard, challenges, &challenge.token, key_auth.as_str())
+                    .await?
+            }
             ChallengeKind::TlsAlpn01 => {
                 challenges.insert_tls_alpn(host, tls_alpn_cert(host, &key_auth)?)
             }
