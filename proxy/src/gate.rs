@@ -111,6 +111,11 @@ impl Gate {
         matches!(self.state, State::Head | State::AwaitSwitch) && !self.head.is_empty()
     }
 
+    /// A head grew over the limit and went on for hyper to refuse (431).
+    pub(crate) fn gave_up(&self) -> bool {
+        self.state == State::Passthrough && !self.switch.is_switched()
+    }
+
     /// Waiting for the tenant's 101 with as much held back as a head may
     /// be: read no more (the socket's buffer pushes back on the client).
     pub(crate) fn hold_full(&self) -> bool {

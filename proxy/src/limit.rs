@@ -5,6 +5,19 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// After a refusal the client may still be sending (the rest of a head
+/// over the limit, a body, pipelined requests): closing a socket with
+/// unread bytes resets the connection, and the reset throws away what the
+/// socket still had to send, the refusal included. So the connection is
+/// shut for writing and what arrives is read and dropped until the
+/// client closes, [`LINGER_QUIET`] passes without a byte, [`LINGER_TIME`]
+/// in all, or [`LINGER_BYTES`] (nginx's lingering close). A lingering
+/// connection keeps its place in the connection limits.
+pub(crate) const LINGER_QUIET: Duration = Duration::from_secs(1);
+pub(crate) const LINGER_TIME: Duration = Duration::from_secs(5);
+pub(crate) const LINGER_BYTES: usize = 1024 * 1024;
 
 pub(crate) struct ConnLimiter {
     max_total: usize,

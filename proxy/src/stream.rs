@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::gate::{Gate, POISON};
+use crate::limit::{LINGER_BYTES, LINGER_QUIET, LINGER_TIME};
 
 pub(crate) struct Timeouts {
     pub header_read: Duration,
@@ -29,6 +30,9 @@ pub(crate) struct GuardedStream<T> {
     last_activity: Instant,
     head_started: Option<Instant>,
     sleep: Pin<Box<Sleep>>,
+    /// After a refusal, once shut for writing: when lingering ends, and
+    /// how many more bytes it reads (see crate::limit::LINGER_TIME).
+    linger: Option<(Instant, usize)>,
 }
 
 impl<T> GuardedStream<T> {
@@ -46,6 +50,7 @@ impl<T> GuardedStream<T> {
             last_activity: now,
             head_started: Some(now),
             sleep: Box::pin(tokio::time::sleep_until(first)),
+            linger: None,
         }
     }
 
@@ -158,7 +163,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedStream<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedStream<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedStream<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -193,7 +198,45 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedStream<T> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
+    /// hyper shuts the connection down after its answer to a refused
+    /// request; then what the client still sends is drained (bounded), so
+    /// that the close does not reset the connection and lose the answer.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let refused = this.poisoned || this.gate.as_ref().is_some_and(Gate::gave_up);
+        if !refused {
+            return Pin::new(&mut this.inner).poll_shutdown(cx);
+        }
+        if this.linger.is_none() {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            let now = Instant::now();
+            this.linger = Some((now + LINGER_TIME, LINGER_BYTES));
+            this.sleep
+                .as_mut()
+                .reset((now + LINGER_QUIET).min(now + LINGER_TIME));
+        }
+        loop {
+            let Some((end, left)) = this.linger.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            if *left == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let mut space = [MaybeUninit::<u8>::uninit(); 16 * 1024];
+            let mut tmp = ReadBuf::uninit(&mut space);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut tmp) {
+                Poll::Ready(Ok(())) if !tmp.filled().is_empty() => {
+                    *left = left.saturating_sub(tmp.filled().len());
+                    let quiet = (Instant::now() + LINGER_QUIET).min(*end);
+                    this.sleep.as_mut().reset(quiet);
+                }
+                // The client closed, or the connection failed.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    ready!(this.sleep.as_mut().poll(cx));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 }

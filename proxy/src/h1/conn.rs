@@ -24,6 +24,7 @@ use super::plan::{self, Forward, Plan};
 use super::rewrite;
 use crate::body::AccessLog;
 use crate::forward::ConnCtx;
+use crate::limit::{LINGER_BYTES, LINGER_QUIET, LINGER_TIME};
 
 /// Headers a head may have at most (the setting may ask for fewer).
 pub(crate) const MAX_HEADERS: usize = 128;
@@ -111,6 +112,27 @@ pub(crate) struct Upstream {
 enum Next {
     KeepAlive,
     Close,
+    /// Closed on a refusal: the client may still be sending (see [`linger`]).
+    Refused,
+}
+
+/// Shuts the connection for writing and reads what the client still
+/// sends, within bounds (crate::limit::LINGER_TIME): closing with unread
+/// bytes would reset it and lose the answer.
+async fn linger<T: ClientIo>(io: &mut T, timer: &mut Timer) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let end = Instant::now() + LINGER_TIME;
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        let until = (Instant::now() + LINGER_QUIET).min(end);
+        match timer.until(until, io.read(&mut sink)).await {
+            Some(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
 }
 
 pub(crate) struct Engine<'a> {
@@ -160,12 +182,16 @@ impl Engine<'_> {
             // connection's start; later ones within it of their first byte.
             let head_until = first.then(|| start + s.header_read_timeout);
             first = false;
+            // A pipelined request follows at once: `out` still holds the
+            // last response's head, which a refusal must not repeat.
+            out.clear();
             let Some(len) = self
                 .read_head(&mut io, buf, &mut timer, idle_until, head_until, &mut out)
                 .await
             else {
-                if !out.is_empty() {
-                    let _ = io.write_all(&out).await;
+                if !out.is_empty() && io.write_all(&out).await.is_ok() {
+                    // Boxed: only refused connections linger.
+                    Box::pin(linger(&mut io, &mut timer)).await;
                 }
                 return;
             };
@@ -186,7 +212,12 @@ impl Engine<'_> {
                     });
                     let written = io.write_all(&out).await;
                     drop(log);
-                    if written.is_err() || answer.close {
+                    if written.is_err() {
+                        Next::Close
+                    } else if answer.close && matches!(answer.code, 400 | 405 | 431) {
+                        // A refused client may still be sending.
+                        Next::Refused
+                    } else if answer.close {
                         Next::Close
                     } else {
                         Next::KeepAlive
@@ -200,9 +231,16 @@ impl Engine<'_> {
                     .await
                 }
             };
-            if matches!(next, Next::Close) {
-                let _ = io.shutdown().await;
-                return;
+            match next {
+                Next::KeepAlive => {}
+                Next::Close => {
+                    let _ = io.shutdown().await;
+                    return;
+                }
+                Next::Refused => {
+                    Box::pin(linger(&mut io, &mut timer)).await;
+                    return;
+                }
             }
         }
     }
@@ -787,15 +825,19 @@ impl Engine<'_> {
         self.ctx
             .stats
             .record(&fwd.route.tenant, code, began.elapsed().as_secs_f64());
-        let _ = io.write_all(out).await;
-        Next::Close
+        match io.write_all(out).await {
+            Ok(()) => Next::Refused,
+            Err(_) => Next::Close,
+        }
     }
 
     async fn refuse<T: ClientIo>(&self, io: &mut T, code: u16, out: &mut Vec<u8>) -> Next {
         out.clear();
         rewrite::own_answer(code, true, &[], None, out);
-        let _ = io.write_all(out).await;
-        Next::Close
+        match io.write_all(out).await {
+            Ok(()) => Next::Refused,
+            Err(_) => Next::Close,
+        }
     }
 }
 

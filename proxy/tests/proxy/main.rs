@@ -5,4 +5,5 @@
 mod common;
 mod hardening;
 mod http;
+mod refusals;
 mod tls;
