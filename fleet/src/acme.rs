@@ -174,6 +174,9 @@ impl Store {
                     Err(e) => {
                         tracing::debug!(host, error = %e, "waiting for the order lock");
                         last_error = Some(e);
+                        // Not a wait that timed out but a refusal (a lease
+                        // gone during an outage): do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                 }
             }
@@ -236,6 +239,14 @@ impl LeaseRenewer {
     }
 
     fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+/// A lock wait given up (its future dropped) must not leave a lease
+/// renewed forever.
+impl Drop for LeaseRenewer {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }

@@ -92,7 +92,8 @@ struct World {
 }
 
 impl World {
-    fn new() -> World {
+    /// Certificates valid `validity` seconds (0: pebble's default, years).
+    fn new(validity: u64) -> World {
         for (tool, package) in [
             ("pebble", "pebble"),
             ("dnsmasq", "dnsmasq-base"),
@@ -137,9 +138,7 @@ impl World {
         .arg(format!("--address=/{TWO}/{target}"));
         let dns = Proc::spawn(dns, dir.path().join("dnsmasq.log"));
         let config = dir.path().join("pebble.json");
-        std::fs::write(
-            &config,
-            serde_json::json!({ "pebble": {
+        let mut pebble = serde_json::json!({
                 "listenAddress": format!("{net}:14000"),
                 "managementListenAddress": "127.0.0.1:15000",
                 "certificate": certs.join("pebble.pem"),
@@ -148,10 +147,11 @@ impl World {
                 "tlsPort": 443,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false,
-            }})
-            .to_string(),
-        )
-        .unwrap();
+        });
+        if validity > 0 {
+            pebble["certificateValidityPeriod"] = validity.into();
+        }
+        std::fs::write(&config, serde_json::json!({ "pebble": pebble }).to_string()).unwrap();
         let mut cmd = lan.cmd(NET, "pebble");
         cmd.arg("-config")
             .arg(&config)
@@ -367,7 +367,7 @@ fn tenant(hosts: &[&str]) -> Tenant {
 /// certificates keep serving with etcd down.
 #[test]
 fn a_certificate_ordered_once_is_served_by_every_proxy() {
-    let mut w = World::new();
+    let mut w = World::new(0);
     w.put_tenant(&[ONE]);
 
     // All three at once, for a name nobody has a certificate for.
@@ -489,4 +489,35 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
         assert_eq!(w.served(i, ONE).as_ref(), Ok(&serial), "node {} with etcd down", i + 1);
         assert_eq!(w.served(i, TWO).as_ref(), Ok(&two), "node {} with etcd down", i + 1);
     }
+}
+
+/// Renewals go the same way: three nodes find a short-lived certificate
+/// due at the same moment, one renews it, and all three serve the new one.
+#[test]
+fn a_renewal_is_ordered_once_and_served_by_every_proxy() {
+    // Due 20 s after issue.
+    let mut w = World::new(30);
+    w.put_tenant(&[ONE]);
+    w.proxies = (0..3).map(|i| w.proxy(i, true)).collect();
+    let first = wait_for("node 3 to serve one", Duration::from_secs(60), || {
+        w.served(2, ONE).ok()
+    });
+    let second = wait_for("node 3 to serve a renewed one", Duration::from_secs(60), || {
+        w.served(2, ONE).ok().filter(|s| *s != first)
+    });
+    for i in 0..3 {
+        let got = wait_for(&format!("node {} to serve the renewal", i + 1), Duration::from_secs(10), || {
+            w.served(i, ONE).ok().filter(|s| *s != first)
+        });
+        assert_eq!(got, second, "node {}", i + 1);
+    }
+    wait_for("every order lock to be released", Duration::from_secs(30), || {
+        w.no_locks().then_some(())
+    });
+    let renewals: usize = (0..3)
+        .map(|i| w.lines(i, "two thirds of the certificate's lifetime passed", ONE))
+        .sum();
+    let orders: usize = (0..3).map(|i| w.lines(i, "ordering a certificate", ONE)).sum();
+    assert_eq!((orders, renewals), (2, 1), "orders, renewals\n{}", w.diagnostics());
+    assert_eq!(w.pebble.text().matches("Added order").count(), 2, "{}", w.diagnostics());
 }
