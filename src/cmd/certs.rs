@@ -3,6 +3,8 @@
 use anyhow::Context as _;
 use clap::Subcommand;
 
+use sotolito_proxy::TenantRoute;
+
 use crate::context::Context;
 
 #[derive(Debug, Subcommand)]
@@ -18,8 +20,25 @@ pub fn run(ctx: &Context, cmd: CertsCommand) -> anyhow::Result<()> {
 }
 
 fn list(ctx: &Context) -> anyhow::Result<()> {
-    let certs =
-        sotolito_proxy::acme::list_certs(ctx.config()).context("failed to list certificates")?;
+    let certs = match &ctx.fleet {
+        // Every node serves every tenant's certificates (copied from etcd).
+        Some(fleet) => {
+            let (entries, _) = fleet
+                .store
+                .block_on(fleet.store.fleet().tenants())
+                .context("failed to list certificates")?;
+            let tenants: Vec<TenantRoute> = entries
+                .iter()
+                .map(|e| TenantRoute {
+                    node: Some(e.node.clone()),
+                    ..TenantRoute::from(&e.tenant)
+                })
+                .collect();
+            sotolito_proxy::acme::list_certs_for(ctx.config(), &tenants)
+        }
+        None => sotolito_proxy::acme::list_certs(ctx.config()),
+    }
+    .context("failed to list certificates")?;
     if ctx.json {
         return crate::output::print_json(&certs);
     }

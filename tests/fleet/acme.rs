@@ -470,6 +470,28 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
     assert!(dns.contains(&format!("{TWO} is {}", Lan::address(2))), "{dns}");
     eprintln!("one ordered by node {}; two ordered by node {}", orderer + 1, orders.iter().position(|&n| n == 1).unwrap() + 1);
 
+    // `vpsctl certs list` on node 3 lists the fleet's hosts with the
+    // copies it serves.
+    let out = w
+        .lan
+        .cmd(2, env!("CARGO_BIN_EXE_vpsctl"))
+        .arg("--config")
+        .arg(w.dir.path().join("node3/sotolito.toml"))
+        .args(["certs", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for host in [ONE, TWO] {
+        let row = list
+            .iter()
+            .find(|r| r["host"] == host)
+            .unwrap_or_else(|| panic!("{host} not listed: {list:?}"));
+        assert_eq!(row["tenant"], "shop", "{row}");
+        assert_eq!(row["status"], "valid", "{row}");
+        assert_eq!(row["source"], "acme", "{row}");
+    }
+
     // Still one order per name, whatever the nodes did meanwhile.
     wait_for("every order lock to be released", Duration::from_secs(30), || {
         w.no_locks().then_some(())

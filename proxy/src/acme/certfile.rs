@@ -306,14 +306,20 @@ pub struct CertInfo {
 
 /// Every registry host and every certificate in the certs dir, by host.
 pub fn list_certs(config: &HostConfig) -> Result<Vec<CertInfo>, Error> {
-    let certs_dir = config.certs_dir();
     let tenants: Vec<TenantRoute> = Registry::new(config.registry_dir())
         .list()
         .map_err(Error::Registry)?
         .iter()
         .map(TenantRoute::from)
         .collect();
-    let mut hosts: Vec<(String, Option<String>, Option<Eligibility>)> = plan::plan_hosts(&tenants)
+    list_certs_for(config, &tenants)
+}
+
+/// [`list_certs`] for the given tenants (on a fleet node: every node's,
+/// whose certificates this node serves too).
+pub fn list_certs_for(config: &HostConfig, tenants: &[TenantRoute]) -> Result<Vec<CertInfo>, Error> {
+    let certs_dir = config.certs_dir();
+    let mut hosts: Vec<(String, Option<String>, Option<Eligibility>)> = plan::plan_hosts(tenants)
         .into_iter()
         .map(|(h, t, e)| (h.as_str().to_owned(), Some(t.as_str().to_owned()), Some(e)))
         .collect();

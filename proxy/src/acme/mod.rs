@@ -21,7 +21,7 @@ mod state;
 
 use std::path::PathBuf;
 
-pub use certfile::{list_certs, CertInfo, CertStatus};
+pub use certfile::{list_certs, list_certs_for, CertInfo, CertStatus};
 pub use challenge::{
     challenge_response, ChallengeGuard, Challenges, ACME_TLS_ALPN, CHALLENGE_PREFIX,
 };
