@@ -224,8 +224,14 @@ pub(crate) fn response_head(
     out.extend_from_slice(res.reason);
     out.extend_from_slice(b"\r\n");
     let extra = has_extra_connection_tokens(res.headers);
+    // As hyper's server writes them: no length where no body can be
+    // (RFC 9110 8.6 forbids it on 1xx and 204; hyper drops it on 304 too).
+    let lengthless = code < 200 || code == 204 || code == 304;
     for h in res.headers {
-        if hop_by_hop(h.name, switched) || (extra && listed_by_connection(res.headers, h.name)) {
+        if hop_by_hop(h.name, switched)
+            || (extra && listed_by_connection(res.headers, h.name))
+            || (lengthless && is(h.name, "content-length"))
+        {
             continue;
         }
         header(out, h.name.as_bytes(), h.value);

@@ -130,3 +130,132 @@ fn a_refused_answer_queued_behind_others_arrives_before_a_clean_close() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A tenant on loopback that answers every request with `answer(path)`,
+/// raw, on a keep-alive connection (requests without bodies).
+fn raw_tenant(answer: fn(&str, &str) -> Vec<u8>) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                        seen.drain(..end + 4);
+                        let mut words = head.split(' ');
+                        let (method, path) =
+                            (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                        if s.write_all(&answer(method, path)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one response head from a keep-alive connection.
+fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// The framing headers (Content-Length, Transfer-Encoding) of a head.
+fn framing(head: &str) -> Vec<String> {
+    head.lines()
+        .filter(|l| l.starts_with("content-length:") || l.starts_with("transfer-encoding:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Answers without a body (to HEAD, 204, 304) carry the framing headers
+/// as hyper's server passes them, in both engines: a HEAD answer keeps
+/// Content-Length (what a GET would get, RFC 9110 9.3.2) and loses
+/// Transfer-Encoding (hyper writes none where no body may follow, RFC
+/// 9112 6.1 makes it optional); no body follows any of them.
+#[test]
+fn bodiless_answers_keep_the_framing_headers_hyper_keeps() {
+    fn answer(method: &str, path: &str) -> Vec<u8> {
+        let head = method == "HEAD";
+        match path {
+            "/chunked" if head => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            "/chunked" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                    .to_vec()
+            }
+            "/length" if head => b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n".to_vec(),
+            "/304-length" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\n\r\n".to_vec(),
+            "/304-chunked" => {
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()
+            }
+            "/204" => b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        }
+    }
+    let tenant = raw_tenant(answer);
+    let asks = [
+        "HEAD /chunked",
+        "HEAD /length",
+        "GET /304-length",
+        "GET /304-chunked",
+        "GET /204",
+    ];
+    let mut seen = Vec::new();
+    for engine in ENGINES {
+        let p = proxy(&[("a.test", "a", tenant)], |s| s.engine = engine);
+        let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Control: the GET's answer is chunked, and its body follows.
+        s.write_all(b"GET /chunked HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        let head = read_head(&mut s);
+        assert_eq!(
+            framing(&head),
+            ["transfer-encoding: chunked"],
+            "{engine:?}: {head}"
+        );
+        let mut body = [0u8; 12];
+        s.read_exact(&mut body).unwrap();
+        assert_eq!(&body, b"2\r\nok\r\n0\r\n\r\n", "{engine:?}");
+        let mut heads = Vec::new();
+        for ask in asks {
+            s.write_all(format!("{ask} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+                .unwrap();
+            heads.push(framing(&read_head(&mut s)));
+        }
+        // No body went with any of them: the next answer starts right here.
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("http/1.1 200"), "{engine:?}: {head}");
+        seen.push(heads);
+        p.shutdown();
+    }
+    assert_eq!(seen[0], seen[1], "h1 engine, then hyper, for {asks:?}");
+    assert_eq!(seen[0][0], Vec::<String>::new(), "HEAD of a chunked answer");
+    assert_eq!(
+        seen[0][1],
+        ["content-length: 1234"],
+        "HEAD of a 1234-byte answer"
+    );
+}
