@@ -234,6 +234,19 @@ pub fn attach(config: &HostConfig, tenant: &Tenant, pid: u32) -> Result<(), Erro
             .execute()
             .await
             .map_err(nl(format!("set {veth} up")))?;
+        // The host's neighbour entry for the tenant, with the MAC it is
+        // about to have: a connection tried before the tenant existed (a
+        // proxy that learned the route first) left the entry incomplete,
+        // and its packets would wait for the next ARP probe, up to a
+        // second later. Reachable, not permanent: it ages as usual.
+        h.neighbours()
+            .add(br, IpAddr::V4(ip))
+            .link_layer_address(&container_mac(ip))
+            .state(NeighbourState::Reachable)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("add the neighbour entry of {ip} on {bridge}")))?;
         Ok(())
     })?;
     drop(ns_file);

@@ -88,7 +88,7 @@ pub fn reconcile(ctx: &Context, fleet: &Fleet) -> anyhow::Result<()> {
         .context(FAIL)?;
     let config = with_peers(ctx, peers(fleet, &records));
     let tenants = rebuild(ctx, &config).context(FAIL)?;
-    let changes = routes(&config).context(FAIL)?;
+    let changes = routes(&config, false).context(FAIL)?;
     let want = sotolito_net::route::plan_routes(fleet_of(&config), config.network.subnet);
     let report = Report {
         tenants: tenants.len(),
@@ -107,7 +107,7 @@ pub fn reconcile(ctx: &Context, fleet: &Fleet) -> anyhow::Result<()> {
     }
     if let Some(r) = changes.foreign.first() {
         anyhow::bail!(
-            "{FAIL}: a route to {} exists that sotolito did not make, so the tenants of the node at {} are unreachable from here (remove that route and run vpsctl net reconcile again)",
+            "{FAIL}: a route to {} exists that sotolito did not make, so it cannot route it via {} (that node's private address; remove the route and run vpsctl net reconcile again)",
             r.subnet,
             r.via
         );
@@ -141,7 +141,9 @@ fn refresh(ctx: &Context, config: &HostConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn routes(config: &HostConfig) -> anyhow::Result<RouteChanges> {
+/// Converges the routes and logs what changed; `watching`: also what was
+/// left alone (once, `net reconcile` returns it as its error instead).
+fn routes(config: &HostConfig, watching: bool) -> anyhow::Result<RouteChanges> {
     let changes = sotolito_net::route::reconcile_routes(fleet_of(config), config.network.subnet)?;
     for r in &changes.added {
         tracing::info!(subnet = %r.subnet, via = %r.via, "route to a node's tenants");
@@ -149,7 +151,7 @@ fn routes(config: &HostConfig) -> anyhow::Result<RouteChanges> {
     for r in &changes.removed {
         tracing::info!(subnet = %r.subnet, via = %r.via, "stale route removed");
     }
-    for r in &changes.foreign {
+    for r in changes.foreign.iter().filter(|_| watching) {
         tracing::warn!(subnet = %r.subnet, via = %r.via, "a route to this subnet exists that sotolito did not make; left alone");
     }
     Ok(changes)
@@ -163,7 +165,7 @@ pub fn watch(ctx: &Context, fleet: &Fleet) -> anyhow::Result<()> {
     // Whatever etcd says, the routes of the last-known nodes first (a
     // reboot while etcd is down still reaches the other nodes).
     let cached = ctx.config().clone();
-    if let Err(e) = routes(&cached) {
+    if let Err(e) = routes(&cached, true) {
         tracing::warn!(error = format!("{e:#}"), "routes of the last-known nodes");
     }
     let mut first = true;
@@ -179,7 +181,7 @@ pub fn watch(ctx: &Context, fleet: &Fleet) -> anyhow::Result<()> {
             } else {
                 refresh(ctx, &config)?;
             }
-            routes(&config)?;
+            routes(&config, true)?;
             Ok(revision)
         })();
         match step {

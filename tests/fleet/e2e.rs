@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::nodes::Node;
 use crate::proxy::{get, wait_for};
@@ -471,6 +471,43 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
     assert!(probe_in(&f.internet.path(), f.public(0, 2201))
         .is_ok_and(|b| b.starts_with("SSH-2.0-OpenSSH")));
 
+    // `net reconcile` once: our routes only. A stale one of ours goes, a
+    // route someone else made to a node's subnet stays and is named.
+    let ip = |args: &[&str]| {
+        run(Command::new("nsenter")
+            .arg(format!("--net={}", n1.netns()))
+            .arg("ip")
+            .args(args))
+    };
+    let node3_subnet = f.nodes[2].json(&["init"])["node"]["subnet"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ip(&["route", "add", "198.19.200.0/24", "via", "10.89.0.2", "proto", "83"]);
+    ip(&["route", "del", &node3_subnet]);
+    ip(&["route", "add", &node3_subnet, "via", "10.89.0.3", "proto", "static"]);
+    let out = n1.run(&["net", "reconcile"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!("vpsctl: failed to reconcile the tenant network: a route to {node3_subnet} exists that sotolito did not make, so it cannot route it via 10.89.0.3 (that node's private address; remove the route and run vpsctl net reconcile again)")
+    );
+    let routes = our_routes(n1);
+    assert!(!routes.contains("198.19.200.0/24"), "stale route of ours removed: {routes}");
+    assert!(!routes.contains(&node3_subnet), "{routes}");
+    let all = String::from_utf8_lossy(&ip(&["route", "show", &node3_subnet]).stdout).into_owned();
+    assert!(all.contains("via 10.89.0.3") && all.contains("proto static"), "left alone: {all}");
+    ip(&["route", "del", &node3_subnet]);
+    let rep = n1.json(&["net", "reconcile"]);
+    assert_eq!(rep["routes"].as_array().unwrap().len(), 2, "{rep}");
+    assert_eq!(rep["foreign"], serde_json::json!([]), "{rep}");
+    assert!(our_routes(n1).contains(&format!("{node3_subnet} via 10.89.0.3")));
+
+    // The propagation figure's path, as a smoke (no timing asserted).
+    n1.busybox_image();
+    assert_eq!(propagation(&f, 2, "smoke").len(), 2);
+
     // `status` on another node says where to ssh.
     let st = n2.json(&["status", "web"]);
     assert_eq!(st["ssh"], "203.0.113.1:2201", "{st}");
@@ -641,4 +678,118 @@ fn the_fleet_rides_out_etcd_outages_and_a_dead_node() {
         .unwrap_or_else(|| panic!("node3's tenant is still listed: {list}"));
     assert_eq!(gamma["node"], "node3", "{gamma}");
     assert_eq!(gamma["state"], "unreachable", "{gamma}");
+}
+
+/// Provisions `count` busybox tenants on node 1 (`--start`, one after the
+/// other) and returns, for each, the time from spawning the provision to
+/// the first 200 through node 3's proxy, and the provision's own time.
+/// Polls start every 10 ms on threads of their own, so that one request
+/// stuck on an address that does not answer ARP yet delays none of the
+/// others. The caller imported the busybox image on node 1.
+fn propagation(f: &Fleet, count: usize, prefix: &str) -> Vec<(Duration, Duration)> {
+    let ns = f.internet.path();
+    let via = f.public(2, 80);
+    let mut out = Vec::with_capacity(count);
+    for k in 0..count {
+        let name = format!("{prefix}{k}");
+        let host = format!("{name}.test");
+        let port = (2400 + k).to_string();
+        let t0 = Instant::now();
+        let mut child = f.nodes[0]
+            .cmd(&[
+                "provision", &name, "--image", "busybox", "--host", &host, "--ssh-port", &port,
+                "--disk", "unlimited", "--start",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let want = hello(&name);
+        let mut provisioned = None;
+        let served = loop {
+            assert!(t0.elapsed() < Duration::from_secs(60), "{name} not served within 60 s");
+            if provisioned.is_none() {
+                if let Some(st) = child.try_wait().unwrap() {
+                    let mut err = String::new();
+                    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                    assert!(st.success(), "provision {name}: {err}");
+                    provisioned = Some(t0.elapsed());
+                }
+            }
+            let (tx, ns, host, want) = (tx.clone(), ns.clone(), host.clone(), want.clone());
+            std::thread::spawn(move || {
+                if get_in(&ns, via, &host) == want {
+                    let _ = tx.send(Instant::now());
+                }
+            });
+            if let Ok(at) = rx.recv_timeout(Duration::from_millis(10)) {
+                break at.duration_since(t0);
+            }
+        };
+        let provisioned = match provisioned {
+            Some(p) => p,
+            None => {
+                let st = child.wait().unwrap();
+                assert!(st.success(), "provision {name}");
+                t0.elapsed()
+            }
+        };
+        out.push((served, provisioned));
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split(' ')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The route propagation figure (docs/architecture.md "Fleet (etcd
+/// store)"): `cargo test --test fleet route_propagation -- --ignored
+/// --nocapture` (SOTOLITO_FIGURE_COUNT provisions, 50 by default). Prints;
+/// asserts no timing.
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn route_propagation() {
+    let count: usize = std::env::var("SOTOLITO_FIGURE_COUNT")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(50);
+    let f = Fleet::new();
+    f.nodes[0].busybox_image();
+    let before = loadavg();
+    let runs = propagation(&f, count, "p");
+    let load_after = loadavg();
+    let mut served: Vec<Duration> = runs.iter().map(|r| r.0).collect();
+    let mut provisioned: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+    let mut after: Vec<Duration> = runs.iter().map(|r| r.0.saturating_sub(r.1)).collect();
+    served.sort();
+    provisioned.sort();
+    after.sort();
+    for (what, v) in [
+        ("provision --start on node1 until 200 through node3's proxy", &served),
+        ("the provision command itself", &provisioned),
+        ("200 through node3's proxy after the provision returned", &after),
+    ] {
+        eprintln!(
+            "{what}: n={} p50={:?} p99={:?} min={:?} max={:?}",
+            v.len(),
+            percentile(v, 50.0),
+            percentile(v, 99.0),
+            v[0],
+            v[v.len() - 1]
+        );
+    }
+    eprintln!("load average before: {before}; after: {load_after}");
 }
