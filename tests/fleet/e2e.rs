@@ -755,10 +755,10 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// The route propagation figure (docs/architecture.md "Fleet (etcd
-/// store)"): `cargo test --test fleet route_propagation -- --ignored
-/// --nocapture` (SOTOLITO_FIGURE_COUNT provisions, 50 by default). Prints;
-/// asserts no timing.
+/// The route propagation figure, recorded in docs/architecture.md
+/// "Fleet (etcd store)": `cargo test --test fleet route_propagation --
+/// --ignored --nocapture` (SOTOLITO_FIGURE_COUNT provisions, 50 by
+/// default). Prints; asserts no timing.
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 fn route_propagation() {
