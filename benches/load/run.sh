@@ -7,6 +7,9 @@
 #   benches/load/run.sh --smoke    1 s rounds, 2 rounds (what CI runs)
 #   PORT_BASE=21080 benches/load/run.sh   ports 21080..21094 instead of 18080..
 #
+# First, before any load: IDLE_CONNS (9,000) idle keep-alive client
+# connections (each proxy's RSS per connection, its processes summed).
+#
 # Then TLS: a full handshake per request (ECDSA P-256, Connection: close,
 # session resumption off on every server), handshakes per second. Then
 # five route reloads under load per proxy, counting failed requests: ours
@@ -16,8 +19,7 @@
 # Then the other load shapes, interleaved rounds as above: a new
 # connection per request (Connection: close), TLS keep-alive, HTTP/2
 # (h2load), a 1 MiB response (throughput, and our proxy's RSS sampled
-# during it), and IDLE_CONNS (9,000) idle keep-alive client connections
-# (each proxy's RSS per connection, its processes summed).
+# during it).
 #
 # Needs: nginx, haproxy, wrk, curl, openssl, h2load (Debian packages
 # nginx haproxy wrk curl openssl nghttp2-client), cargo. Every server runs
@@ -241,6 +243,45 @@ for addr in $TLS_OURS $TLS_HAPROXY $TLS_NGINXP; do
     [[ $code == 200 ]] || { echo "run.sh: TLS $addr answered $code" >&2; exit 1; }
 done
 
+# RSS (KiB) of a process and its direct children, from /proc/PID/status.
+rss_kib() {
+    local total=0 pid
+    for pid in $1 $(awk -v p="$1" '{ rest = substr($0, index($0, ") ") + 2); split(rest, f, " "); if (f[2] == p) print $1 }' /proc/[0-9]*/stat 2>/dev/null); do
+        total=$(( total + $(awk '/^VmRSS:/ { print $2 }' /proc/$pid/status 2>/dev/null || echo 0) ))
+    done
+    echo $total
+}
+
+SHAPE_TARGETS=(ours haproxy nginx)
+plain_addr() { case $1 in ours) echo $OURS ;; haproxy) echo $HAPROXY ;; nginx) echo $NGINXP ;; esac; }
+plain_pid() { case $1 in ours) echo $OURS_PID ;; haproxy) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
+
+# Idle keep-alive client connections: each proxy's RSS with them held,
+# less its RSS before, per connection. Measured first, on processes that
+# have served nothing yet: memory a proxy freed after earlier load (its
+# heap, HAProxy's pools) would otherwise hold the connections unseen, and
+# the figure would depend on what ran before (HAProxy, which also serves
+# the TLS and HTTP/2 rounds, showed 0.06 KiB after them and 1.24 fresh;
+# nginx allocates its worker_connections table at start, so it shows
+# none either way).
+echo
+echo "$IDLE_CONNS idle keep-alive client connections (one request each, then held)"
+printf '%-8s %12s %12s %14s\n' target rss_before rss_held KiB/conn
+for t in "${SHAPE_TARGETS[@]}"; do
+    addr=$(plain_addr $t); pid=$(plain_pid $t)
+    before=$(rss_kib "$pid")
+    coproc HOLD { "$IDLE_HOLD" --connect "$addr" --host "$HOST" --path /index.html --connections "$IDLE_CONNS" --hold 120; }
+    HOLD_PID=$HOLD_PID
+    read -r line <&"${HOLD[0]}" || true
+    [[ $line == "held $IDLE_CONNS" ]] || { echo "run.sh: idle-hold against $t: ${line:-nothing}" >&2; kill $HOLD_PID 2>/dev/null; exit 1; }
+    sleep 1
+    held=$(rss_kib "$pid")
+    kill $HOLD_PID 2>/dev/null || true
+    wait $HOLD_PID 2>/dev/null || true
+    awk -v t=$t -v b="$before" -v h="$held" -v n="$IDLE_CONNS" 'BEGIN { printf "%-8s %12d %12d %14.2f\n", t, b, h, (h - b) / n }'
+    sleep 2
+done
+
 # CPU ticks (user + system) of a process and its direct children (nginx
 # and HAProxy workers), from /proc/PID/stat; comm may hold spaces, so the
 # fields are counted after its closing ") ".
@@ -351,20 +392,8 @@ for t in ours haproxy nginx; do
     awk -v t=$t -v r="$(tcol $t 3)" -v c="$(tcol $t 4)" -v h="$TH" 'BEGIN { printf "%-10s %14.0f %14.2f %9.3f\n", t, r, c, r / h }'
 done
 
-# RSS (KiB) of a process and its direct children, from /proc/PID/status.
-rss_kib() {
-    local total=0 pid
-    for pid in $1 $(awk -v p="$1" '{ rest = substr($0, index($0, ") ") + 2); split(rest, f, " "); if (f[2] == p) print $1 }' /proc/[0-9]*/stat 2>/dev/null); do
-        total=$(( total + $(awk '/^VmRSS:/ { print $2 }' /proc/$pid/status 2>/dev/null || echo 0) ))
-    done
-    echo $total
-}
-
 SHAPES="$TMP/shapes.tsv"
 : >"$SHAPES"
-SHAPE_TARGETS=(ours haproxy nginx)
-plain_addr() { case $1 in ours) echo $OURS ;; haproxy) echo $HAPROXY ;; nginx) echo $NGINXP ;; esac; }
-plain_pid() { case $1 in ours) echo $OURS_PID ;; haproxy) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
 tls_port() { case $1 in ours) echo ${TLS_OURS##*:} ;; haproxy) echo ${TLS_HAPROXY##*:} ;; nginx) echo ${TLS_NGINXP##*:} ;; esac; }
 tls_pid() { case $1 in ours) echo $TLS_OURS_PID ;; haproxy) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
 
@@ -426,27 +455,6 @@ for t in "${SHAPE_TARGETS[@]}"; do
         -v hc="$HC" -v ht="$HT" -v hh="$HH" -v hb="$HB" \
         'BEGIN { printf "%-8s %12.0f %9.3f %12.2f %9.0f %10.3f %9.0f %9.3f %9.2f %10.0f %12.3f %12.1f\n", t, c, c / hc, cc, k, k / ht, h, (hh > 0 ? h / hh : 0), hcpu, b, b / hb, r / 1024 }'
 done
-
-# Idle keep-alive client connections: each proxy's RSS with them held,
-# less its RSS before, per connection.
-echo
-echo "$IDLE_CONNS idle keep-alive client connections (one request each, then held)"
-printf '%-8s %12s %12s %14s\n' target rss_before rss_held KiB/conn
-for t in "${SHAPE_TARGETS[@]}"; do
-    addr=$(plain_addr $t); pid=$(plain_pid $t)
-    before=$(rss_kib "$pid")
-    coproc HOLD { "$IDLE_HOLD" --connect "$addr" --host "$HOST" --path /index.html --connections "$IDLE_CONNS" --hold 120; }
-    HOLD_PID=$HOLD_PID
-    read -r line <&"${HOLD[0]}" || true
-    [[ $line == "held $IDLE_CONNS" ]] || { echo "run.sh: idle-hold against $t: ${line:-nothing}" >&2; kill $HOLD_PID 2>/dev/null; exit 1; }
-    sleep 1
-    held=$(rss_kib "$pid")
-    kill $HOLD_PID 2>/dev/null || true
-    wait $HOLD_PID 2>/dev/null || true
-    awk -v t=$t -v b="$before" -v h="$held" -v n="$IDLE_CONNS" 'BEGIN { printf "%-8s %12d %12d %14.2f\n", t, b, h, (h - b) / n }'
-    sleep 2
-done
-
 
 # Five reloads in 5 s under load; every non-2xx answer and socket error is
 # a failed request.

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::client::ClientTcp;
 use super::framing::Framer;
 use super::head::{self, BodyKind};
 use super::local::{drained, Buf, Local, Size};
@@ -41,24 +42,24 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// Waits until a read would find bytes, so an idle connection holds
     /// no buffer; `false` when the transport cannot tell without reading
     /// (TLS), and then the buffer is kept.
-    fn wait_readable(&self) -> impl Future<Output = io::Result<bool>> + Send;
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<bool>> + Send;
 
     /// A read returned less than it asked for.
     fn drained(&self) {}
 }
 
-impl ClientIo for TcpStream {
-    async fn wait_readable(&self) -> io::Result<bool> {
-        self.readable().await.map(|()| true)
+impl ClientIo for ClientTcp {
+    async fn wait_readable(&mut self) -> io::Result<bool> {
+        ClientTcp::wait_readable(self).await.map(|()| true)
     }
 
     fn drained(&self) {
-        drained(self);
+        ClientTcp::drained(self);
     }
 }
 
-impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
-    async fn wait_readable(&self) -> io::Result<bool> {
+impl ClientIo for tokio_rustls::server::TlsStream<ClientTcp> {
+    async fn wait_readable(&mut self) -> io::Result<bool> {
         Ok(false)
     }
 }
@@ -114,6 +115,8 @@ enum Next {
     Close,
     /// Closed on a refusal: the client may still be sending (see [`linger`]).
     Refused,
+    /// The client left or timed out: the connection is dropped.
+    End,
 }
 
 /// Shuts the connection for writing and reads what the client still
@@ -143,30 +146,43 @@ pub(crate) struct Engine<'a> {
     pub proxy_header: Option<&'a [u8]>,
 }
 
+/// What a client connection keeps between requests: small, as an idle
+/// connection holds only this (and its socket and task).
+struct Idle {
+    timer: Timer,
+    inb: Option<Buf>,
+    out: Vec<u8>,
+    /// With PROXY headers the tenant connection stays with its client.
+    own: Option<Upstream>,
+    start: Instant,
+    first: bool,
+}
+
 impl Engine<'_> {
     pub(crate) async fn serve<T: ClientIo>(&self, mut io: T, mut shutdown: watch::Receiver<bool>) {
         let s = &self.ctx.shared.settings;
-        let mut timer = Timer::new();
-        let mut inb: Option<Buf> = None;
-        let mut out: Vec<u8> = Vec::new();
-        // With PROXY headers the tenant connection stays with its client.
-        let mut own: Option<Upstream> = None;
-        let start = Instant::now();
-        let mut first = true;
+        let mut st = Idle {
+            timer: Timer::new(),
+            inb: None,
+            out: Vec::new(),
+            own: None,
+            start: Instant::now(),
+            first: true,
+        };
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let idle_until = if first {
-                start + s.header_read_timeout.min(s.idle_timeout)
+            let idle_until = if st.first {
+                st.start + s.header_read_timeout.min(s.idle_timeout)
             } else {
                 Instant::now() + s.idle_timeout
             };
-            if inb.as_ref().is_none_or(Buf::is_empty) {
-                inb = None;
-                self.local.put_out(std::mem::take(&mut out));
+            if st.inb.as_ref().is_none_or(Buf::is_empty) {
+                st.inb = None;
+                self.local.put_out(std::mem::take(&mut st.out));
                 let waited = tokio::select! {
-                    r = timer.until(idle_until, io.wait_readable()) => r,
+                    r = st.timer.until(idle_until, io.wait_readable()) => r,
                     _ = shutdown.changed() => return,
                 };
                 match waited {
@@ -174,73 +190,97 @@ impl Engine<'_> {
                     _ => return,
                 }
             }
-            let buf = inb.get_or_insert_with(|| self.local.buf(Size::Request));
-            if out.capacity() == 0 {
-                out = self.local.take_out();
-            }
-            // The first head is due within the header timeout of the
-            // connection's start; later ones within it of their first byte.
-            let head_until = first.then(|| start + s.header_read_timeout);
-            first = false;
-            // A pipelined request follows at once: `out` still holds the
-            // last response's head, which a refusal must not repeat.
-            out.clear();
-            let Some(len) = self
-                .read_head(&mut io, buf, &mut timer, idle_until, head_until, &mut out)
-                .await
-            else {
-                if !out.is_empty() && io.write_all(&out).await.is_ok() {
-                    // Boxed: only refused connections linger.
-                    Box::pin(linger(&mut io, &mut timer)).await;
-                }
-                return;
-            };
-            let began = std::time::Instant::now();
-            out.clear();
-            let plan = plan::plan(self.ctx, &buf.data()[..len], &mut out);
-            buf.consume(len);
-            let next = match plan {
-                Plan::Answer(answer) => {
-                    let tenant = answer.tenant.clone().unwrap_or_else(|| Arc::from(""));
-                    self.ctx
-                        .stats
-                        .record(&tenant, answer.code, began.elapsed().as_secs_f64());
-                    let log = answer.log.map(|l| {
-                        let mut log = l.into_access_log(tenant, answer.code, began, self.ctx);
-                        log.bytes = answer.body_len as u64;
-                        log
-                    });
-                    let written = io.write_all(&out).await;
-                    drop(log);
-                    if written.is_err() {
-                        Next::Close
-                    } else if answer.close && matches!(answer.code, 400 | 405 | 431) {
-                        // A refused client may still be sending.
-                        Next::Refused
-                    } else if answer.close {
-                        Next::Close
-                    } else {
-                        Next::KeepAlive
-                    }
-                }
-                Plan::Forward(fwd) => {
-                    let draining = *shutdown.borrow();
-                    self.exchange(
-                        &mut io, buf, &mut out, &mut timer, fwd, began, &mut own, draining,
-                    )
-                    .await
-                }
-            };
+            // Boxed: an exchange's state (kilobytes: every stage's
+            // futures) exists only while a request is under way, so an
+            // idle connection holds only `Idle`.
+            let next = Box::pin(self.request(&mut io, &mut st, idle_until, &shutdown)).await;
             match next {
-                Next::KeepAlive => {}
+                Next::KeepAlive => continue,
+                Next::End => {}
                 Next::Close => {
                     let _ = io.shutdown().await;
-                    return;
                 }
                 Next::Refused => {
-                    Box::pin(linger(&mut io, &mut timer)).await;
-                    return;
+                    // Boxed: only refused connections linger.
+                    Box::pin(linger(&mut io, &mut st.timer)).await;
                 }
+            }
+            self.local.put_out(std::mem::take(&mut st.out));
+            return;
+        }
+    }
+
+    /// One request: its head read, planned and answered or forwarded.
+    async fn request<T: ClientIo>(
+        &self,
+        io: &mut T,
+        st: &mut Idle,
+        idle_until: Instant,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Next {
+        let s = &self.ctx.shared.settings;
+        let buf = st.inb.get_or_insert_with(|| self.local.buf(Size::Request));
+        if st.out.capacity() == 0 {
+            st.out = self.local.take_out();
+        }
+        let out = &mut st.out;
+        // The first head is due within the header timeout of the
+        // connection's start; later ones within it of their first byte.
+        let head_until = st.first.then(|| st.start + s.header_read_timeout);
+        st.first = false;
+        // A pipelined request follows at once: `out` still holds the
+        // last response's head, which a refusal must not repeat.
+        out.clear();
+        let Some(len) = self
+            .read_head(io, buf, &mut st.timer, idle_until, head_until, out)
+            .await
+        else {
+            if !out.is_empty() && io.write_all(out).await.is_ok() {
+                return Next::Refused;
+            }
+            return Next::End;
+        };
+        let began = std::time::Instant::now();
+        out.clear();
+        let plan = plan::plan(self.ctx, &buf.data()[..len], out);
+        buf.consume(len);
+        match plan {
+            Plan::Answer(answer) => {
+                let tenant = answer.tenant.clone().unwrap_or_else(|| Arc::from(""));
+                self.ctx
+                    .stats
+                    .record(&tenant, answer.code, began.elapsed().as_secs_f64());
+                let log = answer.log.map(|l| {
+                    let mut log = l.into_access_log(tenant, answer.code, began, self.ctx);
+                    log.bytes = answer.body_len as u64;
+                    log
+                });
+                let written = io.write_all(out).await;
+                drop(log);
+                if written.is_err() {
+                    Next::Close
+                } else if answer.close && matches!(answer.code, 400 | 405 | 431) {
+                    // A refused client may still be sending.
+                    Next::Refused
+                } else if answer.close {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                }
+            }
+            Plan::Forward(fwd) => {
+                let draining = *shutdown.borrow();
+                self.exchange(
+                    io,
+                    buf,
+                    out,
+                    &mut st.timer,
+                    fwd,
+                    began,
+                    &mut st.own,
+                    draining,
+                )
+                .await
             }
         }
     }

@@ -14,6 +14,7 @@
 //! connection holds neither, and a request in the steady state allocates
 //! nothing. HTTP/2 and what is not HTTP/1 stay with hyper.
 
+mod client;
 mod conn;
 mod framing;
 mod head;
@@ -22,6 +23,7 @@ mod plan;
 mod rewrite;
 mod tunnel;
 
+pub(crate) use client::ClientTcp;
 pub(crate) use conn::{ClientIo, Engine};
 pub(crate) use local::Local;
 

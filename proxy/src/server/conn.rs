@@ -9,7 +9,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -19,7 +18,7 @@ use super::Kind;
 use crate::body::BudgetedBody;
 use crate::forward::{self, ConnCtx};
 use crate::gate::{Gate, Switch};
-use crate::h1::{self, ClientIo};
+use crate::h1::{self, ClientIo, ClientTcp};
 use crate::headers::PeerValues;
 use crate::limit::ConnPermit;
 use crate::route::normalize_host;
@@ -43,7 +42,7 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) async fn serve(self, stream: TcpStream, kind: Kind) {
+    pub(super) async fn serve(self, stream: ClientTcp, kind: Kind) {
         let metrics = self.worker.shared.metrics.clone();
         metrics.open_connections.inc();
         let settings = &self.worker.shared.settings;
@@ -86,7 +85,7 @@ impl Conn {
     }
     async fn serve_tls(
         &self,
-        stream: TcpStream,
+        stream: ClientTcp,
         acceptor: &TlsAcceptor,
         mut ctx: ConnCtx,
         proxy_header: Option<&[u8]>,
@@ -130,7 +129,7 @@ impl Conn {
         }
     }
 
-    async fn serve_h1<T>(&self, io: T, mut ctx: ConnCtx, proxy_header: Option<&[u8]>)
+    async fn serve_h1<T>(&self, io: T, ctx: ConnCtx, proxy_header: Option<&[u8]>)
     where
         T: ClientIo + 'static,
     {
@@ -145,6 +144,16 @@ impl Conn {
             Box::pin(engine.serve(io, self.shutdown.clone())).await;
             return;
         }
+        // Boxed: hyper's connection state is kilobytes that every
+        // connection's task would otherwise carry, idle ones too.
+        Box::pin(self.serve_hyper_h1(io, ctx)).await;
+    }
+
+    async fn serve_hyper_h1<T>(&self, io: T, mut ctx: ConnCtx)
+    where
+        T: ClientIo + 'static,
+    {
+        let s = &self.worker.shared.settings;
         let switch = Switch::default();
         ctx.switch = Some(switch.clone());
         let gate = Gate::new(s.max_header_bytes, switch);

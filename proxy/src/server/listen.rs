@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::accept::Acceptor;
 use super::balance::{Assigned, Balance, Handoff};
 use super::conn::Conn;
 use super::{Kind, Listen};
 use crate::forward::Shared;
-use crate::h1;
+use crate::h1::{self, ClientTcp};
 use crate::limit::ConnLimiter;
 use crate::metrics::RequestShard;
 use crate::route::RouteTable;
@@ -136,7 +136,9 @@ impl Worker {
         // connection, and a lock both workers take bounces between cores.
         let (local_tx, local_rx) = watch::channel(false);
         for (listener, kind) in listeners {
-            let listener = match TcpListener::from_std(listener) {
+            // What is accepted is not registered with the runtime until
+            // it has to wait (h1::ClientTcp).
+            let listener = match Acceptor::new(listener) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(error = %e, "listener unusable");
@@ -176,7 +178,7 @@ impl Worker {
 
     async fn accept_loop(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: Acceptor,
         kind: Kind,
         pool: Arc<Pool>,
         mut shutdown: watch::Receiver<bool>,
@@ -208,14 +210,13 @@ impl Worker {
             let _ = stream.set_nodelay(true);
             let target = self.balance.pick(self.index);
             if target != self.index {
-                // Leaving this runtime takes the socket out of its epoll set.
-                let handoff = stream.into_std().ok().map(|stream| Handoff {
+                let handoff = Handoff {
                     stream,
                     peer,
                     kind,
                     permit,
-                });
-                self.balance.hand_over(target, handoff);
+                };
+                self.balance.hand_over(target, Some(handoff));
                 continue;
             }
             let conn = Conn {
@@ -230,7 +231,7 @@ impl Worker {
                     worker: self.index,
                 },
             };
-            tokio::spawn(conn.serve(stream, kind));
+            tokio::spawn(conn.serve(ClientTcp::new(stream), kind));
         }
     }
 
@@ -254,13 +255,7 @@ impl Worker {
                 balance: self.balance.clone(),
                 worker: self.index,
             };
-            let stream = match TcpStream::from_std(handoff.stream) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(client = %handoff.peer, error = %e, "handed-over connection unusable");
-                    continue;
-                }
-            };
+            let stream = ClientTcp::new(handoff.stream);
             let conn = Conn {
                 worker: self.clone(),
                 peer: handoff.peer,

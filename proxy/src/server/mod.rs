@@ -8,6 +8,7 @@
 //! SO_REUSEPORT listening sockets and upstream pool, so a request never
 //! crosses threads; plus a control thread.
 
+mod accept;
 mod balance;
 mod conn;
 mod control;
