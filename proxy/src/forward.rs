@@ -425,10 +425,11 @@ fn respond(
     if switched {
         let tenant_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(client_upgrade) = client_upgrade {
-            if let Some(switch) = switch {
-                switch.switched();
-            }
-            tokio::spawn(tunnel(client_upgrade, tenant_upgrade));
+            let guard = switch.map(Switch::switched);
+            tokio::spawn(async move {
+                tunnel(client_upgrade, tenant_upgrade).await;
+                drop(guard);
+            });
         }
     }
     strip_hop_by_hop(resp.headers_mut(), switched);

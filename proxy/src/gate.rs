@@ -70,17 +70,45 @@ enum State {
 }
 
 /// Set once the tenant answered an upgrade request with 101; shared by a
-/// connection's gate and the requests on it.
+/// connection's gate and the requests on it. The connection also waits
+/// for the tunnel's end through it: an upgraded connection keeps its
+/// place in the connection limits until then.
 #[derive(Clone, Default)]
-pub(crate) struct Switch(Arc<AtomicBool>);
+pub(crate) struct Switch(Arc<SwitchState>);
+
+#[derive(Default)]
+struct SwitchState {
+    switched: AtomicBool,
+    tunnel_ended: tokio::sync::Notify,
+}
 
 impl Switch {
-    pub(crate) fn switched(&self) {
-        self.0.store(true, Ordering::Release);
+    /// The tenant switched protocols; the tunnel holds the guard.
+    pub(crate) fn switched(&self) -> TunnelGuard {
+        self.0.switched.store(true, Ordering::Release);
+        TunnelGuard(self.clone())
     }
 
     fn is_switched(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.switched.load(Ordering::Acquire)
+    }
+
+    /// Returns once the tunnel started after a 101 has ended (at once if
+    /// there was none).
+    pub(crate) async fn tunnel_ended(&self) {
+        if self.is_switched() {
+            self.0.tunnel_ended.notified().await;
+        }
+    }
+}
+
+/// Held by an upgraded connection's tunnel; its drop is the tunnel's end.
+pub(crate) struct TunnelGuard(Switch);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        // A stored permit if the connection is not waiting yet.
+        (self.0).0.tunnel_ended.notify_one();
     }
 }
 

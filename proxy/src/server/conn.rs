@@ -156,6 +156,7 @@ impl Conn {
         let s = &self.worker.shared.settings;
         let switch = Switch::default();
         ctx.switch = Some(switch.clone());
+        let tunnel = switch.clone();
         let gate = Gate::new(s.max_header_bytes, switch);
         let io = GuardedStream::new(io, Some(gate), self.timeouts());
         let ctx = Arc::new(ctx);
@@ -179,12 +180,16 @@ impl Conn {
                 if let Err(e) = r {
                     tracing::debug!(client = %self.peer, error = %e, "connection ended");
                 }
-                return;
             }
-            _ = shutdown.changed() => {}
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
         }
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        // An upgraded connection is served by its tunnel: it keeps its
+        // place in the limits and the gauge until that ends, as in the h1
+        // engine (else one address could open WebSockets without bound).
+        tunnel.tunnel_ended().await;
     }
 
     async fn serve_h2<T>(&self, io: T, ctx: ConnCtx)

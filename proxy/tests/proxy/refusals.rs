@@ -259,3 +259,110 @@ fn bodiless_answers_keep_the_framing_headers_hyper_keeps() {
         "HEAD of a 1234-byte answer"
     );
 }
+
+/// Opens a WebSocket through the proxy at `addr` and checks it echoes.
+fn websocket(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    s.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+    s
+}
+
+/// The proxy's open-connections gauge.
+fn open_connections(admin: SocketAddr) -> u64 {
+    let text = String::from_utf8_lossy(&raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ))
+    .into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sotolito_proxy_open_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no open-connections gauge in {text}"))
+}
+
+/// An upgraded connection is still a client connection: it keeps its
+/// place in the connection limits and in the open-connections gauge until
+/// it ends (else one address opens WebSockets without bound), and its
+/// tenant connection is closed with it, never pooled.
+#[test]
+fn upgraded_connections_count_until_they_end() {
+    let mut failures = Vec::new();
+    for engine in ENGINES {
+        let a = Backend::start("a");
+        let p = proxy(&[("a.test", "a", a.addr)], |s| {
+            s.engine = engine;
+            s.max_connections_per_ip = 2;
+        });
+        let (addr, admin) = (p.http_addr().unwrap(), p.admin_addr().unwrap());
+        let first = websocket(addr);
+        let mut second = websocket(addr);
+        let open = open_connections(admin);
+        // A third connection from the same address is over the limit.
+        let mut third = TcpStream::connect(addr).unwrap();
+        let _ = third.write_all(b"GET /third HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        let refused = closed_by_peer(&mut third);
+        if open != 2 || !refused {
+            failures.push(format!(
+                "{engine:?}: with two WebSockets open, the gauge says {open} (want 2) and a \
+                 third connection was {}",
+                if refused { "refused" } else { "served" }
+            ));
+        }
+        // Both still work.
+        second.write_all(b"pong").unwrap();
+        let mut back = [0u8; 4];
+        second.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"pong", "{engine:?}");
+        // Control: once one ends, its place is given back.
+        drop(first);
+        let mut served = None;
+        for _ in 0..100 {
+            let out = raw(
+                addr,
+                b"GET /later HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            );
+            if out.starts_with(b"HTTP/1.1 200") {
+                served = Some(out);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let served = served.unwrap_or_else(|| panic!("{engine:?}: a freed place was not reused"));
+        // Answered by the tenant's HTTP server, not echoed back by a
+        // tunnel's connection put into the pool.
+        assert!(
+            String::from_utf8_lossy(&served)
+                .trim_end()
+                .ends_with("a GET /later len=0"),
+            "{engine:?}: {:?}",
+            String::from_utf8_lossy(&served)
+        );
+        drop((second, third));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while open_connections(admin) != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{engine:?}: the gauge stays at {} after every connection ended",
+                open_connections(admin)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if a.requests().iter().any(|r| r.path == "/third") {
+            failures.push(format!(
+                "{engine:?}: the connection over the limit reached the tenant"
+            ));
+        }
+        p.shutdown();
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
