@@ -94,6 +94,31 @@ impl Store {
         Ok(())
     }
 
+    /// The fleet's record of the last failed order for `host` (what the
+    /// proxy wrote), if any.
+    pub async fn acme_attempt(&self, host: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self
+            .get(&keys::acme_attempt(host))
+            .await?
+            .map(|kv| kv.value().to_vec()))
+    }
+
+    /// Records a failed order (`Some`) or forgets it after a success.
+    pub async fn set_acme_attempt(&self, host: &str, record: Option<&[u8]>) -> Result<(), Error> {
+        let key = keys::acme_attempt(host);
+        let record = record.map(<[u8]>::to_vec);
+        self.call(|mut c| {
+            let (key, record) = (key.clone(), record.clone());
+            async move {
+                match record {
+                    Some(r) => c.put(key, r, None).await.map(|_| ()),
+                    None => c.delete(key, None).await.map(|_| ()),
+                }
+            }
+        })
+        .await
+    }
+
     /// Publishes an HTTP-01 token for every node to answer, under the
     /// lock's lease: it goes when the lock is released or its holder dies.
     pub async fn put_acme_challenge(

@@ -17,6 +17,8 @@
 //! /sotolito/v1/acme/challenges/TOKEN   KEY_AUTHORIZATION (under the
 //!                                       orderer's lock lease)
 //! /sotolito/v1/acme/locks/HOST/LEASE   (etcd's lock API: one orderer a host)
+//! /sotolito/v1/acme/attempts/HOST      {"failures", "last_error", "last_attempt",
+//!                                       "next_attempt"} (the last failed order)
 //! ```
 //!
 //! The certificate records hold private keys: every fleet client can read
@@ -42,6 +44,7 @@ pub const ACME_ACCOUNT: &str = "/sotolito/v1/acme/account";
 pub const ACME_CERTS: &str = "/sotolito/v1/acme/certs/";
 pub const ACME_CHALLENGES: &str = "/sotolito/v1/acme/challenges/";
 pub const ACME_LOCKS: &str = "/sotolito/v1/acme/locks/";
+pub const ACME_ATTEMPTS: &str = "/sotolito/v1/acme/attempts/";
 
 pub fn tenant(name: &TenantName) -> String {
     format!("{TENANTS}{name}")
@@ -87,6 +90,11 @@ pub fn acme_challenge(token: &str) -> String {
 /// The lock that one node holds while it orders `host`.
 pub fn acme_lock(host: &str) -> String {
     format!("{ACME_LOCKS}{host}")
+}
+
+/// The fleet's last failed order for `host`, so that every node backs off.
+pub fn acme_attempt(host: &str) -> String {
+    format!("{ACME_ATTEMPTS}{host}")
 }
 
 /// The name at the end of a key under `prefix`.

@@ -19,6 +19,8 @@ use crate::support::{Etcd, Lan};
 const NET: usize = 3;
 const ONE: &str = "one.sotolito.internal";
 const TWO: &str = "two.sotolito.internal";
+/// Resolves to the internet's own loopback: validation is refused.
+const BAD: &str = "bad.sotolito.internal";
 
 fn require(tool: &str, package: &str) {
     let found = std::env::var_os("PATH")
@@ -135,7 +137,8 @@ impl World {
             "--pid-file",
         ])
         .arg(format!("--address=/{ONE}/{target}"))
-        .arg(format!("--address=/{TWO}/{target}"));
+        .arg(format!("--address=/{TWO}/{target}"))
+        .arg(format!("--address=/{BAD}/127.0.0.1"));
         let dns = Proc::spawn(dns, dir.path().join("dnsmasq.log"));
         let config = dir.path().join("pebble.json");
         let mut pebble = serde_json::json!({
@@ -515,11 +518,13 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
 
 /// Renewals go the same way: three nodes find a short-lived certificate
 /// due at the same moment, one renews it, and all three serve the new one.
+/// A name whose validation fails is tried by one node, and the others
+/// wait as the fleet's record of that failure says.
 #[test]
 fn a_renewal_is_ordered_once_and_served_by_every_proxy() {
     // Due 20 s after issue.
     let mut w = World::new(30);
-    w.put_tenant(&[ONE]);
+    w.put_tenant(&[ONE, BAD]);
     w.proxies = (0..3).map(|i| w.proxy(i, true)).collect();
     let first = wait_for("node 3 to serve one", Duration::from_secs(60), || {
         w.served(2, ONE).ok()
@@ -541,5 +546,17 @@ fn a_renewal_is_ordered_once_and_served_by_every_proxy() {
         .sum();
     let orders: usize = (0..3).map(|i| w.lines(i, "ordering a certificate", ONE)).sum();
     assert_eq!((orders, renewals), (2, 1), "orders, renewals\n{}", w.diagnostics());
-    assert_eq!(w.pebble.text().matches("Added order").count(), 2, "{}", w.diagnostics());
+
+    // The failed name: one order in all, the other two nodes wait.
+    wait_for("two nodes to defer to the fleet's failure", Duration::from_secs(30), || {
+        let deferred: usize = (0..3)
+            .map(|i| w.lines(i, "the fleet's last order for this host failed", BAD))
+            .sum();
+        (deferred >= 2).then_some(())
+    });
+    let bad: Vec<usize> = (0..3).map(|i| w.lines(i, "ordering a certificate", BAD)).collect();
+    assert_eq!(bad.iter().sum::<usize>(), 1, "orders of {BAD} per node: {bad:?}\n{}", w.diagnostics());
+    let record = w.etcdctl(&["get", "--print-value-only", "/sotolito/v1/acme/attempts/bad.sotolito.internal"]);
+    assert!(record.contains("\"failures\":1"), "{record}");
+    assert_eq!(w.pebble.text().matches("Added order").count(), 3, "{}", w.diagnostics());
 }

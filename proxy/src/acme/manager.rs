@@ -179,6 +179,13 @@ fn check_directory(url: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// How an attempt ended without an error.
+enum Outcome {
+    Leaf(certfile::Leaf),
+    /// The fleet backs off after another node's failure.
+    Later(Attempt),
+}
+
 #[derive(Debug, Default)]
 struct HostState {
     /// Nothing is done for the host before this.
@@ -265,19 +272,37 @@ impl Manager {
     async fn obtain(&mut self, host: &str, reason: &str) {
         tracing::debug!(host, reason, "certificate due");
         let _ = self.http.take_retry_after();
-        let result = tokio::time::timeout(self.tuning.order_timeout, self.attempt(host, reason))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Order {
-                    host: host.to_owned(),
-                    message: format!("no certificate within {:?}", self.tuning.order_timeout),
-                })
-            });
+        let (result, guard, prior) =
+            tokio::time::timeout(self.tuning.order_timeout, self.attempt(host, reason))
+                .await
+                .unwrap_or_else(|_| {
+                    let e = Error::Order {
+                        host: host.to_owned(),
+                        message: format!("no certificate within {:?}", self.tuning.order_timeout),
+                    };
+                    (Err(e), None, 0)
+                });
         let now = SystemTime::now();
         let state = self.hosts.entry(host.to_owned()).or_default();
         let error = result.as_ref().err().map(|e| e.to_string());
         match result {
-            Ok(leaf) => {
+            Ok(Outcome::Later(a)) => {
+                // Not our failure: no count of our own, the fleet's wait.
+                state.failures = a.failures;
+                state.next = a.next_attempt;
+                tracing::info!(
+                    host,
+                    failures = a.failures,
+                    next = %a.next_attempt.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default(),
+                    "the fleet's last order for this host failed; waiting as the fleet does"
+                );
+                self.status.insert(host.to_owned(), a);
+                if let Err(e) = certfile::write_status(self.state.certs_dir(), &self.status) {
+                    tracing::warn!(error = %e, "ACME status not saved");
+                }
+                return;
+            }
+            Ok(Outcome::Leaf(leaf)) => {
                 self.ca_down_until = None;
                 state.failures = 0;
                 state.next = Some(plan::renew_at(leaf.not_before, leaf.not_after));
@@ -289,7 +314,7 @@ impl Manager {
                 );
             }
             Err(e) => {
-                state.failures += 1;
+                state.failures = state.failures.max(prior) + 1;
                 let problem = e.problem_type().map(str::to_owned);
                 if problem.as_deref() == Some(NO_ACCOUNT) {
                     self.account = None;
@@ -328,6 +353,13 @@ impl Manager {
             last_attempt: now,
             next_attempt: state.next,
         };
+        // Recorded for every node before the lock goes: a node waiting for
+        // it reads this first.
+        if let Some(guard) = guard {
+            let failed = (attempt.failures > 0).then_some(&attempt);
+            self.state.record_attempt(host, failed).await;
+            guard.release().await;
+        }
         self.status.insert(host.to_owned(), attempt);
         if let Err(e) = certfile::write_status(self.state.certs_dir(), &self.status) {
             tracing::warn!(error = %e, "ACME status not saved");
@@ -335,25 +367,32 @@ impl Manager {
     }
 
     /// Takes the host's lock (in a fleet) and orders, unless another node
-    /// stored a certificate meanwhile.
-    async fn attempt(&mut self, host: &str, reason: &str) -> Result<certfile::Leaf, Error> {
-        let guard = match self
+    /// stored a certificate or failed meanwhile. Returns the lock still
+    /// held after an order (the caller records the outcome, then releases
+    /// it) and the fleet's failures before this order.
+    async fn attempt(
+        &mut self,
+        host: &str,
+        reason: &str,
+    ) -> (Result<Outcome, Error>, Option<OrderGuard>, u32) {
+        let begun = self
             .state
             .begin(host, reason, self.tuning.order_timeout)
-            .await?
-        {
-            Begin::Done(leaf) => {
+            .await;
+        let (guard, prior) = match begun {
+            Err(e) => return (Err(e), None, 0),
+            Ok(Begin::Done(leaf)) => {
                 tracing::info!(host, serial = %leaf.serial, "the fleet store has a certificate; no order");
-                return Ok(leaf);
+                return (Ok(Outcome::Leaf(leaf)), None, 0);
             }
-            Begin::Order(guard, reason) => {
+            Ok(Begin::Later(a)) => return (Ok(Outcome::Later(a)), None, 0),
+            Ok(Begin::Order(guard, reason, prior)) => {
                 tracing::info!(host, reason = %reason, "ordering a certificate");
-                guard
+                (guard, prior)
             }
         };
-        let result = self.order(host, &guard).await;
-        guard.release().await;
-        result
+        let result = self.order(host, &guard).await.map(Outcome::Leaf);
+        (result, Some(guard), prior)
     }
 
     async fn order(&mut self, host: &str, guard: &OrderGuard) -> Result<certfile::Leaf, Error> {

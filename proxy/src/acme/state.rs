@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use sotolito_fleet::{HostLock, Store};
 
-use super::certfile::{self, account_path, ensure_dir, write_private, Leaf};
+use super::certfile::{self, account_path, ensure_dir, write_private, Attempt, Leaf};
 use super::challenge::{ChallengeGuard, Challenges};
 use super::plan::{self, Need};
 use super::shared;
@@ -50,8 +50,12 @@ impl OrderGuard {
 
 /// What [`AcmeState::begin`] found.
 pub(crate) enum Begin {
-    /// Order now, for this reason, holding the guard.
-    Order(OrderGuard, String),
+    /// Order now, for this reason, holding the guard; the fleet's count of
+    /// failed orders before this one (0 on one host).
+    Order(OrderGuard, String, u32),
+    /// Another node's order failed and the fleet backs off until
+    /// `next_attempt`: not before then, from any node.
+    Later(Attempt),
     /// Another node stored a usable certificate meanwhile; this node's
     /// copy is in place.
     Done(Leaf),
@@ -92,7 +96,7 @@ impl AcmeState {
             certs_dir, store, ..
         } = self
         else {
-            return Ok(Begin::Order(OrderGuard::Local, reason.to_owned()));
+            return Ok(Begin::Order(OrderGuard::Local, reason.to_owned(), 0));
         };
         let lock = store
             .lock_host(host, LOCK_TTL, within)
@@ -105,21 +109,58 @@ impl AcmeState {
                 return Err(Error::Fleet(e));
             }
         };
-        let Some(cert) = found else {
-            return Ok(Begin::Order(OrderGuard::Fleet(lock), reason.to_owned()));
-        };
-        let assessed = certfile::facts_of(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes(), host);
-        let need = plan::assess(Some(assessed.clone().map(|(f, _)| f)), SystemTime::now());
-        match (need, assessed) {
-            (Need::Fine { .. }, Ok((_, leaf))) => {
-                lock.release().await;
-                // The manager's own thread: small blocking writes are fine.
-                shared::copy_in(certs_dir, host, &cert)?;
-                Ok(Begin::Done(leaf))
+        let (reason, leaf) = match found {
+            None => (reason.to_owned(), None),
+            Some(cert) => {
+                let assessed =
+                    certfile::facts_of(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes(), host);
+                let need = plan::assess(Some(assessed.clone().map(|(f, _)| f)), SystemTime::now());
+                match (need, assessed) {
+                    (Need::Fine { .. }, Ok((_, leaf))) => (String::new(), Some((cert, leaf))),
+                    (Need::Order(r), _) => (r, None),
+                    // Records in the store are always ours: never `Manual`.
+                    (_, _) => (reason.to_owned(), None),
+                }
             }
-            (Need::Order(reason), _) => Ok(Begin::Order(OrderGuard::Fleet(lock), reason)),
-            // Records in the store are always ours: never `Manual`.
-            (_, _) => Ok(Begin::Order(OrderGuard::Fleet(lock), reason.to_owned())),
+        };
+        if let Some((cert, leaf)) = leaf {
+            lock.release().await;
+            // The manager's own thread: small blocking writes are fine.
+            shared::copy_in(certs_dir, host, &cert)?;
+            return Ok(Begin::Done(leaf));
+        }
+        // The fleet's last failure: honoured by every node, so the CA's
+        // failed-validation allowance is spent once, not once per node.
+        let failed: Option<Attempt> = match store.acme_attempt(host).await {
+            Ok(r) => r.and_then(|b| serde_json::from_slice(&b).ok()),
+            Err(e) => {
+                lock.release().await;
+                return Err(Error::Fleet(e));
+            }
+        };
+        match failed {
+            Some(a) if a.next_attempt.is_some_and(|t| t > SystemTime::now()) => {
+                lock.release().await;
+                Ok(Begin::Later(a))
+            }
+            other => Ok(Begin::Order(
+                OrderGuard::Fleet(lock),
+                reason,
+                other.map_or(0, |a| a.failures),
+            )),
+        }
+    }
+
+    /// Records the outcome of an order for every node (fleet only; on one
+    /// host status.json is the manager's): a failure with its next
+    /// attempt, or `None` after a success.
+    pub(crate) async fn record_attempt(&self, host: &str, attempt: Option<&Attempt>) {
+        let AcmeState::Fleet { store, .. } = self else {
+            return;
+        };
+        let record = attempt.map(|a| serde_json::to_vec(a).unwrap_or_default());
+        if let Err(e) = store.set_acme_attempt(host, record.as_deref()).await {
+            tracing::warn!(host, error = %e, "the fleet's record of this order was not saved");
         }
     }
 
