@@ -171,7 +171,7 @@ pub fn watch(ctx: &Context, fleet: &Fleet) -> anyhow::Result<()> {
     let mut first = true;
     let mut backoff = Duration::from_millis(250);
     loop {
-        let step = (|| -> anyhow::Result<i64> {
+        let step = (|| -> anyhow::Result<(i64, usize)> {
             let (records, revision) = fleet
                 .store
                 .block_on(fleet.store.fleet().node_records())?;
@@ -182,12 +182,14 @@ pub fn watch(ctx: &Context, fleet: &Fleet) -> anyhow::Result<()> {
                 refresh(ctx, &config)?;
             }
             routes(&config, true)?;
-            Ok(revision)
+            Ok((revision, fleet_of(&config).peers.len()))
         })();
         match step {
-            Ok(revision) => {
+            Ok((revision, peers)) => {
                 if first {
-                    tracing::info!(nodes = fleet_of(&cached).peers.len(), "following the fleet's nodes");
+                    tracing::info!(peers, "following the fleet's nodes");
+                } else {
+                    tracing::info!(peers, "the fleet's nodes changed");
                 }
                 first = false;
                 backoff = Duration::from_millis(250);

@@ -200,19 +200,27 @@ impl Fleet {
         let nodes: Vec<Node> = (0..3)
             .map(|i| Node::with_network(&lan, &etcd, i, dir.path(), NETWORK))
             .collect();
-        for n in &nodes {
-            n.ok(&["init"]);
-        }
+        // Each node joins while the earlier ones' route watches run: they
+        // learn of it from the watch, not from their first read.
         let watchers = nodes
             .iter()
             .map(|n| {
-                Daemon::start(
+                n.ok(&["init"]);
+                let d = Daemon::start(
                     n,
                     &["net", "reconcile", "--watch"],
                     dir.path().join(format!("{}-net.log", n.name)),
-                )
+                );
+                wait_for(&format!("{}'s route watch", n.name), || {
+                    d.log().contains("following the fleet's nodes")
+                });
+                d
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Node 1 heard of nodes 2 and 3 through its watch.
+        wait_for("node 1's watch to see both other nodes", || {
+            watchers[0].log().matches("the fleet's nodes changed").count() >= 2
+        });
         let proxies = nodes
             .iter()
             .map(|n| Daemon::start(n, &["proxy"], dir.path().join(format!("{}-proxy.log", n.name))))
