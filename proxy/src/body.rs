@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,6 +28,9 @@ pub(crate) struct ReqBody {
     read_ahead: VecDeque<Frame<Bytes>>,
     read_ahead_len: u64,
     rest: Incoming,
+    /// Set when the client's body failed (the gate refused it midway):
+    /// the tenant request then failed because of the client (400).
+    client_failed: Arc<AtomicBool>,
 }
 
 impl ReqBody {
@@ -35,7 +39,13 @@ impl ReqBody {
             read_ahead: VecDeque::new(),
             read_ahead_len: 0,
             rest,
+            client_failed: Arc::default(),
         }
+    }
+
+    /// Tells, after the exchange, whether the client's body failed.
+    pub(crate) fn failure_flag(&self) -> Arc<AtomicBool> {
+        self.client_failed.clone()
     }
 
     /// Nothing was read ahead and the client sends no more.
@@ -59,7 +69,11 @@ impl Body for ReqBody {
             }
             return Poll::Ready(Some(Ok(frame)));
         }
-        Pin::new(&mut this.rest).poll_frame(cx)
+        let r = Pin::new(&mut this.rest).poll_frame(cx);
+        if matches!(r, Poll::Ready(Some(Err(_)))) {
+            this.client_failed.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -250,6 +250,7 @@ async fn proxy(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) 
         upgrade,
         client_upgrade,
     } = up;
+    let client_failed = body.failure_flag();
     let sent = Instant::now();
     let answer = tokio::time::timeout(
         settings.upstream_timeout,
@@ -259,6 +260,12 @@ async fn proxy(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) 
     let upstream = sent.elapsed();
     let answer = match answer {
         Ok(Ok(answer)) => answer,
+        Ok(Err(_)) if client_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+            // The client's body turned malformed midway (the gate refused
+            // the rest): the client's fault, as the h1 engine answers it.
+            tracing::debug!(client = %ctx.peer, "malformed request body refused");
+            return Outcome::ours(StatusCode::BAD_REQUEST, true, ctx);
+        }
         Ok(Err(e)) => {
             tracing::warn!(tenant = %route.tenant, upstream = %route.addr, error = %e, "tenant unreachable");
             let mut o = Outcome::ours(StatusCode::BAD_GATEWAY, upgrade, ctx);
@@ -367,6 +374,26 @@ fn plan(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) -> Plan
                 upstream: Duration::ZERO,
             });
         }
+    }
+
+    if route.stopped {
+        // As the h1 engine answers (crate::h1::plan): HTTP/2 clients and
+        // `engine = "hyper"` get the page at once too.
+        let mut resp = Response::new(ResBody::Full(Some(Bytes::from_static(
+            crate::h1::STOPPED_PAGE,
+        ))));
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return Plan::Answer(Outcome {
+            resp,
+            tenant: Some(route.tenant.clone()),
+            upstream: Duration::ZERO,
+        });
     }
 
     let upgrade = !ctx.h2 && is_upgrade(&req);

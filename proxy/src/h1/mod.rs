@@ -26,6 +26,7 @@ mod tunnel;
 pub(crate) use client::ClientTcp;
 pub(crate) use conn::{ClientIo, Engine};
 pub(crate) use local::Local;
+pub(crate) use plan::STOPPED_PAGE;
 
 /// For the fuzz harness (`src/bin/h1-fuzz.rs`): runs one client byte
 /// stream through the request side of the engine (head, checks, rewrite,

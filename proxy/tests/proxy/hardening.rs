@@ -1,11 +1,12 @@
 //! Malformed, ambiguous and abusive clients, sent as raw bytes: each gets
 //! its status (or a closed connection) and the tenant sees nothing at all.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::common::*;
+use sotolito_proxy::ProxyEngine;
 
 const SMUGGLING: &[(&str, &str)] = &[
     (
@@ -72,38 +73,56 @@ const SMUGGLING: &[(&str, &str)] = &[
     ),
 ];
 
+const ENGINES: [ProxyEngine; 2] = [ProxyEngine::H1, ProxyEngine::Hyper];
+
 #[test]
 fn ambiguous_requests_get_400_close_and_never_reach_the_tenant() {
-    for (what, req) in SMUGGLING {
-        let a = Backend::start("a");
-        let p = proxy(&[("a.test", "a", a.addr), ("b.test", "a", a.addr)], |_| {});
-        // raw() reads until the proxy closes the connection.
-        let out = raw(p.http_addr().unwrap(), req.as_bytes());
-        let r = parse(&out);
-        assert_eq!(r.status, 400, "{what}: {}", r.head);
-        // Nothing else answered on the connection after the 400.
-        assert_eq!(
-            out.windows(5).filter(|w| w == b"HTTP/").count(),
-            1,
-            "{what}: {:?}",
-            String::from_utf8_lossy(&out)
-        );
-        a.assert_untouched(what);
-        p.shutdown();
+    for engine in ENGINES {
+        for (what, req) in SMUGGLING {
+            let a = Backend::start("a");
+            let p = proxy(&[("a.test", "a", a.addr), ("b.test", "a", a.addr)], |s| {
+                s.engine = engine
+            });
+            // In one write; what came back until the proxy closed.
+            let (out, closed) = send_split(p.http_addr().unwrap(), req.as_bytes(), req.len());
+            let r = parse(&out);
+            assert_eq!(r.status, 400, "{engine:?} {what}: {}", r.head);
+            assert!(
+                closed,
+                "{engine:?} {what}: the proxy kept the connection open"
+            );
+            // Nothing else answered on the connection after the 400.
+            assert_eq!(
+                out.windows(5).filter(|w| w == b"HTTP/").count(),
+                1,
+                "{engine:?} {what}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            a.assert_untouched(what);
+            p.shutdown();
+        }
     }
 }
 
 /// Sends `bytes` in two writes cut at `at` (a pause between, so the proxy
 /// reads them apart); what came back, and whether the proxy closed.
 fn send_split(addr: std::net::SocketAddr, bytes: &[u8], at: usize) -> (Vec<u8>, bool) {
-    use std::io::Read;
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(&bytes[..at]).unwrap();
+    if at == bytes.len() {
+        // In one write.
+        return read_to_close(&mut s);
+    }
     std::thread::sleep(Duration::from_millis(2));
     // The proxy may have refused (and closed) on the first part already.
     let _ = s.write_all(&bytes[at..]);
+    read_to_close(&mut s)
+}
+
+/// Reads until the proxy closes (true) or 10 s pass (false).
+fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut chunk = [0u8; 4096];
     let closed = loop {
@@ -119,10 +138,16 @@ fn send_split(addr: std::net::SocketAddr, bytes: &[u8], at: usize) -> (Vec<u8>, 
 
 #[test]
 fn refused_requests_split_at_every_byte_get_400_and_a_closed_connection() {
-    for (what, req) in SMUGGLING {
+    for (engine, (what, req)) in ENGINES
+        .into_iter()
+        .flat_map(|e| SMUGGLING.iter().map(move |c| (e, c)))
+    {
+        let what = format!("{engine:?} {what}");
         let req = req.as_bytes();
         let a = Backend::start("a");
-        let p = proxy(&[("a.test", "a", a.addr), ("b.test", "a", a.addr)], |_| {});
+        let p = proxy(&[("a.test", "a", a.addr), ("b.test", "a", a.addr)], |s| {
+            s.engine = engine
+        });
         let addr = p.http_addr().unwrap();
         let head_len = req
             .windows(4)
@@ -181,19 +206,58 @@ fn a_bad_request_behind_a_good_one_is_refused_alone() {
     assert_eq!(seen[0].path, "/ok");
 }
 
+/// Heads over the limits get 431 and a closed connection, in one write
+/// and split: at every byte around the limit (where the refusal happens)
+/// and every 97th elsewhere (every byte of a 10 KB head would be 10,000
+/// connections per engine).
 #[test]
 fn oversized_heads_get_431() {
-    let a = Backend::start("a");
-    let p = proxy(&[("a.test", "a", a.addr)], |s| {
-        s.max_header_bytes = 8192;
-        s.max_headers = 20;
-    });
-    let addr = p.http_addr().unwrap();
-    let big = format!("X-Big: {}\r\n", "x".repeat(10_000));
-    assert_eq!(get_with(addr, "a.test", "/", &big).status, 431);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "x".repeat(10_000)
+    );
     let many: String = (0..30).map(|i| format!("X-H{i}: {i}\r\n")).collect();
-    assert_eq!(get_with(addr, "a.test", "/", &many).status, 431);
-    a.assert_untouched("oversized heads");
+    let many = format!("GET / HTTP/1.1\r\nHost: a.test\r\n{many}Connection: close\r\n\r\n");
+    for engine in ENGINES {
+        let a = Backend::start("a");
+        let p = proxy(&[("a.test", "a", a.addr)], |s| {
+            s.engine = engine;
+            s.max_header_bytes = 8192;
+            s.max_headers = 20;
+        });
+        let addr = p.http_addr().unwrap();
+        // Control: a head just within the limits passes.
+        let fits = format!("X-Big: {}\r\n", "x".repeat(7_000));
+        assert_eq!(
+            get_with(addr, "a.test", "/", &fits).status,
+            200,
+            "{engine:?}"
+        );
+        let seen = a.connections();
+        for (what, req) in [("big", big.as_bytes()), ("many", many.as_bytes())] {
+            let cuts = (1..=req.len())
+                .filter(|at| at % 97 == 0 || (8100..8300).contains(at) || *at == req.len());
+            for at in cuts {
+                let (out, closed) = send_split(addr, req, at);
+                let text = String::from_utf8_lossy(&out[..out.len().min(200)]).into_owned();
+                assert!(
+                    closed,
+                    "{engine:?} {what}, cut at {at}: kept open: {text:?}"
+                );
+                assert_eq!(
+                    parse(&out).status,
+                    431,
+                    "{engine:?} {what}, cut at {at}: {text:?}"
+                );
+            }
+        }
+        assert_eq!(
+            a.connections(),
+            seen,
+            "{engine:?}: the tenant saw an oversized head"
+        );
+        p.shutdown();
+    }
 }
 
 #[test]

@@ -370,3 +370,58 @@ fn own_answers_to_upgrade_requests_close_the_connection() {
     a.assert_untouched("a after the proxy's own answers");
     b.assert_untouched("b after the proxy's own answers");
 }
+
+/// A stopped tenant's sites answer 503 with the short page at once,
+/// without the tenant being asked, over HTTP/2 (hyper's path, whatever the
+/// HTTP/1 engine) and with either HTTP/1 engine.
+#[test]
+fn a_stopped_tenant_answers_503_over_http2_and_both_engines() {
+    use sotolito_config::{Desired, HostName, HttpPort, TenantName};
+    use sotolito_proxy::{ProxyEngine, RouteTable, TenantRoute};
+    for engine in [ProxyEngine::H1, ProxyEngine::Hyper] {
+        let a = Backend::start("a");
+        let s = site(&["a.test"]);
+        let certs = s.certs.clone();
+        let p = proxy(&[("a.test", "a", a.addr)], |st| {
+            st.certs_dir = Some(certs);
+            st.engine = engine;
+        });
+        let port = p.https_addr().unwrap().port();
+        // Control: running, it answers over both protocols.
+        let (status, version, _) = curl(&s.ca_file, port, "https://a.test/", &["--http2"]);
+        assert_eq!((status, version.as_str()), (200, "2"), "{engine:?}");
+        assert_eq!(get(p.http_addr().unwrap(), "a.test", "/").status, 200);
+        let asked = a.requests().len();
+        let stopped = TenantRoute {
+            name: TenantName::new("a").unwrap(),
+            hosts: vec![HostName::new("a.test").unwrap()],
+            ip: [127, 0, 0, 1].into(),
+            http_port: HttpPort::new(a.addr.port().into()).unwrap(),
+            desired: Desired::Stopped,
+            acme_opt_out: Vec::new(),
+            node: None,
+        };
+        p.set_routes(RouteTable::from_records(&[stopped]));
+        let (status, version, body) = curl(&s.ca_file, port, "https://a.test/", &["--http2"]);
+        assert_eq!(
+            (status, version.as_str()),
+            (503, "2"),
+            "{engine:?} HTTP/2: {body}"
+        );
+        assert!(body.contains("stopped"), "{engine:?}: {body}");
+        let r = get(p.http_addr().unwrap(), "a.test", "/");
+        assert_eq!(r.status, 503, "{engine:?} HTTP/1.1");
+        assert_eq!(r.header("retry-after").as_deref(), Some("60"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(r.text().contains("stopped"), "{}", r.text());
+        assert_eq!(
+            a.requests().len(),
+            asked,
+            "{engine:?}: a stopped tenant was asked"
+        );
+        p.shutdown();
+    }
+}
