@@ -71,7 +71,10 @@ impl Store {
             return Ok(record.to_vec());
         }
         // Lost to another node: use its account.
-        Ok(self.acme_account().await?.unwrap_or_else(|| record.to_vec()))
+        Ok(self
+            .acme_account()
+            .await?
+            .unwrap_or_else(|| record.to_vec()))
     }
 
     /// The fleet's certificate for `host`, if any.
@@ -476,16 +479,14 @@ async fn follow_once(
                     // files by hand.
                     (EventType::Delete, _) => None,
                 }
-            } else if let Some(token) = keys::name_in(keys::ACME_CHALLENGES, &key) {
-                Some(match ev.event_type() {
+            } else {
+                keys::name_in(keys::ACME_CHALLENGES, &key).map(|token| match ev.event_type() {
                     EventType::Put => AcmeEvent::Token(
                         token.to_owned(),
                         String::from_utf8_lossy(kv.value()).into_owned(),
                     ),
                     EventType::Delete => AcmeEvent::TokenGone(token.to_owned()),
                 })
-            } else {
-                None
             };
             if let Some(event) = event {
                 if events.send(event).await.is_err() {

@@ -30,7 +30,11 @@ fn get(etcd: &Etcd, key: &str) -> String {
         .args(["get", "--print-value-only", key])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -81,7 +85,11 @@ fn the_order_lock_is_exclusive_and_dies_with_its_holder() {
     let lock_b = rt
         .block_on(b.lock_host("shop.io", TTL, Duration::from_secs(30)))
         .expect("the dead holder's lock expired");
-    assert_eq!(get(&etcd, TOKEN), "", "the dead orderer's token is still there");
+    assert_eq!(
+        get(&etcd, TOKEN),
+        "",
+        "the dead orderer's token is still there"
+    );
 
     // Released: the next one gets it at once.
     rt.block_on(lock_b.release());

@@ -111,14 +111,16 @@ impl World {
         // pebble's own listener: a certificate from the fleet's CA, which
         // the proxies trust through [acme] ca_roots.
         let certs = etcd.certs();
-        let out = Command::new(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fleet-certs"),
-        )
-        .arg(&certs)
-        .arg(format!("pebble={net}"))
-        .output()
-        .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fleet-certs"))
+            .arg(&certs)
+            .arg(format!("pebble={net}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         let target = Lan::address(2);
         let mut dns = lan.cmd(NET, "dnsmasq");
@@ -273,10 +275,7 @@ impl World {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() || !text.contains("Verify return code: 0 (ok)") {
-            return Err(format!(
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
         }
         let pem: String = text
             .lines()
@@ -379,15 +378,19 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
         w.served(2, ONE).ok()
     });
     for i in 0..3 {
-        let got = wait_for(&format!("node {} to serve one", i + 1), Duration::from_secs(10), || {
-            w.served(i, ONE).ok()
-        });
+        let got = wait_for(
+            &format!("node {} to serve one", i + 1),
+            Duration::from_secs(10),
+            || w.served(i, ONE).ok(),
+        );
         assert_eq!(got, serial, "node {} serves another certificate", i + 1);
     }
     // The nodes that lost the lock have looked again and let go.
-    wait_for("every order lock to be released", Duration::from_secs(30), || {
-        w.no_locks().then_some(())
-    });
+    wait_for(
+        "every order lock to be released",
+        Duration::from_secs(30),
+        || w.no_locks().then_some(()),
+    );
     let orders: Vec<usize> = (0..3)
         .map(|i| w.lines(i, "ordering a certificate", ONE))
         .collect();
@@ -398,13 +401,26 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
         w.diagnostics()
     );
     let pebble_orders = w.pebble.text().matches("Added order").count();
-    assert_eq!(pebble_orders, 1, "pebble saw {pebble_orders} orders\n{}", w.diagnostics());
+    assert_eq!(
+        pebble_orders,
+        1,
+        "pebble saw {pebble_orders} orders\n{}",
+        w.diagnostics()
+    );
     let orderer = orders.iter().position(|&n| n == 1).unwrap();
     // The store holds the certificate, its key and the account.
-    let record = w.etcdctl(&["get", "--print-value-only", "/sotolito/v1/acme/certs/one.sotolito.internal"]);
+    let record = w.etcdctl(&[
+        "get",
+        "--print-value-only",
+        "/sotolito/v1/acme/certs/one.sotolito.internal",
+    ]);
     let record: serde_json::Value = serde_json::from_str(record.trim()).unwrap();
     assert!(record["key_pem"].as_str().unwrap().contains("PRIVATE KEY"));
-    let hex = |s: &str| s.replace(':', "").trim_start_matches('0').to_ascii_lowercase();
+    let hex = |s: &str| {
+        s.replace(':', "")
+            .trim_start_matches('0')
+            .to_ascii_lowercase()
+    };
     assert_eq!(
         hex(record["serial"].as_str().unwrap()),
         hex(&serial),
@@ -418,26 +434,55 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
     // A stranger's probe first: no pending token, no listing.
     let probe = "/.well-known/acme-challenge/probe-token";
     for i in 0..3 {
-        assert_eq!(w.get(i, "stranger.sotolito.internal", probe).0, 404, "node {}", i + 1);
+        assert_eq!(
+            w.get(i, "stranger.sotolito.internal", probe).0,
+            404,
+            "node {}",
+            i + 1
+        );
     }
-    w.etcdctl(&["put", "/sotolito/v1/acme/challenges/probe-token", "probe-token.thumbprint"]);
+    w.etcdctl(&[
+        "put",
+        "/sotolito/v1/acme/challenges/probe-token",
+        "probe-token.thumbprint",
+    ]);
     for i in 0..3 {
-        let got = wait_for(&format!("node {} to answer the token", i + 1), Duration::from_secs(10), || {
-            let r = w.get(i, "stranger.sotolito.internal", probe);
-            (r.0 == 200).then_some(r)
-        });
+        let got = wait_for(
+            &format!("node {} to answer the token", i + 1),
+            Duration::from_secs(10),
+            || {
+                let r = w.get(i, "stranger.sotolito.internal", probe);
+                (r.0 == 200).then_some(r)
+            },
+        );
         assert_eq!(got.1, "probe-token.thumbprint", "node {}", i + 1);
         // The directory is no listing, and other tokens are unknown.
-        let listing = w.get(i, "stranger.sotolito.internal", "/.well-known/acme-challenge/");
+        let listing = w.get(
+            i,
+            "stranger.sotolito.internal",
+            "/.well-known/acme-challenge/",
+        );
         assert_eq!(listing.0, 404, "node {}: {listing:?}", i + 1);
-        assert!(!listing.1.contains("probe-token"), "node {} lists tokens", i + 1);
-        let guess = w.get(i, "stranger.sotolito.internal", "/.well-known/acme-challenge/probe-tokem");
+        assert!(
+            !listing.1.contains("probe-token"),
+            "node {} lists tokens",
+            i + 1
+        );
+        let guess = w.get(
+            i,
+            "stranger.sotolito.internal",
+            "/.well-known/acme-challenge/probe-tokem",
+        );
         assert_eq!(guess.0, 404, "node {}: {guess:?}", i + 1);
     }
     w.etcdctl(&["del", "/sotolito/v1/acme/challenges/probe-token"]);
     for i in 0..3 {
         wait_for(
-            &format!("node {} to stop answering the withdrawn token (answers {:?})", i + 1, w.get(i, "stranger.sotolito.internal", probe)),
+            &format!(
+                "node {} to stop answering the withdrawn token (answers {:?})",
+                i + 1,
+                w.get(i, "stranger.sotolito.internal", probe)
+            ),
             Duration::from_secs(10),
             || (w.get(i, "stranger.sotolito.internal", probe).0 == 404).then_some(()),
         );
@@ -455,14 +500,23 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
         w.served(2, TWO).ok()
     });
     for i in 0..3 {
-        let got = wait_for(&format!("node {} to serve two", i + 1), Duration::from_secs(10), || {
-            w.served(i, TWO).ok()
-        });
+        let got = wait_for(
+            &format!("node {} to serve two", i + 1),
+            Duration::from_secs(10),
+            || w.served(i, TWO).ok(),
+        );
         assert_eq!(got, two, "node {}", i + 1);
     }
-    let orders: Vec<usize> = (0..3).map(|i| w.lines(i, "ordering a certificate", TWO)).collect();
+    let orders: Vec<usize> = (0..3)
+        .map(|i| w.lines(i, "ordering a certificate", TWO))
+        .collect();
     assert_eq!(orders[2], 0, "node 3 ordered\n{}", w.diagnostics());
-    assert_eq!(orders.iter().sum::<usize>(), 1, "{orders:?}\n{}", w.diagnostics());
+    assert_eq!(
+        orders.iter().sum::<usize>(),
+        1,
+        "{orders:?}\n{}",
+        w.diagnostics()
+    );
     assert!(
         w.lines(2, "certificate copied from the fleet store", TWO) >= 1,
         "{}",
@@ -470,8 +524,15 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
     );
     // The only address the CA had for two was node 3's.
     let dns = w._dns.text();
-    assert!(dns.contains(&format!("{TWO} is {}", Lan::address(2))), "{dns}");
-    eprintln!("one ordered by node {}; two ordered by node {}", orderer + 1, orders.iter().position(|&n| n == 1).unwrap() + 1);
+    assert!(
+        dns.contains(&format!("{TWO} is {}", Lan::address(2))),
+        "{dns}"
+    );
+    eprintln!(
+        "one ordered by node {}; two ordered by node {}",
+        orderer + 1,
+        orders.iter().position(|&n| n == 1).unwrap() + 1
+    );
 
     // `vpsctl certs list` on node 3 lists the fleet's hosts with the
     // copies it serves.
@@ -483,7 +544,11 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
         .args(["certs", "list", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     for host in [ONE, TWO] {
         let row = list
@@ -496,23 +561,44 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
     }
 
     // Still one order per name, whatever the nodes did meanwhile.
-    wait_for("every order lock to be released", Duration::from_secs(30), || {
-        w.no_locks().then_some(())
-    });
-    let total: usize = (0..3).map(|i| w.lines(i, "ordering a certificate", "")).sum();
+    wait_for(
+        "every order lock to be released",
+        Duration::from_secs(30),
+        || w.no_locks().then_some(()),
+    );
+    let total: usize = (0..3)
+        .map(|i| w.lines(i, "ordering a certificate", ""))
+        .sum();
     assert_eq!(total, 2, "{}", w.diagnostics());
-    assert_eq!(w.pebble.text().matches("Added order").count(), 2, "{}", w.diagnostics());
+    assert_eq!(
+        w.pebble.text().matches("Added order").count(),
+        2,
+        "{}",
+        w.diagnostics()
+    );
 
     // etcd down: every node keeps serving both certificates.
     w.etcd.kill(0);
     for i in 0..3 {
-        wait_for(&format!("node {} to notice the outage", i + 1), Duration::from_secs(30), || {
-            (w.lines(i, "fleet store unreachable", "") > 0).then_some(())
-        });
+        wait_for(
+            &format!("node {} to notice the outage", i + 1),
+            Duration::from_secs(30),
+            || (w.lines(i, "fleet store unreachable", "") > 0).then_some(()),
+        );
     }
     for i in 0..3 {
-        assert_eq!(w.served(i, ONE).as_ref(), Ok(&serial), "node {} with etcd down", i + 1);
-        assert_eq!(w.served(i, TWO).as_ref(), Ok(&two), "node {} with etcd down", i + 1);
+        assert_eq!(
+            w.served(i, ONE).as_ref(),
+            Ok(&serial),
+            "node {} with etcd down",
+            i + 1
+        );
+        assert_eq!(
+            w.served(i, TWO).as_ref(),
+            Ok(&two),
+            "node {} with etcd down",
+            i + 1
+        );
     }
 }
 
@@ -529,34 +615,67 @@ fn a_renewal_is_ordered_once_and_served_by_every_proxy() {
     let first = wait_for("node 3 to serve one", Duration::from_secs(60), || {
         w.served(2, ONE).ok()
     });
-    let second = wait_for("node 3 to serve a renewed one", Duration::from_secs(60), || {
-        w.served(2, ONE).ok().filter(|s| *s != first)
-    });
+    let second = wait_for(
+        "node 3 to serve a renewed one",
+        Duration::from_secs(60),
+        || w.served(2, ONE).ok().filter(|s| *s != first),
+    );
     for i in 0..3 {
-        let got = wait_for(&format!("node {} to serve the renewal", i + 1), Duration::from_secs(10), || {
-            w.served(i, ONE).ok().filter(|s| *s != first)
-        });
+        let got = wait_for(
+            &format!("node {} to serve the renewal", i + 1),
+            Duration::from_secs(10),
+            || w.served(i, ONE).ok().filter(|s| *s != first),
+        );
         assert_eq!(got, second, "node {}", i + 1);
     }
-    wait_for("every order lock to be released", Duration::from_secs(30), || {
-        w.no_locks().then_some(())
-    });
+    wait_for(
+        "every order lock to be released",
+        Duration::from_secs(30),
+        || w.no_locks().then_some(()),
+    );
     let renewals: usize = (0..3)
         .map(|i| w.lines(i, "two thirds of the certificate's lifetime passed", ONE))
         .sum();
-    let orders: usize = (0..3).map(|i| w.lines(i, "ordering a certificate", ONE)).sum();
-    assert_eq!((orders, renewals), (2, 1), "orders, renewals\n{}", w.diagnostics());
+    let orders: usize = (0..3)
+        .map(|i| w.lines(i, "ordering a certificate", ONE))
+        .sum();
+    assert_eq!(
+        (orders, renewals),
+        (2, 1),
+        "orders, renewals\n{}",
+        w.diagnostics()
+    );
 
     // The failed name: one order in all, the other two nodes wait.
-    wait_for("two nodes to defer to the fleet's failure", Duration::from_secs(30), || {
-        let deferred: usize = (0..3)
-            .map(|i| w.lines(i, "the fleet's last order for this host failed", BAD))
-            .sum();
-        (deferred >= 2).then_some(())
-    });
-    let bad: Vec<usize> = (0..3).map(|i| w.lines(i, "ordering a certificate", BAD)).collect();
-    assert_eq!(bad.iter().sum::<usize>(), 1, "orders of {BAD} per node: {bad:?}\n{}", w.diagnostics());
-    let record = w.etcdctl(&["get", "--print-value-only", "/sotolito/v1/acme/attempts/bad.sotolito.internal"]);
+    wait_for(
+        "two nodes to defer to the fleet's failure",
+        Duration::from_secs(30),
+        || {
+            let deferred: usize = (0..3)
+                .map(|i| w.lines(i, "the fleet's last order for this host failed", BAD))
+                .sum();
+            (deferred >= 2).then_some(())
+        },
+    );
+    let bad: Vec<usize> = (0..3)
+        .map(|i| w.lines(i, "ordering a certificate", BAD))
+        .collect();
+    assert_eq!(
+        bad.iter().sum::<usize>(),
+        1,
+        "orders of {BAD} per node: {bad:?}\n{}",
+        w.diagnostics()
+    );
+    let record = w.etcdctl(&[
+        "get",
+        "--print-value-only",
+        "/sotolito/v1/acme/attempts/bad.sotolito.internal",
+    ]);
     assert!(record.contains("\"failures\":1"), "{record}");
-    assert_eq!(w.pebble.text().matches("Added order").count(), 3, "{}", w.diagnostics());
+    assert_eq!(
+        w.pebble.text().matches("Added order").count(),
+        3,
+        "{}",
+        w.diagnostics()
+    );
 }

@@ -317,7 +317,10 @@ pub fn list_certs(config: &HostConfig) -> Result<Vec<CertInfo>, Error> {
 
 /// [`list_certs`] for the given tenants (on a fleet node: every node's,
 /// whose certificates this node serves too).
-pub fn list_certs_for(config: &HostConfig, tenants: &[TenantRoute]) -> Result<Vec<CertInfo>, Error> {
+pub fn list_certs_for(
+    config: &HostConfig,
+    tenants: &[TenantRoute],
+) -> Result<Vec<CertInfo>, Error> {
     let certs_dir = config.certs_dir();
     let mut hosts: Vec<(String, Option<String>, Option<Eligibility>)> = plan::plan_hosts(tenants)
         .into_iter()

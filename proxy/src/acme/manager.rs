@@ -1,7 +1,8 @@
 //! The manager: a thread with its own runtime that follows the tenants the
 //! route watcher publishes, looks at each eligible host's certificate when
 //! it is due, orders certificates one at a time, and backs off per host on
-//! failure.
+//! failure. In a fleet every node's manager does this for every tenant,
+//! and the host's lock in etcd lets one order at a time ([`super::state`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::thread::JoinHandle;
@@ -416,7 +417,12 @@ impl Manager {
                 Ok(issued) => {
                     return self
                         .state
-                        .install(host, &self.acme.directory, &issued.chain_pem, &issued.key_pem)
+                        .install(
+                            host,
+                            &self.acme.directory,
+                            &issued.chain_pem,
+                            &issued.key_pem,
+                        )
                         .await;
                 }
                 // instant-acme retries a rejected nonce three times per

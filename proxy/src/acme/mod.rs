@@ -68,7 +68,9 @@ pub enum Error {
     },
     #[error("cannot read the tenant registry: {0}")]
     Registry(#[source] sotolito_config::Error),
-    #[error("ACME account record {location} is invalid: {source} (remove it to register a new account)")]
+    #[error(
+        "ACME account record {location} is invalid: {source} (remove it to register a new account)"
+    )]
     AccountRecord {
         location: String,
         #[source]

@@ -54,11 +54,20 @@ pub(crate) fn copy_in(certs_dir: &Path, host: &str, cert: &SharedCert) -> Result
         }
         let need = super::plan::assess(Some(Ok(facts)), SystemTime::now());
         if need == Need::Manual {
-            tracing::info!(host, "the operator's certificate kept; the fleet's not copied");
+            tracing::info!(
+                host,
+                "the operator's certificate kept; the fleet's not copied"
+            );
             return Ok(false);
         }
     }
-    install(certs_dir, host, &cert.directory, &cert.chain_pem, &cert.key_pem)?;
+    install(
+        certs_dir,
+        host,
+        &cert.directory,
+        &cert.chain_pem,
+        &cert.key_pem,
+    )?;
     tracing::info!(host, serial = %cert.serial, "certificate copied from the fleet store");
     Ok(true)
 }
@@ -156,8 +165,13 @@ mod tests {
         let (chain, key) = self_signed("shop.io");
         let cert = record("shop.io", "https://ca/dir", &chain, &key).unwrap();
         assert!(copy_in(dir.path(), "shop.io", &cert).unwrap());
-        assert!(!copy_in(dir.path(), "shop.io", &cert).unwrap(), "copied twice");
-        let (facts, _) = certfile::read_facts(dir.path(), "shop.io").unwrap().unwrap();
+        assert!(
+            !copy_in(dir.path(), "shop.io", &cert).unwrap(),
+            "copied twice"
+        );
+        let (facts, _) = certfile::read_facts(dir.path(), "shop.io")
+            .unwrap()
+            .unwrap();
         assert!(facts.ours && facts.key_usable);
 
         // The operator's own valid certificate stays.
@@ -169,7 +183,10 @@ mod tests {
         let (chain2, key2) = self_signed("own.io");
         let fleet = record("own.io", "https://ca/dir", &chain2, &key2).unwrap();
         assert!(!copy_in(dir.path(), "own.io", &fleet).unwrap());
-        assert_eq!(std::fs::read_to_string(own.join("fullchain.pem")).unwrap(), mine);
+        assert_eq!(
+            std::fs::read_to_string(own.join("fullchain.pem")).unwrap(),
+            mine
+        );
 
         // A key that is not a host name never becomes a path.
         assert!(!copy_in(dir.path(), "../escape", &cert).unwrap());

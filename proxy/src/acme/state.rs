@@ -226,8 +226,14 @@ impl AcmeState {
         key_authorization: &str,
     ) -> Result<ChallengeGuard, Error> {
         let local = challenges.insert(token, key_authorization);
-        if let (AcmeState::Fleet { store, challenges: mirror, .. }, OrderGuard::Fleet(lock)) =
-            (self, guard)
+        if let (
+            AcmeState::Fleet {
+                store,
+                challenges: mirror,
+                ..
+            },
+            OrderGuard::Fleet(lock),
+        ) = (self, guard)
         {
             store
                 .put_acme_challenge(lock, token, key_authorization)
