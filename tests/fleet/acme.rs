@@ -600,6 +600,16 @@ fn a_certificate_ordered_once_is_served_by_every_proxy() {
             i + 1
         );
     }
+    // A node restarted while etcd is down serves its copies.
+    w.proxies[1].stop();
+    w.proxies[1] = w.proxy(1, true);
+    let again = wait_for(
+        "node 2 to serve after a restart without etcd",
+        Duration::from_secs(30),
+        || w.served(1, ONE).ok(),
+    );
+    assert_eq!(again, serial);
+    assert_eq!(w.served(1, TWO).as_ref(), Ok(&two));
 }
 
 /// Renewals go the same way: three nodes find a short-lived certificate
