@@ -487,12 +487,23 @@ fn black_hole() -> (SocketAddr, socket2::Socket, Vec<TcpStream>) {
 
 #[test]
 fn a_request_waiting_on_a_tenant_that_is_removed_fails_fast() {
+    // The hyper path serves HTTP/2 too.
+    for engine in [
+        sotolito_proxy::ProxyEngine::H1,
+        sotolito_proxy::ProxyEngine::Hyper,
+    ] {
+        waiting_request_fails_fast(engine);
+    }
+}
+
+fn waiting_request_fails_fast(engine: sotolito_proxy::ProxyEngine) {
     let (hole, _listener, _fill) = black_hole();
     let a = Backend::start("a");
     let p = proxy(
         &[("gone.test", "gone", hole), ("a.test", "a", a.addr)],
         |s| {
             s.connect_timeout = Duration::from_secs(20);
+            s.engine = engine;
         },
     );
     let mut s = TcpStream::connect(p.http_addr().unwrap()).unwrap();
@@ -514,9 +525,12 @@ fn a_request_waiting_on_a_tenant_that_is_removed_fails_fast() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let r = read_response(&mut s);
     let took = removed.elapsed();
-    assert_eq!(r.status, 502);
+    assert_eq!(r.status, 502, "{engine:?}");
     // Fast means long before the 20 s connect timeout; the bound leaves a
     // loaded machine room (the route is checked every 250 ms).
-    assert!(took < Duration::from_secs(5), "failed only after {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "{engine:?}: failed only after {took:?}"
+    );
     assert!(closed_by_peer(&mut s));
 }
