@@ -159,54 +159,66 @@ struct Idle {
 }
 
 impl Engine<'_> {
-    pub(crate) async fn serve<T: ClientIo>(&self, mut io: T, mut shutdown: watch::Receiver<bool>) {
-        let s = &self.ctx.shared.settings;
-        let mut st = Idle {
-            timer: Timer::new(),
-            inb: None,
-            out: Vec::new(),
-            own: None,
-            start: Instant::now(),
-            first: true,
-        };
-        loop {
-            if *shutdown.borrow() {
+    /// Serves one client connection until it ends. (A plain function
+    /// returning an `async move` block: an `async fn` would keep a second
+    /// copy of its arguments in the future every idle connection holds.)
+    pub(crate) fn serve<'s, T: ClientIo + 's>(
+        &'s self,
+        mut io: T,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 's {
+        async move {
+            let s = &self.ctx.shared.settings;
+            let mut st = Idle {
+                timer: Timer::new(),
+                inb: None,
+                out: Vec::new(),
+                own: None,
+                start: Instant::now(),
+                first: true,
+            };
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let idle_until = if st.first {
+                    st.start + s.header_read_timeout.min(s.idle_timeout)
+                } else {
+                    Instant::now() + s.idle_timeout
+                };
+                if st.inb.as_ref().is_none_or(Buf::is_empty) {
+                    st.inb = None;
+                    self.local.put_out(std::mem::take(&mut st.out));
+                    // Pinned here and lent to the timer, which would
+                    // otherwise hold a second copy of it.
+                    let mut wait = pin!(io.wait_readable());
+                    let waited = tokio::select! {
+                        r = st.timer.until(idle_until, wait.as_mut()) => r,
+                        _ = shutdown.changed() => return,
+                    };
+                    match waited {
+                        Some(Ok(_)) => {}
+                        _ => return,
+                    }
+                }
+                // Boxed: an exchange's state (kilobytes: every stage's
+                // futures) exists only while a request is under way, so an
+                // idle connection holds only `Idle`.
+                let next = Box::pin(self.request(&mut io, &mut st, idle_until, &shutdown)).await;
+                match next {
+                    Next::KeepAlive => continue,
+                    Next::End => {}
+                    Next::Close => {
+                        let _ = io.shutdown().await;
+                    }
+                    Next::Refused => {
+                        // Boxed: only refused connections linger.
+                        Box::pin(linger(&mut io, &mut st.timer)).await;
+                    }
+                }
+                self.local.put_out(std::mem::take(&mut st.out));
                 return;
             }
-            let idle_until = if st.first {
-                st.start + s.header_read_timeout.min(s.idle_timeout)
-            } else {
-                Instant::now() + s.idle_timeout
-            };
-            if st.inb.as_ref().is_none_or(Buf::is_empty) {
-                st.inb = None;
-                self.local.put_out(std::mem::take(&mut st.out));
-                let waited = tokio::select! {
-                    r = st.timer.until(idle_until, io.wait_readable()) => r,
-                    _ = shutdown.changed() => return,
-                };
-                match waited {
-                    Some(Ok(_)) => {}
-                    _ => return,
-                }
-            }
-            // Boxed: an exchange's state (kilobytes: every stage's
-            // futures) exists only while a request is under way, so an
-            // idle connection holds only `Idle`.
-            let next = Box::pin(self.request(&mut io, &mut st, idle_until, &shutdown)).await;
-            match next {
-                Next::KeepAlive => continue,
-                Next::End => {}
-                Next::Close => {
-                    let _ = io.shutdown().await;
-                }
-                Next::Refused => {
-                    // Boxed: only refused connections linger.
-                    Box::pin(linger(&mut io, &mut st.timer)).await;
-                }
-            }
-            self.local.put_out(std::mem::take(&mut st.out));
-            return;
         }
     }
 

@@ -2,6 +2,7 @@
 //! `h1`, or hyper behind the strict framing gate) or HTTP/2, each request handed to `forward`, and a
 //! graceful close when the worker drains.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -42,46 +43,51 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) async fn serve(self, stream: ClientTcp, kind: Kind) {
-        let metrics = self.worker.shared.metrics.clone();
-        metrics.open_connections.inc();
-        let settings = &self.worker.shared.settings;
-        let proxy_header = settings.proxy_protocol.then(|| {
-            let local = stream.local_addr().unwrap_or(self.peer);
-            upstream::proxy_v2_header(self.peer, local)
-        });
-        let pool = match &proxy_header {
-            Some(header) => Pool::new(settings.connect_timeout, Some(header.clone())),
-            None => self.pool.clone(),
-        };
-        let trusted = settings
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&self.peer.ip()));
-        let ctx = ConnCtx {
-            shared: self.worker.shared.clone(),
-            routes: self.worker.routes.clone(),
-            stats: self.worker.stats.clone(),
-            peer: self.peer,
-            tls: false,
-            sni: None,
-            h2: false,
-            pool,
-            peer_values: PeerValues::new(self.peer.ip()),
-            trusted,
-            forwarded: Default::default(),
-            switch: None,
-        };
-        match (kind, &self.worker.tls) {
-            // Boxed, as the TLS and HTTP/2 states are kilobytes that every
-            // plain connection's task would otherwise carry (and tokio's
-            // spawn copies).
-            (Kind::Https, Some(acceptor)) => {
-                Box::pin(self.serve_tls(stream, acceptor, ctx, proxy_header.as_deref())).await
+    /// (A plain function returning an `async move` block: an `async fn`
+    /// would keep a second copy of its arguments in every connection's
+    /// task.)
+    pub(super) fn serve(self, stream: ClientTcp, kind: Kind) -> impl Future<Output = ()> + Send {
+        async move {
+            let metrics = self.worker.shared.metrics.clone();
+            metrics.open_connections.inc();
+            let settings = &self.worker.shared.settings;
+            let proxy_header = settings.proxy_protocol.then(|| {
+                let local = stream.local_addr().unwrap_or(self.peer);
+                upstream::proxy_v2_header(self.peer, local)
+            });
+            let pool = match &proxy_header {
+                Some(header) => Pool::new(settings.connect_timeout, Some(header.clone())),
+                None => self.pool.clone(),
+            };
+            let trusted = settings
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&self.peer.ip()));
+            let ctx = ConnCtx {
+                shared: self.worker.shared.clone(),
+                routes: self.worker.routes.clone(),
+                stats: self.worker.stats.clone(),
+                peer: self.peer,
+                tls: false,
+                sni: None,
+                h2: false,
+                pool,
+                peer_values: PeerValues::new(self.peer.ip()),
+                trusted,
+                forwarded: Default::default(),
+                switch: None,
+            };
+            match (kind, &self.worker.tls) {
+                // Boxed, as the TLS and HTTP/2 states are kilobytes that every
+                // plain connection's task would otherwise carry (and tokio's
+                // spawn copies).
+                (Kind::Https, Some(acceptor)) => {
+                    Box::pin(self.serve_tls(stream, acceptor, ctx, proxy_header.as_deref())).await
+                }
+                _ => self.serve_h1(stream, ctx, proxy_header.as_deref()).await,
             }
-            _ => self.serve_h1(stream, ctx, proxy_header.as_deref()).await,
+            metrics.open_connections.dec();
         }
-        metrics.open_connections.dec();
     }
     async fn serve_tls(
         &self,
@@ -129,24 +135,31 @@ impl Conn {
         }
     }
 
-    async fn serve_h1<T>(&self, io: T, ctx: ConnCtx, proxy_header: Option<&[u8]>)
+    fn serve_h1<'a, T>(
+        &'a self,
+        io: T,
+        ctx: ConnCtx,
+        proxy_header: Option<&'a [u8]>,
+    ) -> impl Future<Output = ()> + Send + 'a
     where
         T: ClientIo + 'static,
     {
-        let s = &self.worker.shared.settings;
-        if s.engine == crate::ProxyEngine::H1 {
-            let engine = h1::Engine {
-                ctx: &ctx,
-                local: &self.worker.local,
-                proxy_header,
-            };
-            // Boxed: the engine's state is only for HTTP/1 connections.
-            Box::pin(engine.serve(io, self.shutdown.clone())).await;
-            return;
+        async move {
+            let s = &self.worker.shared.settings;
+            if s.engine == crate::ProxyEngine::H1 {
+                let engine = h1::Engine {
+                    ctx: &ctx,
+                    local: &self.worker.local,
+                    proxy_header,
+                };
+                // Boxed: the engine's state is only for HTTP/1 connections.
+                Box::pin(engine.serve(io, self.shutdown.clone())).await;
+                return;
+            }
+            // Boxed: hyper's connection state is kilobytes that every
+            // connection's task would otherwise carry, idle ones too.
+            Box::pin(self.serve_hyper_h1(io, ctx)).await;
         }
-        // Boxed: hyper's connection state is kilobytes that every
-        // connection's task would otherwise carry, idle ones too.
-        Box::pin(self.serve_hyper_h1(io, ctx)).await;
     }
 
     async fn serve_hyper_h1<T>(&self, io: T, mut ctx: ConnCtx)
