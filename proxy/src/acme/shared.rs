@@ -48,6 +48,20 @@ pub(crate) fn copy_in(certs_dir: &Path, host: &str, cert: &SharedCert) -> Result
         tracing::warn!(host, "fleet certificate with an invalid host name skipped");
         return Ok(false);
     }
+    // Anyone with a fleet client key can write the store: a record that
+    // could not be served (another name, a key not the certificate's)
+    // never replaces a working copy.
+    match certfile::facts_of(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes(), host) {
+        Ok((f, _)) if f.key_usable && f.covers_host => {}
+        Ok(_) => {
+            tracing::warn!(host, "fleet certificate not copied: it does not name the host or its key is not the certificate's");
+            return Ok(false);
+        }
+        Err(e) => {
+            tracing::warn!(host, error = %e, "fleet certificate not copied: unreadable");
+            return Ok(false);
+        }
+    }
     if let Some(Ok((facts, leaf))) = certfile::read_facts(certs_dir, host) {
         if facts.ours && leaf.serial == cert.serial && facts.key_usable {
             return Ok(false);
@@ -187,6 +201,22 @@ mod tests {
             std::fs::read_to_string(own.join("fullchain.pem")).unwrap(),
             mine
         );
+
+        // A record that could not be served is not copied over a good one.
+        let (_, stray) = self_signed("shop.io");
+        let (other_chain, _) = self_signed("shop.io");
+        let mismatched = SharedCert {
+            chain_pem: other_chain,
+            key_pem: stray,
+            ..cert.clone()
+        };
+        assert!(!copy_in(dir.path(), "shop.io", &mismatched).unwrap());
+        let wrong_name = record("shop.io", "https://ca/dir", &chain2, &key2).unwrap();
+        assert!(!copy_in(dir.path(), "shop.io", &wrong_name).unwrap());
+        let (facts, leaf) = certfile::read_facts(dir.path(), "shop.io")
+            .unwrap()
+            .unwrap();
+        assert!(facts.key_usable && leaf.serial == cert.serial);
 
         // A key that is not a host name never becomes a path.
         assert!(!copy_in(dir.path(), "../escape", &cert).unwrap());
