@@ -99,6 +99,11 @@ impl Context {
             .limits
             .swap_or(self.config().defaults.swap)
             .to_string();
+        // A fleet node's own tenant (what provision, start and set print).
+        if let (Some(fleet), Some(cluster)) = (&self.fleet, &self.config().cluster) {
+            v.node = Some(fleet.node.name.to_string());
+            v.ssh = Some(format!("{}:{}", cluster.public_address, tenant.ssh_port.get()));
+        }
         v
     }
 

@@ -395,6 +395,8 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
         "2201",
         "--start",
     ]);
+    assert_eq!(web["node"], "node1", "{web}");
+    assert_eq!(web["ssh"], "203.0.113.1:2201", "{web}");
     let web_ip = web["ip"].as_str().unwrap().to_owned();
     let web_ip_v4: Ipv4Addr = web_ip.parse().unwrap();
     assert!(web_ip.starts_with("198.19."), "{web_ip}");
