@@ -7,6 +7,8 @@
 #   benches/h2-memory/run.sh                   CONNS=1000 STREAMS=100 BODY_MB=4
 #   CONNS=50 STREAMS=100 benches/h2-memory/run.sh
 #   OPEN_WINDOWS=1 benches/h2-memory/run.sh   the client announces 2^31-1 windows
+#   ENGINE=hyper benches/h2-memory/run.sh     streams to the tenant through hyper's
+#                                             client (before: the engine's pool)
 #
 # Needs nginx, openssl (Debian packages), cargo. The backend and the proxy
 # run as children of this script, stopped by PID at exit.
@@ -77,7 +79,7 @@ EOF
 nginx -c "$TMP/backend.conf" &
 PIDS+=($!)
 "$BIN/proxy-bench" --listen 127.0.0.1:18182 --https "$HTTPS" --certs "$TMP/certs" \
-    --route "$HOST=$BACKEND" 2>"$TMP/proxy.err" &
+    --route "$HOST=$BACKEND" ${ENGINE:+--engine "$ENGINE"} 2>"$TMP/proxy.err" &
 PROXY=$!
 PIDS+=($PROXY)
 sleep 1
@@ -95,4 +97,4 @@ while kill -0 "$CLIENT" 2>/dev/null; do
     sleep 1
 done
 wait "$CLIENT" || true
-echo "CONNS=$CONNS STREAMS=$STREAMS BODY_MB=$BODY_MB OPEN_WINDOWS=${OPEN_WINDOWS:-}: proxy VmRSS peak $peak KiB, VmHWM $(kib VmHWM) KiB"
+echo "CONNS=$CONNS STREAMS=$STREAMS BODY_MB=$BODY_MB OPEN_WINDOWS=${OPEN_WINDOWS:-} ENGINE=${ENGINE:-h1}: proxy VmRSS peak $peak KiB, VmHWM $(kib VmHWM) KiB"

@@ -102,6 +102,8 @@ pub(crate) enum ResBody {
         /// The first frame, read before the head went out ([`first_frame`]).
         ahead: Option<Frame<Bytes>>,
     },
+    /// An HTTP/2 stream's body read from a pooled engine connection.
+    Tenant(Box<crate::h2tenant::TenantBody>),
 }
 
 impl ResBody {
@@ -179,14 +181,17 @@ pub(crate) async fn first_frame(resp: &mut ResBody) -> Result<(), ()> {
 
 impl Body for ResBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResBody::Tenant(body) => Pin::new(&mut **body)
+                .poll_frame(cx)
+                .map(|r| r.map(|r| r.map_err(BodyError::Tenant))),
             ResBody::Upstream {
                 body,
                 checkout,
@@ -221,7 +226,7 @@ impl Body for ResBody {
                     Poll::Ready(Some(Err(_))) => *checkout = None,
                     Poll::Pending => {}
                 }
-                r
+                r.map(|r| r.map(|r| r.map_err(BodyError::Hyper)))
             }
         }
     }
@@ -230,6 +235,7 @@ impl Body for ResBody {
         match self {
             ResBody::Full(b) => b.is_none(),
             ResBody::Upstream { body, ahead, .. } => ahead.is_none() && body.is_end_stream(),
+            ResBody::Tenant(body) => body.is_end_stream(),
         }
     }
 
@@ -250,8 +256,19 @@ impl Body for ResBody {
                 }
                 hint
             }
+            ResBody::Tenant(body) => body.size_hint(),
         }
     }
+}
+
+/// Why a response body stopped short: the connection to the client
+/// ends (HTTP/1) or the stream is reset (HTTP/2).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("{0}")]
+    Hyper(hyper::Error),
+    #[error("tenant connection: {0}")]
+    Tenant(std::io::Error),
 }
 
 /// An HTTP/2 response body holding its stream's place in the client
@@ -263,12 +280,12 @@ pub(crate) struct BudgetedBody {
 
 impl Body for BudgetedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 

@@ -59,6 +59,9 @@ pub(crate) struct ConnCtx {
     pub forwarded: std::sync::Mutex<Option<(HeaderValue, Option<HeaderValue>)>>,
     /// HTTP/1: tells the gate the tenant switched protocols.
     pub switch: Option<Switch>,
+    /// HTTP/2 with the HTTP/1 engine: the worker's pooled tenant
+    /// connections, which bodyless streams go through (crate::h2tenant).
+    pub local: Option<Arc<crate::h1::Local>>,
 }
 
 impl ConnCtx {
@@ -107,10 +110,10 @@ pub(crate) fn too_many_streams() -> Response<ResBody> {
     resp
 }
 
-struct Outcome {
-    resp: Response<ResBody>,
-    tenant: Option<Arc<str>>,
-    upstream: Duration,
+pub(crate) struct Outcome {
+    pub resp: Response<ResBody>,
+    pub tenant: Option<Arc<str>>,
+    pub upstream: Duration,
 }
 
 impl Outcome {
@@ -120,6 +123,14 @@ impl Outcome {
             tenant: None,
             upstream: Duration::ZERO,
         }
+    }
+
+    /// 502 or 504 for a tenant that failed an HTTP/2 stream.
+    pub(crate) fn tenant_failed(code: u16, route: Arc<Route>, ctx: &ConnCtx) -> Outcome {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut o = Outcome::ours(status, false, ctx);
+        o.tenant = Some(route.tenant.clone());
+        o
     }
 }
 
@@ -179,6 +190,7 @@ pub(crate) async fn handle(
         });
         match outcome.resp.body_mut() {
             ResBody::Upstream { log, .. } => *log = Some(entry),
+            ResBody::Tenant(body) => body.log = Some(entry),
             ResBody::Full(b) => {
                 let mut entry = entry;
                 entry.bytes = b.as_ref().map_or(0, |b| b.len() as u64);
@@ -239,6 +251,9 @@ async fn proxy(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) 
         Plan::Answer(outcome) => return outcome,
         Plan::Forward(up) => up,
     };
+    if let Some(local) = ctx.local.as_ref().filter(|_| ctx.h2 && up.body.is_empty()) {
+        return crate::h2tenant::exchange(ctx, local, up.route, up.parts).await;
+    }
     if !up.body.is_empty()
         // Boxed, as only requests with a body need its state.
         && Box::pin(read_ahead(&mut up.body, settings.header_read_timeout))
@@ -396,7 +411,6 @@ fn plan(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) -> Plan
             });
         }
     }
-
     if route.stopped {
         // As the h1 engine answers (crate::h1::plan): HTTP/2 clients and
         // `engine = "hyper"` get the page at once too.

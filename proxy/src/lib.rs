@@ -16,6 +16,7 @@ mod forward;
 mod gate;
 #[doc(hidden)]
 pub mod h1;
+mod h2tenant;
 mod headers;
 mod limit;
 mod metrics;

@@ -4,7 +4,7 @@
 //! proxy-bench --listen ADDR --route HOST=ADDR... [--extra-routes N]
 //!             [--workers N] [--admin ADDR]
 //!             [--https ADDR --certs DIR [--no-resumption]]
-//!             [--h2-streams-per-ip N]
+//!             [--h2-streams-per-ip N] [--engine h1|hyper]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -51,6 +51,13 @@ fn run() -> Result<(), String> {
                 settings.max_h2_streams_per_ip = value()?
                     .parse()
                     .map_err(|_| "--h2-streams-per-ip takes a number")?
+            }
+            "--engine" => {
+                settings.engine = match value()?.as_str() {
+                    "h1" => sotolito_proxy::ProxyEngine::H1,
+                    "hyper" => sotolito_proxy::ProxyEngine::Hyper,
+                    _ => return Err("--engine takes h1 or hyper".into()),
+                }
             }
             "--workers" => {
                 settings.workers = value()?.parse().map_err(|_| "--workers takes a number")?

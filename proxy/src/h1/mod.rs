@@ -16,9 +16,9 @@
 
 mod client;
 mod conn;
-mod framing;
-mod head;
-mod local;
+pub(crate) mod framing;
+pub(crate) mod head;
+pub(crate) mod local;
 mod plan;
 mod rewrite;
 mod tunnel;

@@ -76,6 +76,10 @@ impl Conn {
                 trusted,
                 forwarded: Default::default(),
                 switch: None,
+                // PROXY headers name one client: its tenant connections
+                // are not the worker's to pool.
+                local: (settings.engine == crate::ProxyEngine::H1 && proxy_header.is_none())
+                    .then(|| self.worker.local.clone()),
             };
             match (kind, &self.worker.tls) {
                 // Boxed, as the TLS and HTTP/2 states are kilobytes that every

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod h2;
 mod hardening;
 mod http;
 mod refusals;
