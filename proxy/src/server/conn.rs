@@ -29,6 +29,11 @@ use crate::upstream::{self, Pool};
 const H2_STREAM_WINDOW: u32 = 64 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 const H2_SEND_BUFFER: usize = 64 * 1024;
+/// Streams a client may reset before the proxy accepted them, on one
+/// connection, before it gets GOAWAY (ENHANCE_YOUR_CALM): the rapid-reset
+/// attack (CVE-2023-44487). hyper's default, stated here because the
+/// test `h2::rapid_reset_streams_end_the_connection` relies on it.
+const H2_MAX_PENDING_RESETS: usize = 20;
 
 /// A connection being served by `worker`; what it holds is given back
 /// (limits, balance count, drain token) when it is dropped.
@@ -249,6 +254,7 @@ impl Conn {
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .adaptive_window(false)
             .max_send_buf_size(H2_SEND_BUFFER)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
             .max_concurrent_streams(s.max_h2_streams)
             .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
         let conn = builder.serve_connection(TokioIo::new(io), svc);

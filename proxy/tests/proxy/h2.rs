@@ -61,6 +61,7 @@ struct Site {
     _dir: tempfile::TempDir,
     certs: PathBuf,
     ca_file: PathBuf,
+    ca: TestCa,
 }
 
 fn site(name: &str) -> Site {
@@ -74,6 +75,7 @@ fn site(name: &str) -> Site {
         _dir: dir,
         certs,
         ca_file,
+        ca,
     }
 }
 
@@ -310,4 +312,102 @@ fn a_length_without_a_body_never_reaches_the_tenant() {
     let answered = results.iter().filter(|r| r.0 == 200).count();
     assert_eq!(heads, answered, "{got}");
     std::thread::sleep(Duration::from_millis(50));
+}
+
+/// One HTTP/2 frame: (type, flags, stream, payload).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads frames until the connection ends (or 10 s pass): the type,
+/// stream and first payload word of each.
+fn frames_until_closed(tls: &mut impl Read) -> Vec<(u8, u32, u32)> {
+    let mut seen = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        if tls.read_exact(&mut head).is_err() {
+            return seen;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if tls.read_exact(&mut payload).is_err() {
+            return seen;
+        }
+        let stream = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let word = |at: usize| {
+            payload
+                .get(at..at + 4)
+                .map_or(0, |w| u32::from_be_bytes(w.try_into().unwrap()))
+        };
+        // GOAWAY: last stream id, then the error code.
+        let code = if head[3] == 7 { word(4) } else { word(0) };
+        seen.push((head[3], stream, code));
+    }
+}
+
+/// Rapid reset (CVE-2023-44487): a client that opens streams and resets
+/// each at once makes the proxy start work it never finishes, at no cost
+/// to itself. After a few such streams the proxy sends GOAWAY with
+/// ENHANCE_YOUR_CALM and ends the connection; other clients are served.
+#[test]
+fn rapid_reset_streams_end_the_connection() {
+    let a = Backend::start("a");
+    let s = site("a.test");
+    let certs = s.certs.clone();
+    let p = proxy(&[("a.test", "a", a.addr)], |st| st.certs_dir = Some(certs));
+    let addr = p.https_addr().unwrap();
+    let connect = || crate::tls::tls_connect(addr, &s.ca, "a.test", &[b"h2"]);
+    // :method GET, :scheme https, :path /x, :authority a.test (literals).
+    let block = [&[0x82u8, 0x87, 0x04, 2][..], b"/x", &[0x01, 6], b"a.test"].concat();
+    let preface = [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+        &frame(4, 0, 0, &[]),
+    ]
+    .concat();
+
+    // Control: the same streams without the resets are answered.
+    let mut tls = connect();
+    let mut out = preface.clone();
+    for stream in [1u32, 3, 5] {
+        out.extend(frame(1, 0x5, stream, &block));
+    }
+    out.extend(frame(7, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0]));
+    tls.write_all(&out).unwrap();
+    tls.flush().unwrap();
+    let seen = frames_until_closed(&mut tls);
+    for stream in [1u32, 3, 5] {
+        assert!(
+            seen.iter().any(|f| f.0 == 1 && f.1 == stream),
+            "control: no response HEADERS on stream {stream}: {seen:?}"
+        );
+    }
+
+    // The attack: 1,000 streams, each reset right after its HEADERS.
+    let mut tls = connect();
+    let mut out = preface.clone();
+    for i in 0..1000u32 {
+        let stream = 1 + 2 * i;
+        out.extend(frame(1, 0x5, stream, &block));
+        out.extend(frame(3, 0, stream, &8u32.to_be_bytes()));
+    }
+    // The proxy may close before it has read it all.
+    let _ = tls.write_all(&out).and_then(|()| tls.flush());
+    let seen = frames_until_closed(&mut tls);
+    assert!(
+        seen.iter().any(|f| f.0 == 7 && f.2 == 0xb),
+        "no GOAWAY(ENHANCE_YOUR_CALM) after 1,000 reset streams: {:?}",
+        &seen[seen.len().saturating_sub(5)..]
+    );
+    assert!(
+        a.requests().len() < 500,
+        "{} of 1,000 reset streams reached the tenant",
+        a.requests().len()
+    );
+    // Another client is served.
+    let (status, version, _) = curl(&s.ca_file, addr.port(), "https://a.test/", &["--http2"]);
+    assert_eq!((status, version.as_str()), (200, "2"));
 }

@@ -157,7 +157,7 @@ fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     Arc::new(cfg)
 }
 
-fn tls_connect(
+pub(crate) fn tls_connect(
     addr: std::net::SocketAddr,
     ca: &TestCa,
     name: &str,
