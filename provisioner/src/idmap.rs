@@ -182,7 +182,7 @@ pub fn mount_idmapped(src: &Path, target: &Path, map: &Idmap) -> Result<(), Erro
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
     .map_err(failed("open_tree"))?;
-    crate::mount_attr::set_idmapped_readonly(&tree, &userns).map_err(|e| {
+    sotolito_sys::set_idmapped_readonly(&tree, &userns).map_err(|e| {
         Error::Idmap(format!(
             "cannot idmap a mount of {} (the kernel needs idmapped mount support for its filesystem, Linux 5.12+): {e}",
             src.display()

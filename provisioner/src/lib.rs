@@ -10,7 +10,6 @@ pub mod disk;
 pub mod idmap;
 pub mod image;
 pub mod lock;
-mod mount_attr;
 pub mod overlay;
 pub mod private;
 pub mod proxy_user;

@@ -4,19 +4,14 @@
 //! `h1::ClientTcp`). The listening socket's readiness comes from tokio's
 //! `AsyncFd`.
 //!
-//! The one module of this crate allowed `unsafe`: tokio's
-//! `AsyncFd::register_with_interest` is `unsafe` (the caller vouches that
-//! the descriptor stays open while registered), and tokio's
-//! `TcpListener` has no safe way to accept without registering what it
-//! accepts.
-#![allow(unsafe_code)]
+//! Registering the listener is the one call that needs `unsafe`; it lives
+//! in sotolito-sys (`register_listener`).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 /// A listening socket whose accepted connections are non-blocking and
 /// not registered.
@@ -25,11 +20,7 @@ pub(super) struct Acceptor(AsyncFd<TcpListener>);
 impl Acceptor {
     /// `listener` must be non-blocking.
     pub(super) fn new(listener: TcpListener) -> io::Result<Acceptor> {
-        // SAFETY: the AsyncFd owns `listener` for its whole life and never
-        // hands it out mutably; std's TcpListener closes its descriptor
-        // only when dropped, which AsyncFd does after deregistering it.
-        let fd = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) };
-        fd.map(Acceptor).map_err(|e| e.into_parts().1)
+        sotolito_sys::register_listener(listener).map(Acceptor)
     }
 
     pub(super) async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
