@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Compare, CompareOp, EventType, LockOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, EventType, LockOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -426,44 +424,9 @@ async fn follow_once(
         tracing::info!(revision, "fleet store reachable again: ACME state re-read");
         *stale = false;
     }
-    let mut stream = store
-        .call_watch(|mut c| async move {
-            c.watch(
-                keys::ACME,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1)
-                        .with_progress_notify(),
-                ),
-            )
-            .await
-        })
-        .await?;
-    let gone = |message: &str| Error::Store {
-        endpoints: store.endpoints().to_owned(),
-        message: message.to_owned(),
-    };
+    let mut watch = store.watch_prefix(keys::ACME, revision, "ACME").await?;
     loop {
-        // As the tenant feed: a quiet watch asks for progress, so a dead
-        // member is noticed.
-        let msg = match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
-            Ok(m) => m.map_err(|e| store.err(e))?,
-            Err(_) => {
-                stream.request_progress().await.map_err(|e| store.err(e))?;
-                tokio::time::timeout(Duration::from_secs(5), stream.message())
-                    .await
-                    .map_err(|_| gone("the watch answered no progress request"))?
-                    .map_err(|e| store.err(e))?
-            }
-        };
-        let resp = msg.ok_or_else(|| gone("the watch stream ended"))?;
-        if resp.canceled() {
-            return Err(gone(&format!(
-                "the watch was cancelled: {}",
-                resp.cancel_reason()
-            )));
-        }
+        let resp = store.next_events(&mut watch).await?;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let key = key_str(kv);

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::EventType;
 use sotolito_config::TenantName;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -101,55 +101,11 @@ async fn watch_once(store: &Store, tx: &watch::Sender<FeedState>) -> Result<(), 
             "fleet store reachable again: tenants re-read"
         );
     }
-    let mut stream = store
-        .call_watch(|mut c| async move {
-            c.watch(
-                keys::TENANTS,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1)
-                        // Progress notices let a quiet watch notice a dead member.
-                        .with_progress_notify(),
-                ),
-            )
-            .await
-        })
+    let mut changes = store
+        .watch_prefix(keys::TENANTS, revision, "tenant")
         .await?;
     loop {
-        // A member that dies without closing the connection sends
-        // nothing; progress notices come every few minutes at most, so
-        // ask for one when the watch has been quiet.
-        let msg = match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
-            Ok(m) => m.map_err(|e| store.err(e))?,
-            Err(_) => {
-                stream.request_progress().await.map_err(|e| store.err(e))?;
-                match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
-                    Ok(m) => m.map_err(|e| store.err(e))?,
-                    Err(_) => {
-                        return Err(Error::Store {
-                            endpoints: store.endpoints().to_owned(),
-                            message: "the watch answered no progress request".into(),
-                        })
-                    }
-                }
-            }
-        };
-        let Some(resp) = msg else {
-            return Err(Error::Store {
-                endpoints: store.endpoints().to_owned(),
-                message: "the watch stream ended".into(),
-            });
-        };
-        if resp.canceled() {
-            return Err(Error::Store {
-                endpoints: store.endpoints().to_owned(),
-                message: format!("the watch was cancelled: {}", resp.cancel_reason()),
-            });
-        }
-        if resp.events().is_empty() {
-            continue;
-        }
+        let resp = store.next_events(&mut changes).await?;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let key = key_str(kv);

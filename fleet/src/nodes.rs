@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use sotolito_config::{Cluster, NodeName};
@@ -58,10 +58,6 @@ fn decode(key: &str, value: &[u8]) -> Result<NodeRecord, Error> {
 fn encode(rec: &NodeRecord) -> Vec<u8> {
     serde_json::to_vec(rec).expect("a node record always serializes")
 }
-
-/// How long a watch may stay quiet before it is asked for progress, and
-/// how long that answer may take.
-const QUIET: Duration = Duration::from_secs(5);
 
 /// The node subnets of `range`, lowest first.
 fn candidates(range: Ipv4Net, prefix: u8) -> impl Iterator<Item = Ipv4Net> {
@@ -208,52 +204,8 @@ impl Store {
     /// quiet and answers no progress request (a member that died without
     /// closing the connection); the caller reads again and waits anew.
     pub async fn wait_node_change(&self, revision: i64) -> Result<(), Error> {
-        let mut stream = self
-            .call_watch(|mut c| async move {
-                c.watch(
-                    keys::NODES,
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(revision + 1)
-                            .with_progress_notify(),
-                    ),
-                )
-                .await
-            })
-            .await?;
-        loop {
-            let msg = match tokio::time::timeout(QUIET, stream.message()).await {
-                Ok(m) => m.map_err(|e| self.err(e))?,
-                Err(_) => {
-                    stream.request_progress().await.map_err(|e| self.err(e))?;
-                    match tokio::time::timeout(QUIET, stream.message()).await {
-                        Ok(m) => m.map_err(|e| self.err(e))?,
-                        Err(_) => {
-                            return Err(Error::Store {
-                                endpoints: self.endpoints().to_owned(),
-                                message: "the node watch answered no progress request".into(),
-                            })
-                        }
-                    }
-                }
-            };
-            let Some(resp) = msg else {
-                return Err(Error::Store {
-                    endpoints: self.endpoints().to_owned(),
-                    message: "the node watch ended".into(),
-                });
-            };
-            if resp.canceled() {
-                return Err(Error::Store {
-                    endpoints: self.endpoints().to_owned(),
-                    message: format!("the node watch was cancelled: {}", resp.cancel_reason()),
-                });
-            }
-            if !resp.events().is_empty() {
-                return Ok(());
-            }
-        }
+        let mut watch = self.watch_prefix(keys::NODES, revision, "node").await?;
+        self.next_events(&mut watch).await.map(|_| ())
     }
 
     /// This node's record, if registered.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions, Txn,
-    TxnResponse,
+    TxnResponse, WatchOptions, WatchResponse, WatchStream,
 };
 use sotolito_config::Cluster;
 
@@ -202,6 +202,80 @@ impl Store {
             .call(|mut c| async move { c.get(key, None).await })
             .await?;
         Ok(resp.take_kvs().into_iter().next())
+    }
+}
+
+/// How long a watch may stay quiet before it asks for a progress notice,
+/// and how long it then waits for one.
+const QUIET: Duration = Duration::from_secs(5);
+
+/// A watch on every key under a prefix that notices a member which died
+/// without closing its connection: progress notices come every few minutes
+/// at most, so a watch quiet for `QUIET` asks for one and fails when none
+/// comes. Every failure is a store error; the caller reads again and
+/// watches anew.
+pub(crate) struct PrefixWatch {
+    stream: WatchStream,
+    what: &'static str,
+}
+
+impl Store {
+    /// Watches `prefix` from the revision after `revision` (what the
+    /// caller's read saw). `what` names the watch in errors.
+    pub(crate) async fn watch_prefix(
+        &self,
+        prefix: &'static str,
+        revision: i64,
+        what: &'static str,
+    ) -> Result<PrefixWatch, Error> {
+        let stream = self
+            .call_watch(|mut c| async move {
+                c.watch(
+                    prefix,
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(revision + 1)
+                            .with_progress_notify(),
+                    ),
+                )
+                .await
+            })
+            .await?;
+        Ok(PrefixWatch { stream, what })
+    }
+
+    /// The watch's next response that carries events.
+    pub(crate) async fn next_events(&self, w: &mut PrefixWatch) -> Result<WatchResponse, Error> {
+        let gone = |message: String| Error::Store {
+            endpoints: self.endpoints().to_owned(),
+            message,
+        };
+        loop {
+            let msg = match tokio::time::timeout(QUIET, w.stream.message()).await {
+                Ok(m) => m.map_err(|e| self.err(e))?,
+                Err(_) => {
+                    w.stream.request_progress().await.map_err(|e| self.err(e))?;
+                    tokio::time::timeout(QUIET, w.stream.message())
+                        .await
+                        .map_err(|_| {
+                            gone(format!("the {} watch answered no progress request", w.what))
+                        })?
+                        .map_err(|e| self.err(e))?
+                }
+            };
+            let resp = msg.ok_or_else(|| gone(format!("the {} watch ended", w.what)))?;
+            if resp.canceled() {
+                return Err(gone(format!(
+                    "the {} watch was cancelled: {}",
+                    w.what,
+                    resp.cancel_reason()
+                )));
+            }
+            if !resp.events().is_empty() {
+                return Ok(resp);
+            }
+        }
     }
 }
 
