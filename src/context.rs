@@ -102,7 +102,11 @@ impl Context {
         // A fleet node's own tenant (what provision, start and set print).
         if let (Some(fleet), Some(cluster)) = (&self.fleet, &self.config().cluster) {
             v.node = Some(fleet.node.name.to_string());
-            v.ssh = Some(format!("{}:{}", cluster.public_address, tenant.ssh_port.get()));
+            v.ssh = Some(format!(
+                "{}:{}",
+                cluster.public_address,
+                tenant.ssh_port.get()
+            ));
         }
         v
     }
@@ -141,7 +145,10 @@ fn read_peers(config: &HostConfig) -> anyhow::Result<Vec<sotolito_config::FleetP
     let path = peers_cache(config);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-            format!("{} is unreadable (run vpsctl net reconcile again)", path.display())
+            format!(
+                "{} is unreadable (run vpsctl net reconcile again)",
+                path.display()
+            )
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),

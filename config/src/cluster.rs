@@ -39,11 +39,7 @@ impl FleetNetwork {
     /// disjoint networks.
     pub fn tenant_deny(&self) -> Vec<Ipv4Net> {
         let mut all = vec![self.range];
-        all.extend(
-            self.peers
-                .iter()
-                .map(|p| Ipv4Net::from(p.private_address)),
-        );
+        all.extend(self.peers.iter().map(|p| Ipv4Net::from(p.private_address)));
         Ipv4Net::aggregate(&all)
     }
 }

@@ -80,7 +80,10 @@ pub fn diff(want: &[PeerRoute], ours: &[PeerRoute]) -> (Vec<PeerRoute>, Vec<Peer
 /// source (what the other nodes' firewalls admit). Leaves every route
 /// that is not ours alone, and reports a wanted subnet that one of them
 /// already covers.
-pub fn reconcile_routes(fleet: &FleetNetwork, local_subnet: Ipv4Net) -> Result<RouteChanges, Error> {
+pub fn reconcile_routes(
+    fleet: &FleetNetwork,
+    local_subnet: Ipv4Net,
+) -> Result<RouteChanges, Error> {
     let want = plan_routes(fleet, local_subnet);
     let src = fleet.private_address;
     with_handle(|h| async move {
@@ -98,7 +101,9 @@ pub fn reconcile_routes(fleet: &FleetNetwork, local_subnet: Ipv4Net) -> Result<R
             if msg.header.table != RouteHeader::RT_TABLE_MAIN {
                 continue;
             }
-            let Some(subnet) = destination(&msg) else { continue };
+            let Some(subnet) = destination(&msg) else {
+                continue;
+            };
             if msg.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) {
                 ours.push(PeerRoute {
                     subnet,
@@ -116,7 +121,12 @@ pub fn reconcile_routes(fleet: &FleetNetwork, local_subnet: Ipv4Net) -> Result<R
                 Ok(()) => changes.removed.push(r),
                 // Gone meanwhile (its interface went down): nothing to do.
                 Err(e) if errno(&e) == Some(ESRCH) => changes.removed.push(r),
-                Err(e) => return Err(nl(format!("remove the route to {} via {}", r.subnet, r.via))(e)),
+                Err(e) => {
+                    return Err(nl(format!(
+                        "remove the route to {} via {}",
+                        r.subnet, r.via
+                    ))(e))
+                }
             }
         }
         for r in add {

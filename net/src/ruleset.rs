@@ -301,7 +301,11 @@ pub fn render_fleet(config: &HostConfig) -> String {
         );
     }
     let _ = writeln!(s, "flush set inet {TABLE} {SET_FLEET_DENY}");
-    let deny: Vec<String> = fleet.tenant_deny().iter().map(ToString::to_string).collect();
+    let deny: Vec<String> = fleet
+        .tenant_deny()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let _ = writeln!(
         s,
         "add element inet {TABLE} {SET_FLEET_DENY} {{ {} }}",
@@ -330,7 +334,11 @@ fn fleet_sets(s: &mut String, fleet: &sotolito_config::FleetNetwork, tenants: &[
         let _ = writeln!(s, "\t\telements = {{ {} }}", peers.join(", "));
     }
     let _ = writeln!(s, "\t}}");
-    let deny: Vec<String> = fleet.tenant_deny().iter().map(ToString::to_string).collect();
+    let deny: Vec<String> = fleet
+        .tenant_deny()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     interval_set(s, SET_FLEET_DENY, &deny);
     let mut http: Vec<&Tenant> = tenants.iter().collect();
     http.sort_by_key(|t| t.ip);
@@ -679,7 +687,9 @@ mod tests {
         let ts = vec![tenant("acme", [172, 18, 0, 2], 2201), web.clone()];
         let got = render_ruleset(&c, &ts);
         assert!(
-            got.contains("set fleet_peers {\n\t\ttype ipv4_addr;\n\t\telements = { 10.0.0.2, 10.0.0.3 }"),
+            got.contains(
+                "set fleet_peers {\n\t\ttype ipv4_addr;\n\t\telements = { 10.0.0.2, 10.0.0.3 }"
+            ),
             "{got}"
         );
         assert!(
@@ -700,7 +710,11 @@ mod tests {
         let deny = fwd
             .find("iifname \"sotolito0\" ip daddr @fleet_deny reject")
             .expect("the fleet deny rule");
-        assert!(deny > fwd.find("iifname \"sotolito0\" ct state established,related accept").unwrap());
+        assert!(
+            deny > fwd
+                .find("iifname \"sotolito0\" ct state established,related accept")
+                .unwrap()
+        );
         assert!(deny < fwd.find("@tenant_dns").unwrap());
         assert!(deny < fwd.find("@egress_allow accept").unwrap());
         // Element edits keep the HTTP set.
@@ -723,7 +737,10 @@ mod tests {
         let c = config();
         let t = tenant("acme", [172, 18, 0, 2], 2201);
         let got = render_ruleset(&c, std::slice::from_ref(&t));
-        assert!(!got.contains("fleet") && !got.contains("tenant_http"), "{got}");
+        assert!(
+            !got.contains("fleet") && !got.contains("tenant_http"),
+            "{got}"
+        );
         assert!(!render_add_forward(&c, &t).contains("tenant_http"));
         assert!(render_fleet(&c).is_empty());
     }

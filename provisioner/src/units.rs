@@ -230,7 +230,10 @@ pub fn install(systemd_dir: &Path, u: &UnitContext) -> Result<Vec<PathBuf>, Erro
     }
     let wants = systemd_dir.join("multi-user.target.wants");
     let fleet = u.fleet.then_some(FLEET_NET_SERVICE);
-    for name in [TARGET, NET_SERVICE, PROXY_SERVICE].into_iter().chain(fleet) {
+    for name in [TARGET, NET_SERVICE, PROXY_SERVICE]
+        .into_iter()
+        .chain(fleet)
+    {
         if link(&wants, name, &format!("../{name}"))? {
             changed.push(wants.join(name));
         }
@@ -304,7 +307,9 @@ mod tests {
 
     #[test]
     fn a_fleet_node_gets_the_route_watch() {
-        assert!(!render_all(&ctx()).iter().any(|(n, _)| *n == FLEET_NET_SERVICE));
+        assert!(!render_all(&ctx())
+            .iter()
+            .any(|(n, _)| *n == FLEET_NET_SERVICE));
         let u = UnitContext {
             fleet: true,
             ..ctx()
@@ -313,12 +318,19 @@ mod tests {
         assert!(f.contains(
             "ExecStart=/usr/local/bin/vpsctl --config /etc/sotolito/sotolito.toml net reconcile --watch\n"
         ));
-        assert!(f.contains("Restart=always\n") && !f.contains("User="), "{f}");
+        assert!(
+            f.contains("Restart=always\n") && !f.contains("User="),
+            "{f}"
+        );
         let tmp = tempfile::tempdir().unwrap();
         install(tmp.path(), &u).unwrap();
         assert_eq!(
-            fs::read_link(tmp.path().join("multi-user.target.wants").join(FLEET_NET_SERVICE))
-                .unwrap(),
+            fs::read_link(
+                tmp.path()
+                    .join("multi-user.target.wants")
+                    .join(FLEET_NET_SERVICE)
+            )
+            .unwrap(),
             Path::new("../sotolito-fleet-net.service")
         );
     }

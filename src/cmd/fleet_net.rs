@@ -55,17 +55,14 @@ fn peers(fleet: &Fleet, records: &[NodeRecord]) -> Vec<FleetPeer> {
 /// The config with the fleet's view replaced by `peers`.
 fn with_peers(ctx: &Context, peers: Vec<FleetPeer>) -> HostConfig {
     let mut config = ctx.config().clone();
-    let fleet = config
-        .network
-        .fleet
-        .get_or_insert_with(|| FleetNetwork {
-            range: config.network.subnet,
-            private_address: config
-                .cluster
-                .as_ref()
-                .map_or(std::net::Ipv4Addr::UNSPECIFIED, |c| c.private_address),
-            peers: Vec::new(),
-        });
+    let fleet = config.network.fleet.get_or_insert_with(|| FleetNetwork {
+        range: config.network.subnet,
+        private_address: config
+            .cluster
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED, |c| c.private_address),
+        peers: Vec::new(),
+    });
     fleet.peers = peers;
     config
 }
@@ -172,9 +169,7 @@ pub fn watch(ctx: &Context, fleet: &Fleet) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(250);
     loop {
         let step = (|| -> anyhow::Result<(i64, usize)> {
-            let (records, revision) = fleet
-                .store
-                .block_on(fleet.store.fleet().node_records())?;
+            let (records, revision) = fleet.store.block_on(fleet.store.fleet().node_records())?;
             let config = with_peers(ctx, peers(fleet, &records));
             if first {
                 rebuild(ctx, &config)?;
@@ -202,7 +197,10 @@ pub fn watch(ctx: &Context, fleet: &Fleet) -> anyhow::Result<()> {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "cannot follow the fleet's nodes now; trying again");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot follow the fleet's nodes now; trying again"
+                );
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -53,7 +53,6 @@ pub struct Internet {
 }
 
 impl Internet {
-
     pub fn new(lan: &Lan) -> Internet {
         let ns = format!(
             "fne{}x{}-cl",
@@ -219,11 +218,21 @@ impl Fleet {
             .collect::<Vec<_>>();
         // Node 1 heard of nodes 2 and 3 through its watch.
         wait_for("node 1's watch to see both other nodes", || {
-            watchers[0].log().matches("the fleet's nodes changed").count() >= 2
+            watchers[0]
+                .log()
+                .matches("the fleet's nodes changed")
+                .count()
+                >= 2
         });
         let proxies = nodes
             .iter()
-            .map(|n| Daemon::start(n, &["proxy"], dir.path().join(format!("{}-proxy.log", n.name))))
+            .map(|n| {
+                Daemon::start(
+                    n,
+                    &["proxy"],
+                    dir.path().join(format!("{}-proxy.log", n.name)),
+                )
+            })
             .collect();
         let fleet = Fleet {
             proxies,
@@ -434,14 +443,27 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
     // Controls: the same probe from the same tenant reaches node 1's
     // tenant the way the internet does (its DNAT port, the proxies).
     let (ok, out) = nc_from_tenant(n2, "evil", "203.0.113.1", 2201, "");
-    assert!(ok && out.contains("SSH-2.0-OpenSSH"), "control: DNAT from a tenant: {out}");
+    assert!(
+        ok && out.contains("SSH-2.0-OpenSSH"),
+        "control: DNAT from a tenant: {out}"
+    );
     let req = "GET / HTTP/1.0\\r\\nHost: web.test\\r\\n\\r\\n";
     let (ok, out) = nc_from_tenant(n2, "evil", &evil_gw, 80, req);
-    assert!(ok && out.contains("web-on-node1"), "control: its own node's proxy: {out}");
+    assert!(
+        ok && out.contains("web-on-node1"),
+        "control: its own node's proxy: {out}"
+    );
     let (ok, out) = nc_from_tenant(n2, "evil", "203.0.113.1", 80, req);
-    assert!(ok && out.contains("web-on-node1"), "control: node 1's public proxy: {out}");
+    assert!(
+        ok && out.contains("web-on-node1"),
+        "control: node 1's public proxy: {out}"
+    );
     for (addr, port, what) in [
-        (web_ip.as_str(), 80, "node 1's tenant's HTTP port, past the proxy"),
+        (
+            web_ip.as_str(),
+            80,
+            "node 1's tenant's HTTP port, past the proxy",
+        ),
         (web_ip.as_str(), 22, "node 1's tenant's ssh"),
         ("10.89.0.1", 2379, "node 1's etcd on its private address"),
         ("10.89.0.1", 80, "node 1's proxy on its private address"),
@@ -473,8 +495,15 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
 
     // The internet -> a tenant address through a node: dropped, even with
     // a route that sends the tenant range to node 1.
-    run(f.internet.cmd("ip").args(["route", "add", RANGE, "via", "203.0.113.1"]));
-    let got = get_in(&f.internet.path(), SocketAddr::from((web_ip_v4, 80)), "web.test");
+    run(f
+        .internet
+        .cmd("ip")
+        .args(["route", "add", RANGE, "via", "203.0.113.1"]));
+    let got = get_in(
+        &f.internet.path(),
+        SocketAddr::from((web_ip_v4, 80)),
+        "web.test",
+    );
     assert_eq!(
         got, None,
         "the internet reached node 1's tenant's HTTP port past the proxy"
@@ -488,7 +517,10 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
     }
     // Control: the same client still reaches it through the proxy and
     // the DNAT port.
-    assert_eq!(f.get_via(0, "web.test"), Some((200, "web-on-node1\n".into())));
+    assert_eq!(
+        f.get_via(0, "web.test"),
+        Some((200, "web-on-node1\n".into()))
+    );
     assert!(probe_in(&f.internet.path(), f.public(0, 2201))
         .is_ok_and(|b| b.starts_with("SSH-2.0-OpenSSH")));
 
@@ -504,9 +536,25 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
         .as_str()
         .unwrap()
         .to_owned();
-    ip(&["route", "add", "198.19.200.0/24", "via", "10.89.0.2", "proto", "83"]);
+    ip(&[
+        "route",
+        "add",
+        "198.19.200.0/24",
+        "via",
+        "10.89.0.2",
+        "proto",
+        "83",
+    ]);
     ip(&["route", "del", &node3_subnet]);
-    ip(&["route", "add", &node3_subnet, "via", "10.89.0.3", "proto", "static"]);
+    ip(&[
+        "route",
+        "add",
+        &node3_subnet,
+        "via",
+        "10.89.0.3",
+        "proto",
+        "static",
+    ]);
     let out = n1.run(&["net", "reconcile"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -515,10 +563,16 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
         format!("vpsctl: failed to reconcile the tenant network: a route to {node3_subnet} exists that sotolito did not make, so it cannot route it via 10.89.0.3 (that node's private address; remove the route and run vpsctl net reconcile again)")
     );
     let routes = our_routes(n1);
-    assert!(!routes.contains("198.19.200.0/24"), "stale route of ours removed: {routes}");
+    assert!(
+        !routes.contains("198.19.200.0/24"),
+        "stale route of ours removed: {routes}"
+    );
     assert!(!routes.contains(&node3_subnet), "{routes}");
     let all = String::from_utf8_lossy(&ip(&["route", "show", &node3_subnet]).stdout).into_owned();
-    assert!(all.contains("via 10.89.0.3") && all.contains("proto static"), "left alone: {all}");
+    assert!(
+        all.contains("via 10.89.0.3") && all.contains("proto static"),
+        "left alone: {all}"
+    );
     ip(&["route", "del", &node3_subnet]);
     let rep = n1.json(&["net", "reconcile"]);
     assert_eq!(rep["routes"].as_array().unwrap().len(), 2, "{rep}");
@@ -536,10 +590,22 @@ fn three_nodes_route_every_tenant_and_keep_tenants_apart() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let smoke_ip = tenant_ip(n1, "smoke0");
-    assert!(http_set().contains(&format!("{smoke_ip} . 80")), "{}", http_set());
+    assert!(
+        http_set().contains(&format!("{smoke_ip} . 80")),
+        "{}",
+        http_set()
+    );
     n1.ok(&["deprovision", "smoke0"]);
-    assert!(!http_set().contains(&format!("{smoke_ip} . 80")), "{}", http_set());
-    assert!(http_set().contains(&format!("{web_ip} . 80")), "{}", http_set());
+    assert!(
+        !http_set().contains(&format!("{smoke_ip} . 80")),
+        "{}",
+        http_set()
+    );
+    assert!(
+        http_set().contains(&format!("{web_ip} . 80")),
+        "{}",
+        http_set()
+    );
 
     // `status` on another node says where to ssh.
     let st = n2.json(&["status", "web"]);
@@ -605,11 +671,16 @@ fn the_fleet_rides_out_etcd_outages_and_a_dead_node() {
         assert_eq!(f.get_via(i, "alpha.test"), hello("alpha"), "node{}", i + 1);
     }
     let out = provision_busybox(&f.nodes[1], "beta", 2302);
-    assert!(out.status.success(), "provision with one member down: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "provision with one member down: {}",
+        text(&out)
+    );
     for i in [2, 0] {
-        wait_for(&format!("beta through node{} (one member down)", i + 1), || {
-            f.get_via(i, "beta.test") == hello("beta")
-        });
+        wait_for(
+            &format!("beta through node{} (one member down)", i + 1),
+            || f.get_via(i, "beta.test") == hello("beta"),
+        );
     }
 
     // Every member down: the proxies serve their last-known routes, and
@@ -621,7 +692,13 @@ fn the_fleet_rides_out_etcd_outages_and_a_dead_node() {
             d.log().contains("stale")
         });
     }
-    for (host, i) in [("alpha", 1), ("alpha", 2), ("beta", 0), ("beta", 2), ("gamma", 0)] {
+    for (host, i) in [
+        ("alpha", 1),
+        ("alpha", 2),
+        ("beta", 0),
+        ("beta", 2),
+        ("gamma", 0),
+    ] {
         assert_eq!(
             f.get_via(i, &format!("{host}.test")),
             hello(host),
@@ -636,14 +713,23 @@ fn the_fleet_rides_out_etcd_outages_and_a_dead_node() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(
-        err.starts_with("vpsctl: failed to provision tenant delta: ") && err.contains("etcd store https://10.89.0.1:2379"),
+        err.starts_with("vpsctl: failed to provision tenant delta: ")
+            && err.contains("etcd store https://10.89.0.1:2379"),
         "{err}"
     );
-    assert!(!n1.root.join("state/tenants/delta").exists(), "no tenant dir left");
-    assert!(!runc_ids(n1).contains(&"delta".to_owned()), "no container left");
+    assert!(
+        !n1.root.join("state/tenants/delta").exists(),
+        "no tenant dir left"
+    );
+    assert!(
+        !runc_ids(n1).contains(&"delta".to_owned()),
+        "no container left"
+    );
     assert!(
         !std::fs::read_dir(n1.root.join("etc/tenants"))
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("delta")))
+            .map(|d| d
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("delta")))
             .unwrap_or(false),
         "no unit environment left"
     );
@@ -656,11 +742,16 @@ fn the_fleet_rides_out_etcd_outages_and_a_dead_node() {
         f.etcd.wait_healthy(i);
     }
     let out = provision_busybox(n1, "delta", 2304);
-    assert!(out.status.success(), "provision after etcd returned: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "provision after etcd returned: {}",
+        text(&out)
+    );
     for i in [2, 1] {
-        wait_for(&format!("delta through node{} after the outage", i + 1), || {
-            f.get_via(i, "delta.test") == hello("delta")
-        });
+        wait_for(
+            &format!("delta through node{} after the outage", i + 1),
+            || f.get_via(i, "delta.test") == hello("delta"),
+        );
     }
 
     // Node 3 dies: its proxy, route watch and tenants stop, its links go
@@ -680,7 +771,8 @@ fn the_fleet_rides_out_etcd_outages_and_a_dead_node() {
             .args(["ip", "link", "set", link, "down"]));
     }
     wait_for("node3 to show down", || {
-        f.nodes[0].json(&["nodes"])
+        f.nodes[0]
+            .json(&["nodes"])
             .as_array()
             .unwrap()
             .iter()
@@ -693,8 +785,17 @@ fn the_fleet_rides_out_etcd_outages_and_a_dead_node() {
         .iter()
         .map(|n| (n["name"].as_str().unwrap(), n["health"].as_str().unwrap()))
         .collect();
-    assert_eq!(health, [("node1", "up"), ("node2", "up"), ("node3", "down")]);
-    for (host, i) in [("alpha", 0), ("alpha", 1), ("beta", 0), ("beta", 1), ("delta", 1)] {
+    assert_eq!(
+        health,
+        [("node1", "up"), ("node2", "up"), ("node3", "down")]
+    );
+    for (host, i) in [
+        ("alpha", 0),
+        ("alpha", 1),
+        ("beta", 0),
+        ("beta", 1),
+        ("delta", 1),
+    ] {
         assert_eq!(
             f.get_via(i, &format!("{host}.test")),
             hello(host),
@@ -730,8 +831,17 @@ fn propagation(f: &Fleet, count: usize, prefix: &str) -> Vec<(Duration, Duration
         let t0 = Instant::now();
         let mut child = f.nodes[0]
             .cmd(&[
-                "provision", &name, "--image", "busybox", "--host", &host, "--ssh-port", &port,
-                "--disk", "unlimited", "--start",
+                "provision",
+                &name,
+                "--image",
+                "busybox",
+                "--host",
+                &host,
+                "--ssh-port",
+                &port,
+                "--disk",
+                "unlimited",
+                "--start",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -741,7 +851,10 @@ fn propagation(f: &Fleet, count: usize, prefix: &str) -> Vec<(Duration, Duration
         let want = hello(&name);
         let mut provisioned = None;
         let served = loop {
-            assert!(t0.elapsed() < Duration::from_secs(60), "{name} not served within 60 s");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{name} not served within 60 s"
+            );
             if provisioned.is_none() {
                 if let Some(st) = child.try_wait().unwrap() {
                     let mut err = String::new();
@@ -817,9 +930,15 @@ fn route_propagation() {
     provisioned.sort();
     after.sort();
     for (what, v) in [
-        ("provision --start on node1 until 200 through node3's proxy", &served),
+        (
+            "provision --start on node1 until 200 through node3's proxy",
+            &served,
+        ),
         ("the provision command itself", &provisioned),
-        ("200 through node3's proxy after the provision returned", &after),
+        (
+            "200 through node3's proxy after the provision returned",
+            &after,
+        ),
     ] {
         eprintln!(
             "{what}: n={} p50={:?} p99={:?} min={:?} max={:?}",
