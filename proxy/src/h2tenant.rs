@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use hyper::body::Frame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -33,7 +33,8 @@ use crate::body::{AccessLog, ResBody};
 use crate::forward::{ConnCtx, Outcome};
 use crate::h1::framing::{BadBody, Chunk, Framer};
 use crate::h1::head::{self, BodyKind};
-use crate::h1::local::{drained, Buf, Local, Size};
+use crate::h1::local::{drained, Local, Size};
+use crate::h1::{read_response_head, ReadFail, Timer};
 use crate::route::Route;
 
 /// How often a stream waiting on its tenant checks the tenant is still
@@ -62,8 +63,12 @@ pub(crate) async fn exchange(
     let result = async {
         let mut up = send(ctx, local, &route, &out).await?;
         let mut rbuf = local.buf(Size::Response);
+        let mut timer = Timer::new();
         loop {
-            match read_head(ctx, &route, &mut up, &mut rbuf, until).await {
+            let still_routed = || ctx.routes.load().still_routes(&route);
+            match read_response_head(&mut up.stream, &mut rbuf, &mut timer, until, still_routed)
+                .await
+            {
                 Ok(len) => {
                     // Interim answers (100, 102, 103) are this hop's.
                     if rbuf.data()[9] == b'1' && &rbuf.data()[9..12] != b"101" {
@@ -232,59 +237,6 @@ async fn connect(ctx: &ConnCtx, route: &Route) -> Result<TcpStream, u16> {
                 return Err(502);
             }
             Err(_) => {}
-        }
-    }
-}
-
-#[derive(Debug)]
-enum ReadFail {
-    Timeout,
-    /// Closed or reset before a byte of the answer.
-    Closed,
-    Truncated,
-    Malformed,
-    TooLarge,
-    /// Deprovisioned or stopped while it was asked.
-    Gone,
-}
-
-/// Reads until a complete response head starts `rbuf`; its length.
-async fn read_head(
-    ctx: &ConnCtx,
-    route: &Route,
-    up: &mut Upstream,
-    rbuf: &mut Buf,
-    until: Instant,
-) -> Result<usize, ReadFail> {
-    let mut scanned = 0;
-    let mut got_any = !rbuf.is_empty();
-    loop {
-        match head::head_end(rbuf.data(), scanned) {
-            Ok(Some(len)) => return Ok(len),
-            Ok(None) => {}
-            Err(_) => return Err(ReadFail::Malformed),
-        }
-        scanned = rbuf.len();
-        if rbuf.len() == rbuf.capacity() {
-            return Err(ReadFail::TooLarge);
-        }
-        let spare = rbuf.spare();
-        let want = spare.len();
-        let check = (Instant::now() + ROUTE_CHECK).min(until);
-        // A read is cancel-safe: it is asked again after each check.
-        match tokio::time::timeout_at(check, up.stream.read(spare)).await {
-            Err(_) if Instant::now() >= until => return Err(ReadFail::Timeout),
-            Err(_) if !ctx.routes.load().still_routes(route) => return Err(ReadFail::Gone),
-            Err(_) => {}
-            Ok(Ok(0)) | Ok(Err(_)) if !got_any => return Err(ReadFail::Closed),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadFail::Truncated),
-            Ok(Ok(n)) => {
-                got_any = true;
-                if n < want {
-                    drained(&up.stream);
-                }
-                rbuf.filled(n);
-            }
         }
     }
 }

@@ -723,7 +723,6 @@ impl Engine<'_> {
         self.ctx.routes.load().still_routes(&fwd.route)
     }
 
-    /// Reads until a complete response head starts `rbuf`; its length.
     async fn read_response_head(
         &self,
         up: &mut Upstream,
@@ -732,37 +731,10 @@ impl Engine<'_> {
         until: Instant,
         fwd: &Forward,
     ) -> Result<usize, ReadFail> {
-        let mut scanned = 0;
-        let mut got_any = false;
-        loop {
-            match head::head_end(rbuf.data(), scanned) {
-                Ok(Some(len)) => return Ok(len),
-                Ok(None) => {}
-                Err(_) => return Err(ReadFail::Malformed),
-            }
-            scanned = rbuf.len();
-            if rbuf.len() == rbuf.capacity() {
-                return Err(ReadFail::TooLarge);
-            }
-            let spare = rbuf.spare();
-            let want = spare.len();
-            let check = (Instant::now() + ROUTE_CHECK).min(until);
-            // A read is cancel-safe: it is asked again after each check.
-            match timer.until(check, up.stream.read(spare)).await {
-                None if Instant::now() >= until => return Err(ReadFail::Timeout),
-                None if !self.still_routed(fwd) => return Err(ReadFail::Gone),
-                None => continue,
-                Some(Ok(0)) | Some(Err(_)) if !got_any => return Err(ReadFail::Closed),
-                Some(Ok(0)) | Some(Err(_)) => return Err(ReadFail::Truncated),
-                Some(Ok(n)) => {
-                    got_any = true;
-                    if n < want {
-                        drained(&up.stream);
-                    }
-                    rbuf.filled(n);
-                }
-            }
-        }
+        read_response_head(&mut up.stream, rbuf, timer, until, || {
+            self.still_routed(fwd)
+        })
+        .await
     }
 
     /// Relays the rest of a request body from the client to the tenant,
@@ -941,7 +913,7 @@ fn response_plan(
 }
 
 #[derive(Debug)]
-enum ReadFail {
+pub(crate) enum ReadFail {
     Timeout,
     /// Closed or reset before a byte of the answer.
     Closed,
@@ -953,6 +925,49 @@ enum ReadFail {
     Held,
     /// The tenant was deprovisioned or stopped while it was asked.
     Gone,
+}
+
+/// Reads from a tenant until a complete response head starts `rbuf`; its
+/// length. Every `ROUTE_CHECK` it asks `still_routed`, so a request to a
+/// tenant deprovisioned or stopped meanwhile fails at once.
+pub(crate) async fn read_response_head(
+    stream: &mut TcpStream,
+    rbuf: &mut Buf,
+    timer: &mut Timer,
+    until: Instant,
+    still_routed: impl Fn() -> bool,
+) -> Result<usize, ReadFail> {
+    let mut scanned = 0;
+    let mut got_any = !rbuf.is_empty();
+    loop {
+        match head::head_end(rbuf.data(), scanned) {
+            Ok(Some(len)) => return Ok(len),
+            Ok(None) => {}
+            Err(_) => return Err(ReadFail::Malformed),
+        }
+        scanned = rbuf.len();
+        if rbuf.len() == rbuf.capacity() {
+            return Err(ReadFail::TooLarge);
+        }
+        let spare = rbuf.spare();
+        let want = spare.len();
+        let check = (Instant::now() + ROUTE_CHECK).min(until);
+        // A read is cancel-safe: it is asked again after each check.
+        match timer.until(check, stream.read(spare)).await {
+            None if Instant::now() >= until => return Err(ReadFail::Timeout),
+            None if !still_routed() => return Err(ReadFail::Gone),
+            None => continue,
+            Some(Ok(0)) | Some(Err(_)) if !got_any => return Err(ReadFail::Closed),
+            Some(Ok(0)) | Some(Err(_)) => return Err(ReadFail::Truncated),
+            Some(Ok(n)) => {
+                got_any = true;
+                if n < want {
+                    drained(stream);
+                }
+                rbuf.filled(n);
+            }
+        }
+    }
 }
 
 enum BodySent {

@@ -23,6 +23,8 @@ mod plan;
 mod rewrite;
 mod tunnel;
 
+pub(crate) use conn::{read_response_head, ReadFail, Timer};
+
 pub(crate) use client::ClientTcp;
 pub(crate) use conn::{ClientIo, Engine};
 pub(crate) use local::Local;
