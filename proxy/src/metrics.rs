@@ -151,6 +151,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     requests: Arc<RequestCollector>,
     pub open_connections: Gauge,
+    pub parked_connections: Gauge,
     pub refused_connections: Counter,
     pub tls_handshakes: Counter,
     pub tls_handshake_failures: Counter,
@@ -168,6 +169,7 @@ impl Metrics {
     pub(crate) fn with_collectors(extra: Vec<Box<dyn Collector>>) -> Arc<Metrics> {
         let requests = Arc::new(RequestCollector::default());
         let open_connections = Gauge::default();
+        let parked_connections = Gauge::default();
         let refused_connections = Counter::default();
         let tls_handshakes = Counter::default();
         let tls_handshake_failures = Counter::default();
@@ -182,6 +184,11 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             open_connections.clone(),
+        );
+        registry.register(
+            "parked_connections",
+            "Idle keep-alive client connections parked (counted in open_connections too)",
+            parked_connections.clone(),
         );
         registry.register(
             "refused_connections",
@@ -204,6 +211,7 @@ impl Metrics {
             registry,
             requests,
             open_connections,
+            parked_connections,
             refused_connections,
             tls_handshakes,
             tls_handshake_failures,

@@ -59,13 +59,13 @@ impl ClientTcp {
         }
     }
 
-    /// Waits until a read may find bytes; at once the first time (the
-    /// read finds out, and registers the stream if it has to wait).
-    pub(crate) async fn wait_readable(&mut self) -> io::Result<()> {
+    /// Ready when a read may find bytes; at once the first time (the read
+    /// finds out, and registers the stream if it has to wait).
+    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if std::mem::take(&mut self.fresh) {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
-        self.registered()?.readable().await
+        self.registered()?.poll_read_ready(cx)
     }
 
     /// A read returned less than it asked for.

@@ -8,7 +8,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use httparse::EMPTY_HEADER;
@@ -37,20 +37,37 @@ pub(crate) const MAX_HEADERS: usize = 128;
 /// ~3 s, an open connection waits for the upstream timeout).
 const ROUTE_CHECK: Duration = Duration::from_millis(250);
 
+/// How long a keep-alive connection waits for its next request in its
+/// own task before it is parked (crate::server's park): a browser's
+/// requests for one page follow each other within milliseconds, so this
+/// keeps their task and buffers, while a connection idle longer costs
+/// only its socket and a small record.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
+
 /// A client connection's transport: plain TCP, or TLS.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Waits until a read would find bytes, so an idle connection holds
-    /// no buffer; `false` when the transport cannot tell without reading
-    /// (TLS), and then the buffer is kept.
-    fn wait_readable(&mut self) -> impl Future<Output = io::Result<bool>> + Send;
+    /// Ready when a read would find bytes, so an idle connection holds no
+    /// buffer; at once when the transport cannot tell without reading
+    /// (TLS), which then waits in its read with the buffer it has.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Whether an idle connection can be parked: it buffers nothing of
+    /// its own (TLS does).
+    fn parkable(&self) -> bool {
+        false
+    }
 
     /// A read returned less than it asked for.
     fn drained(&self) {}
 }
 
 impl ClientIo for ClientTcp {
-    async fn wait_readable(&mut self) -> io::Result<bool> {
-        ClientTcp::wait_readable(self).await.map(|()| true)
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ClientTcp::poll_readable(self, cx)
+    }
+
+    fn parkable(&self) -> bool {
+        true
     }
 
     fn drained(&self) {
@@ -59,9 +76,28 @@ impl ClientIo for ClientTcp {
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<ClientTcp> {
-    async fn wait_readable(&mut self) -> io::Result<bool> {
-        Ok(false)
+    fn poll_readable(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
+}
+
+/// What ended an idle connection's wait.
+enum Waited {
+    Readable,
+    Timer,
+    /// Shutdown, or the connection failed.
+    Gone,
+}
+
+/// How a client connection's task ended.
+pub(crate) enum Served<T> {
+    Done,
+    /// Idle for [`PARK_AFTER`] with nothing of its own buffered: the
+    /// caller parks `io` until `until`, its idle deadline.
+    Park {
+        io: T,
+        until: Instant,
+    },
 }
 
 /// One lazily re-armed timer per connection: it is moved only when a
@@ -85,18 +121,23 @@ impl Timer {
             if let Poll::Ready(v) = f.as_mut().poll(cx) {
                 return Poll::Ready(Some(v));
             }
-            loop {
-                if self.sleep.deadline() > deadline {
-                    self.sleep.as_mut().reset(deadline);
-                }
-                ready!(self.sleep.as_mut().poll(cx));
-                if Instant::now() >= deadline {
-                    return Poll::Ready(None);
-                }
-                self.sleep.as_mut().reset(deadline);
-            }
+            self.poll_at(cx, deadline).map(|()| None)
         })
         .await
+    }
+
+    /// Ready once `deadline` has passed.
+    fn poll_at(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        loop {
+            if self.sleep.deadline() > deadline {
+                self.sleep.as_mut().reset(deadline);
+            }
+            ready!(self.sleep.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
     }
 }
 
@@ -166,7 +207,7 @@ impl Engine<'_> {
         &'s self,
         mut io: T,
         mut shutdown: watch::Receiver<bool>,
-    ) -> impl Future<Output = ()> + Send + 's {
+    ) -> impl Future<Output = Served<T>> + Send + 's {
         async move {
             let s = &self.ctx.shared.settings;
             let mut st = Idle {
@@ -179,7 +220,7 @@ impl Engine<'_> {
             };
             loop {
                 if *shutdown.borrow() {
-                    return;
+                    return Served::Done;
                 }
                 let idle_until = if st.first {
                     st.start + s.header_read_timeout.min(s.idle_timeout)
@@ -189,16 +230,39 @@ impl Engine<'_> {
                 if st.inb.as_ref().is_none_or(Buf::is_empty) {
                     st.inb = None;
                     self.local.put_out(std::mem::take(&mut st.out));
-                    // Pinned here and lent to the timer, which would
-                    // otherwise hold a second copy of it.
-                    let mut wait = pin!(io.wait_readable());
-                    let waited = tokio::select! {
-                        r = st.timer.until(idle_until, wait.as_mut()) => r,
-                        _ = shutdown.changed() => return,
+                    // A connection with its own tenant connection (PROXY
+                    // headers) keeps it, and its task.
+                    let park = io.parkable() && st.own.is_none();
+                    let wake_at = if park {
+                        (Instant::now() + PARK_AFTER).min(idle_until)
+                    } else {
+                        idle_until
                     };
+                    // Polled in place: a select over futures would keep
+                    // each one's state in every idle connection.
+                    let mut changed = pin!(shutdown.changed());
+                    let timer = &mut st.timer;
+                    let waited = poll_fn(|cx| {
+                        if changed.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Waited::Gone);
+                        }
+                        match io.poll_readable(cx) {
+                            Poll::Ready(Ok(())) => return Poll::Ready(Waited::Readable),
+                            Poll::Ready(Err(_)) => return Poll::Ready(Waited::Gone),
+                            Poll::Pending => {}
+                        }
+                        timer.poll_at(cx, wake_at).map(|()| Waited::Timer)
+                    })
+                    .await;
                     match waited {
-                        Some(Ok(_)) => {}
-                        _ => return,
+                        Waited::Readable => {}
+                        Waited::Timer if park && Instant::now() < idle_until => {
+                            return Served::Park {
+                                io,
+                                until: idle_until,
+                            };
+                        }
+                        _ => return Served::Done,
                     }
                 }
                 // Boxed: an exchange's state (kilobytes: every stage's
@@ -217,7 +281,7 @@ impl Engine<'_> {
                     }
                 }
                 self.local.put_out(std::mem::take(&mut st.out));
-                return;
+                return Served::Done;
             }
         }
     }

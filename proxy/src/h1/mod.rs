@@ -26,7 +26,7 @@ mod tunnel;
 pub(crate) use conn::{read_response_head, ReadFail, Timer};
 
 pub(crate) use client::ClientTcp;
-pub(crate) use conn::{ClientIo, Engine};
+pub(crate) use conn::{ClientIo, Engine, Served};
 pub(crate) use local::Local;
 pub(crate) use plan::STOPPED_PAGE;
 

@@ -15,11 +15,12 @@ use tokio_rustls::TlsAcceptor;
 
 use super::balance::Assigned;
 use super::listen::{DrainToken, Worker};
+use super::park::Parked;
 use super::Kind;
 use crate::body::BudgetedBody;
 use crate::forward::{self, ConnCtx};
 use crate::gate::{Gate, Switch};
-use crate::h1::{self, ClientIo, ClientTcp};
+use crate::h1::{self, ClientIo, ClientTcp, Served};
 use crate::headers::PeerValues;
 use crate::limit::ConnPermit;
 use crate::route::normalize_host;
@@ -51,10 +52,19 @@ impl Conn {
     /// (A plain function returning an `async move` block: an `async fn`
     /// would keep a second copy of its arguments in every connection's
     /// task.)
-    pub(super) fn serve(self, stream: ClientTcp, kind: Kind) -> impl Future<Output = ()> + Send {
+    ///
+    /// `resumed`: a parked connection taken up again, already counted open.
+    pub(super) fn serve(
+        self,
+        stream: ClientTcp,
+        kind: Kind,
+        resumed: bool,
+    ) -> impl Future<Output = ()> + Send {
         async move {
             let metrics = self.worker.shared.metrics.clone();
-            metrics.open_connections.inc();
+            if !resumed {
+                metrics.open_connections.inc();
+            }
             let settings = &self.worker.shared.settings;
             let proxy_header = settings.proxy_protocol.then(|| {
                 let local = stream.local_addr().unwrap_or(self.peer);
@@ -86,16 +96,48 @@ impl Conn {
                 local: (settings.engine == crate::ProxyEngine::H1 && proxy_header.is_none())
                     .then(|| self.worker.local.clone()),
             };
-            match (kind, &self.worker.tls) {
+            let served = match (kind, &self.worker.tls) {
                 // Boxed, as the TLS and HTTP/2 states are kilobytes that every
                 // plain connection's task would otherwise carry (and tokio's
                 // spawn copies).
                 (Kind::Https, Some(acceptor)) => {
-                    Box::pin(self.serve_tls(stream, acceptor, ctx, proxy_header.as_deref())).await
+                    Box::pin(self.serve_tls(stream, acceptor, ctx, proxy_header.as_deref())).await;
+                    Served::Done
                 }
                 _ => self.serve_h1(stream, ctx, proxy_header.as_deref()).await,
+            };
+            match served {
+                // Still open: the gauge counts it until the park lets go.
+                Served::Park { io, until } => self.park(io, until),
+                Served::Done => {
+                    metrics.open_connections.dec();
+                }
             }
-            metrics.open_connections.dec();
+        }
+    }
+
+    /// Hands an idle connection to its worker's park, with what it holds
+    /// (limits, balance count, drain token); its task ends.
+    fn park(self, io: ClientTcp, until: tokio::time::Instant) {
+        let Conn {
+            worker,
+            peer,
+            permit,
+            _token,
+            _assigned,
+            ..
+        } = self;
+        let parked = Parked {
+            io,
+            peer,
+            permit,
+            _token,
+            _assigned,
+            until,
+        };
+        if worker.park.send(parked).is_err() {
+            // The worker is draining: the connection closes.
+            worker.shared.metrics.open_connections.dec();
         }
     }
     async fn serve_tls(
@@ -132,6 +174,7 @@ impl Conn {
         if ctx.h2 {
             Box::pin(self.serve_h2(tls, ctx)).await;
         } else {
+            // TLS buffers what it decrypts: never parked.
             self.serve_h1(tls, ctx, proxy_header).await;
         }
     }
@@ -149,7 +192,7 @@ impl Conn {
         io: T,
         ctx: ConnCtx,
         proxy_header: Option<&'a [u8]>,
-    ) -> impl Future<Output = ()> + Send + 'a
+    ) -> impl Future<Output = Served<T>> + Send + 'a
     where
         T: ClientIo + 'static,
     {
@@ -162,12 +205,12 @@ impl Conn {
                     proxy_header,
                 };
                 // Boxed: the engine's state is only for HTTP/1 connections.
-                Box::pin(engine.serve(io, self.shutdown.clone())).await;
-                return;
+                return Box::pin(engine.serve(io, self.shutdown.clone())).await;
             }
             // Boxed: hyper's connection state is kilobytes that every
             // connection's task would otherwise carry, idle ones too.
             Box::pin(self.serve_hyper_h1(io, ctx)).await;
+            Served::Done
         }
     }
 

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use super::accept::Acceptor;
 use super::balance::{Assigned, Balance, Handoff};
 use super::conn::Conn;
+use super::park::Parked;
 use super::{Kind, Listen};
 use crate::forward::Shared;
 use crate::h1::{self, ClientTcp};
@@ -116,6 +117,8 @@ pub(super) struct Worker {
     pub(super) balance: Arc<Balance>,
     /// The HTTP/1 engine's buffers and tenant connections.
     pub(super) local: Arc<h1::Local>,
+    /// Idle connections go to this worker's park (super::park).
+    pub(super) park: mpsc::UnboundedSender<Parked>,
 }
 
 /// Held by every connection task; the worker drains until all are gone.
@@ -126,6 +129,7 @@ impl Worker {
         self,
         listeners: Vec<(std::net::TcpListener, Kind)>,
         inbox: mpsc::UnboundedReceiver<Handoff>,
+        parked: mpsc::UnboundedReceiver<Parked>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let this = Arc::new(self);
@@ -159,6 +163,10 @@ impl Worker {
             local_rx.clone(),
             token.clone(),
         ));
+        tokio::spawn(
+            this.clone()
+                .run_park(parked, pool.clone(), local_rx.clone()),
+        );
         drop(token);
         drop(local_rx);
         while !*shutdown.borrow_and_update() {
@@ -231,7 +239,7 @@ impl Worker {
                     worker: self.index,
                 },
             };
-            tokio::spawn(conn.serve(ClientTcp::new(stream), kind));
+            tokio::spawn(conn.serve(ClientTcp::new(stream), kind, false));
         }
     }
 
@@ -265,7 +273,7 @@ impl Worker {
                 _token: token.clone(),
                 _assigned: assigned,
             };
-            tokio::spawn(conn.serve(stream, handoff.kind));
+            tokio::spawn(conn.serve(stream, handoff.kind, false));
         }
     }
 }

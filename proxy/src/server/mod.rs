@@ -13,6 +13,7 @@ mod balance;
 mod conn;
 mod control;
 mod listen;
+mod park;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -105,6 +106,7 @@ impl ProxyHandle {
         let mut worker_routes = Vec::new();
         for (i, listeners) in per_worker.into_iter().enumerate() {
             let inbox = inboxes.remove(0);
+            let (park, parked) = tokio::sync::mpsc::unbounded_channel();
             let rt = runtime()?;
             let routes = Arc::new(ArcSwap::from_pointee(shared.routes.load().detached()));
             worker_routes.push(routes.clone());
@@ -120,11 +122,12 @@ impl ProxyHandle {
                     shared.settings.max_header_bytes.max(8192),
                     crate::upstream::UPSTREAM_READ_BUFFER,
                 ),
+                park,
             };
             let shutdown = shutdown_rx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
-                .spawn(move || rt.block_on(worker.run(listeners, inbox, shutdown)))
+                .spawn(move || rt.block_on(worker.run(listeners, inbox, parked, shutdown)))
                 .map_err(|source| Error::Start {
                     what: "worker thread",
                     source,

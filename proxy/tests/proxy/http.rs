@@ -421,6 +421,83 @@ fn connections_are_spread_evenly_over_the_workers_and_all_served() {
     }
 }
 
+/// A gauge's value from the admin listener's /metrics.
+fn gauge(p: &sotolito_proxy::ProxyHandle, name: &str) -> i64 {
+    let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();
+    let key = format!("sotolito_proxy_{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .unwrap_or_else(|| panic!("no {key:?} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits up to 5 s for a gauge to read `want`.
+fn wait_gauge(p: &sotolito_proxy::ProxyHandle, name: &str, want: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = gauge(p, name);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} is {got}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn idle_keep_alive_connections_are_parked_and_taken_up_again() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let addr = p.http_addr().unwrap();
+    let mut conns = Vec::new();
+    for i in 0..6 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("GET /first/{i} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(read_response(&mut s).status, 200);
+        conns.push(s);
+    }
+    // Idle past the park's threshold: every one is parked, still open.
+    wait_gauge(&p, "parked_connections", 6);
+    assert_eq!(gauge(&p, "open_connections"), 6);
+    // Each answers its next request as before, on the same connection,
+    // including a request sent in two parts across a pause.
+    for (i, s) in conns.iter_mut().enumerate() {
+        if i == 0 {
+            s.write_all(b"GET /second/0 HTTP/1.1\r\nHo").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            s.write_all(b"st: a.test\r\n\r\n").unwrap();
+        } else {
+            s.write_all(format!("GET /second/{i} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+                .unwrap();
+        }
+        let r = read_response(s);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("a GET /second/{i} len=0\n"));
+    }
+    // Parked again; a client that leaves is let go of.
+    wait_gauge(&p, "parked_connections", 6);
+    conns.truncate(3);
+    wait_gauge(&p, "open_connections", 3);
+    wait_gauge(&p, "parked_connections", 3);
+    // Draining closes the parked ones at once.
+    let started = std::time::Instant::now();
+    p.shutdown();
+    for s in &mut conns {
+        assert!(closed_by_peer(s), "a parked connection outlived the drain");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "parked connections closed only after {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn proxy_protocol_v2_names_the_real_client_to_the_tenant() {
     use std::sync::mpsc;
