@@ -11,6 +11,10 @@
 //!   caller vouches that the descriptor stays open while registered), and
 //!   tokio's `TcpListener` has no way to accept without registering what
 //!   it accepts.
+//! - `setsockopt(TCP_DEFER_ACCEPT)` on the proxy's listening sockets:
+//!   std's `set_deferaccept` is unstable (rust-lang issue 119639) and
+//!   socket2 0.6, nix 0.31 (BSD's accept filter only) and rustix 1.1 have
+//!   no wrapper.
 
 #![allow(unsafe_code)]
 
@@ -61,4 +65,27 @@ pub fn register_listener(listener: TcpListener) -> io::Result<AsyncFd<TcpListene
     // does after deregistering it.
     let fd = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) };
     fd.map_err(|e| e.into_parts().1)
+}
+
+/// Sets `TCP_DEFER_ACCEPT` on a listening TCP socket: a connection is
+/// handed to `accept` once its first data arrives, or after about
+/// `seconds` without any (the kernel then accepts it anyway).
+pub fn set_defer_accept(listener: impl AsFd, seconds: u32) -> io::Result<()> {
+    let value =
+        libc::c_int::try_from(seconds).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: setsockopt reads `optlen` bytes at `optval`, a c_int that
+    // outlives the call; the descriptor is borrowed, so it stays open.
+    let ret = unsafe {
+        libc::setsockopt(
+            listener.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

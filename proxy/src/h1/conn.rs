@@ -222,10 +222,11 @@ impl Engine<'_> {
                 if *shutdown.borrow() {
                     return Served::Done;
                 }
+                let now = Instant::now();
                 let idle_until = if st.first {
                     st.start + s.header_read_timeout.min(s.idle_timeout)
                 } else {
-                    Instant::now() + s.idle_timeout
+                    now + s.idle_timeout
                 };
                 if st.inb.as_ref().is_none_or(Buf::is_empty) {
                     st.inb = None;
@@ -234,7 +235,7 @@ impl Engine<'_> {
                     // headers) keeps it, and its task.
                     let park = io.parkable() && st.own.is_none();
                     let wake_at = if park {
-                        (Instant::now() + PARK_AFTER).min(idle_until)
+                        (now + PARK_AFTER).min(idle_until)
                     } else {
                         idle_until
                     };

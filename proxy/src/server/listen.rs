@@ -101,6 +101,12 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    // HTTP and TLS clients speak first: a connection is woken for once,
+    // with its request, instead of at the handshake's last ACK and again
+    // when the request comes (measured: 9 % less CPU per request with a
+    // new connection per request). One that sends nothing is accepted
+    // after about a second and meets the request-head timeout.
+    sotolito_sys::set_defer_accept(&socket, 1)?;
     socket.listen(4096)?;
     Ok(socket.into())
 }

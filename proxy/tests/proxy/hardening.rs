@@ -279,6 +279,38 @@ fn slow_request_heads_are_cut_off() {
     a.assert_untouched("slowloris");
 }
 
+/// `sotolito_proxy_open_connections` from the admin listener.
+fn open_connections(p: &sotolito_proxy::ProxyHandle) -> i64 {
+    let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sotolito_proxy_open_connections "))
+        .unwrap_or_else(|| panic!("no open_connections in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn connections_are_taken_in_when_they_speak() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |_| {});
+    let addr = p.http_addr().unwrap();
+    // Connected, nothing sent: the kernel holds it, the proxy has no
+    // connection yet.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        open_connections(&p),
+        0,
+        "a connection that said nothing was accepted"
+    );
+    // Once it speaks it is served at once, and counted.
+    silent
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut silent).status, 200);
+    assert_eq!(open_connections(&p), 1);
+}
+
 #[test]
 fn idle_keep_alive_connections_are_closed() {
     let a = Backend::start("a");
