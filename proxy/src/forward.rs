@@ -246,14 +246,22 @@ enum Plan {
 // The request's future is moved several times per request, so its state is
 // kept small: everything but the waiting happens in plain functions.
 async fn proxy(ctx: &ConnCtx, req: Request<Incoming>, host_value: &HeaderValue) -> Outcome {
-    let settings = &ctx.shared.settings;
-    let mut up = match plan(ctx, req, host_value) {
+    let up = match plan(ctx, req, host_value) {
         Plan::Answer(outcome) => return outcome,
         Plan::Forward(up) => up,
     };
     if let Some(local) = ctx.local.as_ref().filter(|_| ctx.h2 && up.body.is_empty()) {
         return crate::h2tenant::exchange(ctx, local, up.route, up.parts).await;
     }
+    // Boxed: hyper's client state is kilobytes that every HTTP/2 stream's
+    // task would otherwise carry (and copy when it is spawned), though
+    // only streams with a body and `engine = "hyper"` use it.
+    Box::pin(through_client(ctx, up)).await
+}
+
+/// `up` sent with hyper's client over the worker's pool, and its answer.
+async fn through_client(ctx: &ConnCtx, mut up: Upstream) -> Outcome {
+    let settings = &ctx.shared.settings;
     if !up.body.is_empty()
         // Boxed, as only requests with a body need its state.
         && Box::pin(read_ahead(&mut up.body, settings.header_read_timeout))
