@@ -197,6 +197,33 @@ pub fn proxy(
     ProxyHandle::start(settings, listen, table).unwrap()
 }
 
+/// A gauge's value from the admin listener's /metrics.
+pub fn gauge(p: &sotolito_proxy::ProxyHandle, name: &str) -> i64 {
+    let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();
+    let key = format!("sotolito_proxy_{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .unwrap_or_else(|| panic!("no {key:?} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits up to 5 s for a gauge to read `want`.
+pub fn wait_gauge(p: &sotolito_proxy::ProxyHandle, name: &str, want: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = gauge(p, name);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} is {got}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A parsed HTTP/1 response.
 #[derive(Debug)]
 pub struct Resp {

@@ -279,16 +279,6 @@ fn slow_request_heads_are_cut_off() {
     a.assert_untouched("slowloris");
 }
 
-/// `sotolito_proxy_open_connections` from the admin listener.
-fn open_connections(p: &sotolito_proxy::ProxyHandle) -> i64 {
-    let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("sotolito_proxy_open_connections "))
-        .unwrap_or_else(|| panic!("no open_connections in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn connections_are_taken_in_when_they_speak() {
     let a = Backend::start("a");
@@ -299,7 +289,7 @@ fn connections_are_taken_in_when_they_speak() {
     let mut silent = TcpStream::connect(addr).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        open_connections(&p),
+        gauge(&p, "open_connections"),
         0,
         "a connection that said nothing was accepted"
     );
@@ -308,7 +298,7 @@ fn connections_are_taken_in_when_they_speak() {
         .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .unwrap();
     assert_eq!(read_response(&mut silent).status, 200);
-    assert_eq!(open_connections(&p), 1);
+    assert_eq!(gauge(&p, "open_connections"), 1);
 }
 
 #[test]

@@ -421,33 +421,6 @@ fn connections_are_spread_evenly_over_the_workers_and_all_served() {
     }
 }
 
-/// A gauge's value from the admin listener's /metrics.
-fn gauge(p: &sotolito_proxy::ProxyHandle, name: &str) -> i64 {
-    let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();
-    let key = format!("sotolito_proxy_{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key.as_str()))
-        .unwrap_or_else(|| panic!("no {key:?} in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
-/// Waits up to 5 s for a gauge to read `want`.
-fn wait_gauge(p: &sotolito_proxy::ProxyHandle, name: &str, want: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = gauge(p, name);
-        if got == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} is {got}, want {want}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn idle_keep_alive_connections_are_parked_and_taken_up_again() {
     let a = Backend::start("a");
