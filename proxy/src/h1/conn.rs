@@ -47,8 +47,7 @@ pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 /// A client connection's transport: plain TCP, or TLS.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
     /// Ready when a read would find bytes, so an idle connection holds no
-    /// buffer; at once when the transport cannot tell without reading
-    /// (TLS), which then waits in its read with the buffer it has.
+    /// buffer.
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
     /// Whether an idle connection can be parked: it buffers nothing of
@@ -76,8 +75,16 @@ impl ClientIo for ClientTcp {
 }
 
 impl ClientIo for tokio_rustls::server::TlsStream<ClientTcp> {
-    fn poll_readable(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    /// rustls decrypts every complete record it reads: with no plaintext
+    /// pending it wants more bytes, and the socket's readiness says when
+    /// they come, so an idle TLS connection holds no request buffer
+    /// either. Pending plaintext (or a close_notify) is read at once.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (tcp, tls) = self.get_mut();
+        if !tls.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.poll_readable(cx)
     }
 }
 

@@ -285,7 +285,7 @@ pub fn get_with(addr: SocketAddr, host: &str, path: &str, extra_headers: &str) -
 }
 
 /// Reads one response with a Content-Length body from a keep-alive stream.
-pub fn read_response(s: &mut TcpStream) -> Resp {
+pub fn read_response(s: &mut impl Read) -> Resp {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {

@@ -313,6 +313,43 @@ fn read_until_closed(s: &mut impl Read) -> (String, bool) {
     )
 }
 
+/// An idle HTTP/1 connection over TLS waits on its socket with no request
+/// buffer: what arrives after a pause, in one record or split across
+/// several, and requests sent together are all answered in order.
+#[test]
+fn tls_keep_alive_connections_answer_after_pauses() {
+    let a = Backend::start("a");
+    let s = site(&["a.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(&[("a.test", "a", a.addr)], |st| st.certs_dir = Some(certs));
+    let mut tls = tls_connect(p.https_addr().unwrap(), &s.ca, "a.test", &[b"http/1.1"]);
+    tls.write_all(b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut tls).text(), "a GET /1 len=0\n");
+    std::thread::sleep(Duration::from_millis(300));
+    // Split across records with a pause between them.
+    tls.write_all(b"GET /2 HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    tls.write_all(b"st: a.test\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut tls).text(), "a GET /2 len=0\n");
+    std::thread::sleep(Duration::from_millis(300));
+    // Two requests in one record, then two in two records sent together.
+    tls.write_all(
+        b"GET /3 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /4 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .unwrap();
+    tls.write_all(b"GET /5 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    tls.write_all(b"GET /6 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    for i in 3..=6 {
+        let r = read_response(&mut tls);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("a GET /{i} len=0\n"));
+    }
+    assert_eq!(a.requests().len(), 6);
+}
+
 /// The answers of the proxy's own that need TLS, a certificate or an ACME
 /// challenge (421, the HTTPS redirect, an HTTP-01 answer), given to an
 /// upgrade request followed by a request the gate refuses: each closes the
