@@ -88,6 +88,14 @@ impl ClientIo for tokio_rustls::server::TlsStream<ClientTcp> {
     }
 }
 
+/// Writes `buf` to the client and sees it sent: TLS may keep the last
+/// records of a write while the socket is full, and they would then wait
+/// for the next write (a response's tail behind an idle connection).
+pub(crate) async fn send<W: AsyncWrite + Unpin>(io: &mut W, buf: &[u8]) -> io::Result<()> {
+    io.write_all(buf).await?;
+    io.flush().await
+}
+
 /// What ended an idle connection's wait.
 enum Waited {
     Readable,
@@ -319,7 +327,7 @@ impl Engine<'_> {
             .read_head(io, buf, &mut st.timer, idle_until, head_until, out)
             .await
         else {
-            if !out.is_empty() && io.write_all(out).await.is_ok() {
+            if !out.is_empty() && send(io, out).await.is_ok() {
                 return Next::Refused;
             }
             return Next::End;
@@ -339,7 +347,7 @@ impl Engine<'_> {
                     log.bytes = answer.body_len as u64;
                     log
                 });
-                let written = io.write_all(out).await;
+                let written = send(io, out).await;
                 drop(log);
                 if written.is_err() {
                     Next::Close
@@ -458,11 +466,7 @@ impl Engine<'_> {
         // malformed from its first bytes never reaches it.
         if let Some(f) = framer.as_mut() {
             if buf.is_empty() {
-                if fwd.expect_continue
-                    && io
-                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .is_err()
+                if fwd.expect_continue && send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
                 {
                     return Next::Close;
                 }
@@ -602,7 +606,7 @@ impl Engine<'_> {
         if switched {
             out.extend_from_slice(rbuf.data());
             rbuf.consume(rbuf.len());
-            if io.write_all(out).await.is_err() {
+            if send(io, out).await.is_err() {
                 return Next::Close;
             }
             drop(log);
@@ -646,7 +650,7 @@ impl Engine<'_> {
                 }
             }
         }
-        if io.write_all(out).await.is_err() {
+        if send(io, out).await.is_err() {
             return Next::Close;
         }
         if !done {
@@ -895,7 +899,7 @@ impl Engine<'_> {
                 tracing::warn!(?bad, "tenant response body refused mid-way");
                 sent
             })?;
-            if io.write_all(&rbuf.data()[..step.used]).await.is_err() {
+            if send(io, &rbuf.data()[..step.used]).await.is_err() {
                 return Err(sent);
             }
             sent += step.used as u64;
@@ -921,7 +925,7 @@ impl Engine<'_> {
         self.ctx
             .stats
             .record(&fwd.route.tenant, code, began.elapsed().as_secs_f64());
-        match io.write_all(out).await {
+        match send(io, out).await {
             Ok(()) => Next::Refused,
             Err(_) => Next::Close,
         }
@@ -930,7 +934,7 @@ impl Engine<'_> {
     async fn refuse<T: ClientIo>(&self, io: &mut T, code: u16, out: &mut Vec<u8>) -> Next {
         out.clear();
         rewrite::own_answer(code, true, &[], None, out);
-        match io.write_all(out).await {
+        match send(io, out).await {
             Ok(()) => Next::Refused,
             Err(_) => Next::Close,
         }
@@ -1093,5 +1097,73 @@ impl plan::LogStart {
             peer: ctx.peer,
             json: self.json,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::send;
+
+    /// A server and a client TLS stream over an in-memory pipe that holds
+    /// `capacity` bytes, as a full socket would.
+    async fn tls_pair(
+        capacity: usize,
+    ) -> (
+        tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+    ) {
+        let key = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).unwrap();
+        let cert = key.cert.der().clone();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (c, s) = tokio::io::duplex(capacity);
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let (server, client) = tokio::join!(
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(s),
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, c),
+        );
+        (server.unwrap(), client.unwrap())
+    }
+
+    /// rustls takes a whole write while the pipe is full and keeps what did
+    /// not fit; `send` returns only once that went out too, so a response
+    /// is never left waiting for the connection's next write.
+    #[tokio::test]
+    async fn a_tls_write_is_sent_whole_when_the_socket_is_full() {
+        let (mut server, mut client) = tls_pair(1024).await;
+        let body = vec![b'x'; 32 * 1024];
+        let writer = tokio::spawn(async move {
+            send(&mut server, &body).await.unwrap();
+            // Held open: the client must get the bytes, not an EOF.
+            server
+        });
+        let mut got = vec![0u8; 32 * 1024];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "the client got {read:?}: part of the write stayed in TLS"
+        );
+        assert!(got.iter().all(|&b| b == b'x'));
+        drop(writer.await.unwrap());
     }
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::conn::{ClientIo, Timer};
+use super::conn::{send, ClientIo, Timer};
 use super::local::Buf;
 
 pub(crate) async fn run<T: ClientIo>(
@@ -58,7 +58,7 @@ pub(crate) async fn run<T: ClientIo>(
                 continue;
             }
             tbuf.filled(n);
-            if client.write_all(tbuf.data()).await.is_err() {
+            if send(client, tbuf.data()).await.is_err() {
                 return;
             }
             tbuf.consume(n);
