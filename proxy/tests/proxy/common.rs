@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -312,6 +312,32 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
             Err(_) => return false,
         }
+    }
+}
+
+/// A certs dir with certificates for names from a test CA, and the CA's
+/// file for clients.
+pub struct Site {
+    pub _dir: tempfile::TempDir,
+    pub certs: PathBuf,
+    pub ca_file: PathBuf,
+    pub ca: TestCa,
+}
+
+pub fn site(names: &[&str]) -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = TestCa::new();
+    for n in names {
+        ca.issue(&certs, n);
+    }
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    Site {
+        _dir: dir,
+        certs,
+        ca_file,
+        ca,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,28 +57,6 @@ fn curl_h2(
     )
 }
 
-struct Site {
-    _dir: tempfile::TempDir,
-    certs: PathBuf,
-    ca_file: PathBuf,
-    ca: TestCa,
-}
-
-fn site(name: &str) -> Site {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let ca = TestCa::new();
-    ca.issue(&certs, name);
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    Site {
-        _dir: dir,
-        certs,
-        ca_file,
-        ca,
-    }
-}
-
 /// A tenant speaking raw bytes: it answers each request head it reads
 /// with `answer` (then closes, with `close`), and keeps what it received.
 struct RawTenant {
@@ -128,7 +106,7 @@ fn raw_tenant(answer: &'static [u8], close: bool) -> RawTenant {
 #[test]
 fn h2_streams_reuse_pooled_tenant_connections_with_their_framing() {
     let a = Backend::start("a");
-    let s = site("a.test");
+    let s = site(&["a.test"]);
     let certs = s.certs.clone();
     let p = proxy(&[("a.test", "a", a.addr)], |st| st.certs_dir = Some(certs));
     let port = p.https_addr().unwrap().port();
@@ -183,7 +161,7 @@ fn h2_streams_reuse_pooled_tenant_connections_with_their_framing() {
 /// transfer incomplete), never a complete answer.
 #[test]
 fn hostile_tenant_answers_to_h2_streams_are_refused() {
-    let s = site("a.test");
+    let s = site(&["a.test"]);
     let cases: [(&str, &'static [u8], bool, u16); 6] = [
         (
             "Content-Length with Transfer-Encoding",
@@ -285,7 +263,7 @@ fn hostile_tenant_answers_to_h2_streams_are_refused() {
 #[test]
 fn a_length_without_a_body_never_reaches_the_tenant() {
     let t = raw_tenant(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false);
-    let s = site("a.test");
+    let s = site(&["a.test"]);
     let certs = s.certs.clone();
     let p = proxy(&[("a.test", "a", t.addr)], |st| st.certs_dir = Some(certs));
     let port = p.https_addr().unwrap().port();
@@ -356,7 +334,7 @@ fn frames_until_closed(tls: &mut impl Read) -> Vec<(u8, u32, u32)> {
 #[test]
 fn rapid_reset_streams_end_the_connection() {
     let a = Backend::start("a");
-    let s = site("a.test");
+    let s = site(&["a.test"]);
     let certs = s.certs.clone();
     let p = proxy(&[("a.test", "a", a.addr)], |st| st.certs_dir = Some(certs));
     let addr = p.https_addr().unwrap();

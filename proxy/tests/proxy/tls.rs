@@ -10,30 +10,6 @@ use crate::common::*;
 use rustls::pki_types::pem::PemObject as _;
 use sotolito_proxy::{FileSource, Watcher};
 
-struct Site {
-    _dir: tempfile::TempDir,
-    certs: std::path::PathBuf,
-    ca_file: std::path::PathBuf,
-    ca: TestCa,
-}
-
-fn site(names: &[&str]) -> Site {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let ca = TestCa::new();
-    for n in names {
-        ca.issue(&certs, n);
-    }
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    Site {
-        _dir: dir,
-        certs,
-        ca_file,
-        ca,
-    }
-}
-
 #[test]
 fn h2_over_tls_routes_two_tenants_by_sni() {
     let a = Backend::start("a");
