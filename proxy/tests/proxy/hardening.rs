@@ -352,6 +352,36 @@ fn connections_beyond_the_per_client_limit_are_closed() {
 }
 
 #[test]
+fn parked_connections_keep_their_place_in_the_limits() {
+    let a = Backend::start("a");
+    let p = proxy(&[("a.test", "a", a.addr)], |s| {
+        s.max_connections_per_ip = 2;
+    });
+    let addr = p.http_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut s).status, 200);
+        held.push(s);
+    }
+    wait_gauge(&p, "parked_connections", 2);
+    let mut third = TcpStream::connect(addr).unwrap();
+    let _ = third.write_all(b"GET /third HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert!(
+        closed_by_peer(&mut third),
+        "a third connection was served beside two parked ones"
+    );
+    assert!(a.requests().iter().all(|r| r.path != "/third"));
+    // Control: once a parked one leaves, its place is given out again.
+    drop(held.pop());
+    wait_gauge(&p, "open_connections", 1);
+    let r = get(addr, "a.test", "/later");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
 fn connections_beyond_the_total_limit_are_closed() {
     let a = Backend::start("a");
     let p = proxy(&[("a.test", "a", a.addr)], |s| {
