@@ -10,6 +10,12 @@
 # First, before any load: IDLE_CONNS (9,000) idle keep-alive client
 # connections (each proxy's RSS per connection, its processes summed).
 #
+# The keep-alive rounds also run wrk through HAProxy's TCP mode to the
+# same backend ("floor"): a relay that parses nothing and holds one
+# backend connection per client connection. It is not a rival (it cannot
+# route by Host); it is what moving the same bytes through a user-space
+# relay costs on this machine, the ceiling for any HTTP proxy's rate.
+#
 # Then TLS: a full handshake per request (ECDSA P-256, Connection: close,
 # session resumption off on every server), handshakes per second. Then
 # five route reloads under load per proxy, counting failed requests: ours
@@ -69,6 +75,7 @@ OURS=127.0.0.1:$((P + 1))
 OURS10K=127.0.0.1:$((P + 2))
 HAPROXY=127.0.0.1:$((P + 3))
 NGINXP=127.0.0.1:$((P + 4))
+FLOOR=127.0.0.1:$((P + 5))
 HOST=bench.test
 # TLS clients send SNI only for names; wrk takes the name from the URL, so
 # the TLS targets are named localhost and listen where it resolves.
@@ -192,14 +199,21 @@ frontend edge_tls
     bind $TLS_HAPROXY ssl crt $TMP/haproxy.pem alpn h2,http/1.1
     option forwardfor
     use_backend %[req.hdr(host),lower,field(1,:),map($TMP/hosts.map)]
+frontend floor
+    mode tcp
+    bind $FLOOR
+    default_backend relay
 backend tenant
     http-reuse always
+    server t1 $BACKEND
+backend relay
+    mode tcp
     server t1 $BACKEND
 EOF
 
 # A port another run holds would answer in place of the server meant to
 # hold it (nginx even retries its bind for seconds before it gives up).
-for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP $TLS_OURS $TLS_HAPROXY $TLS_NGINXP 127.0.0.1:$((P + 10)); do
+for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP $FLOOR $TLS_OURS $TLS_HAPROXY $TLS_NGINXP 127.0.0.1:$((P + 10)); do
     if [[ -n $(ss -Htln "sport = :${addr##*:}") ]]; then
         echo "run.sh: port ${addr##*:} is taken (another run?); PORT_BASE=N moves the ports to N..N+14" >&2
         exit 1
@@ -225,7 +239,7 @@ PIDS+=($!); TLS_OURS_PID=$!
 # TLS proxy above allows 1,000.
 
 # Wait until every target answers.
-for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP; do
+for addr in $BACKEND $OURS $OURS10K $HAPROXY $NGINXP $FLOOR; do
     for _ in $(seq 100); do
         if curl -s -o /dev/null -H "Host: $HOST" "http://$addr/index.html"; then break; fi
         sleep 0.1
@@ -317,15 +331,15 @@ check_wrk() { # TARGET SHAPE WRK_OUTPUT BACKEND_BEFORE BACKEND_AFTER
     check_answers "$1" "$2" "${reqs:-0}" "${bad:-0}" "$4" "$5"
 }
 
-target_addr() { case $1 in direct) echo $BACKEND ;; ours) echo $OURS ;; ours-10k) echo $OURS10K ;; haproxy) echo $HAPROXY ;; nginx) echo $NGINXP ;; esac; }
-target_pid() { case $1 in direct) echo $BACKEND_PID ;; ours) echo $OURS_PID ;; ours-10k) echo $OURS10K_PID ;; haproxy) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
+target_addr() { case $1 in direct) echo $BACKEND ;; ours) echo $OURS ;; ours-10k) echo $OURS10K ;; haproxy) echo $HAPROXY ;; nginx) echo $NGINXP ;; floor) echo $FLOOR ;; esac; }
+target_pid() { case $1 in direct) echo $BACKEND_PID ;; ours) echo $OURS_PID ;; ours-10k) echo $OURS10K_PID ;; haproxy | floor) echo $HAPROXY_PID ;; nginx) echo $NGINXP_PID ;; esac; }
 
 # Latency in wrk's units -> milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 
 RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
-TARGETS=(direct ours ours-10k haproxy nginx)
+TARGETS=(direct ours ours-10k haproxy nginx floor)
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS interleaved rounds" >&2
 for round in $(seq "$ROUNDS"); do
     # Each round starts one target later, so no target always runs right
@@ -498,4 +512,6 @@ fi
 
 O1=$(col ours 3); O10=$(col ours-10k 3)
 awk -v a="$O1" -v b="$O10" 'BEGIN { printf "\nours with 10,000 routes vs 1 route: %.3fx req/s\n", b / a }'
+awk -v a="$O1" -v f="$(col floor 3)" 'BEGIN { printf "ours vs the TCP relay floor: %.3fx req/s\n", a / f }'
 echo "(direct: wrk straight at the backend; its cpu column is the backend's own)"
+echo "(floor: HAProxy's TCP mode relaying the same bytes, no HTTP; the rate no HTTP proxy here can pass)"
