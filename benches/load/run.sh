@@ -2,8 +2,8 @@
 # Load benchmark: our proxy vs HAProxy vs nginx-as-proxy, all routing by
 # Host to one nginx backend serving a small static file, all on loopback.
 #
-#   benches/load/run.sh            wrk -t2 -c64, 10 s rounds, 3 interleaved rounds
-#   ROUNDS=5 benches/load/run.sh   more rounds, steadier medians on a noisy machine
+#   benches/load/run.sh            wrk -t2 -c64, 10 s rounds, 5 interleaved rounds
+#   ROUNDS=9 benches/load/run.sh   more rounds, steadier medians on a noisy machine
 #   benches/load/run.sh --smoke    1 s rounds, 2 rounds (what CI runs)
 #   PORT_BASE=21080 benches/load/run.sh   ports 21080..21094 instead of 18080..
 #
@@ -36,7 +36,11 @@ ulimit -n "$(ulimit -Hn)"
 
 DURATION=10s
 TLS_DURATION=5s
-ROUNDS=${ROUNDS:-3}
+# Two runs of one binary side by side differ by up to 10 % in a 10 s
+# round on the 2-core machines: five rounds, and each ratio also taken
+# within each round (a "paired" median), which drift between rounds does
+# not move.
+ROUNDS=${ROUNDS:-5}
 # HAProxy asks for two descriptors per connection it may hold: under a
 # 20,000 hard limit (the build machines') it holds at most ~9,900.
 IDLE_CONNS=${IDLE_CONNS:-9000}
@@ -366,15 +370,26 @@ done
 # Medians per target, then ratios to HAProxy.
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col() { awk -F'\t' -v t="$1" -v c="$2" '$1 == t { print $c }' "$RESULTS" | median; }
+# Median over rounds of target T's column C in FILE over HAProxy's in the
+# same round (the round in column R; only rows whose column K is KEY).
+paired() { # FILE T C R [K KEY]
+    awk -F'\t' -v t="$2" -v c="$3" -v rc="$4" -v k="${5:-0}" -v key="${6:-}" '
+        k && $k != key { next }
+        { r = $rc }
+        $1 == t { v[NR] = $c; rt[NR] = r }
+        $1 == "haproxy" { h[r] = $c }
+        END { for (i in v) if (h[rt[i]] > 0) print v[i] / h[rt[i]] }' "$1" | median | awk '{ printf "%.3f", $1 }'
+}
 H_RPS=$(col haproxy 3); H_P99=$(col haproxy 5); H_CPU=$(col haproxy 6)
 echo
 echo "medians of $ROUNDS interleaved rounds, wrk -t$THREADS -c$CONNS -d$DURATION, Host: $HOST -> nginx static file"
-printf '%-10s %12s %9s %9s %12s %9s %9s %9s\n' target req/s p50_ms p99_ms cpu_us/req rps/hap p99/hap cpu/hap
+printf '%-10s %12s %9s %9s %12s %9s %9s %9s %9s\n' target req/s p50_ms p99_ms cpu_us/req rps/hap p99/hap cpu/hap paired
 for t in "${TARGETS[@]}"; do
     rps=$(col $t 3); p50=$(col $t 4); p99=$(col $t 5); cpu=$(col $t 6)
-    awk -v t=$t -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v hr="$H_RPS" -v hp="$H_P99" -v hc="$H_CPU" \
-        'BEGIN { printf "%-10s %12.0f %9.3f %9.3f %12.2f %9.3f %9.3f %9.3f\n", t, rps, p50, p99, cpu, rps / hr, p99 / hp, (t == "direct" ? 0 : cpu / hc) }'
+    awk -v t=$t -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v hr="$H_RPS" -v hp="$H_P99" -v hc="$H_CPU" -v pr="$(paired "$RESULTS" $t 3 2)" \
+        'BEGIN { printf "%-10s %12.0f %9.3f %9.3f %12.2f %9.3f %9.3f %9.3f %9.3f\n", t, rps, p50, p99, cpu, rps / hr, p99 / hp, (t == "direct" ? 0 : cpu / hc), pr }'
 done
+echo "(paired: the median over rounds of req/s over HAProxy's in the same round)"
 
 # TLS: every request a new connection and a full handshake.
 TLS_RESULTS="$TMP/tls.tsv"
@@ -401,9 +416,9 @@ tcol() { awk -F'\t' -v t="$1" -v c="$2" '$1 == t { print $c }' "$TLS_RESULTS" | 
 TH=$(tcol haproxy 3)
 echo
 echo "TLS full handshakes (ECDSA P-256, new connection per request), medians of $ROUNDS rounds"
-printf '%-10s %14s %14s %9s\n' target handshakes/s cpu_us/hs rate/hap
+printf '%-10s %14s %14s %9s %9s\n' target handshakes/s cpu_us/hs rate/hap paired
 for t in ours haproxy nginx; do
-    awk -v t=$t -v r="$(tcol $t 3)" -v c="$(tcol $t 4)" -v h="$TH" 'BEGIN { printf "%-10s %14.0f %14.2f %9.3f\n", t, r, c, r / h }'
+    awk -v t=$t -v r="$(tcol $t 3)" -v c="$(tcol $t 4)" -v h="$TH" -v pr="$(paired "$TLS_RESULTS" $t 3 2)" 'BEGIN { printf "%-10s %14.0f %14.2f %9.3f %9.3f\n", t, r, c, r / h, pr }'
 done
 
 SHAPES="$TMP/shapes.tsv"
@@ -422,7 +437,7 @@ for round in $(seq "$ROUNDS"); do
         out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Connection: close" -H "Host: $HOST" "http://$addr/index.html")
         after=$(cpu_ticks "$pid"); check_wrk "$t" close "$out" "$b0" "$(backend_requests)"
         rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out"); reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
-        printf '%s\tclose\t%s\t%s\n' "$t" "$rps" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')" >>"$SHAPES"
+        printf '%s\tclose\t%s\t%s\t%s\n' "$t" "$rps" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')" "$round" >>"$SHAPES"
         # A 1 MiB response; our RSS sampled meanwhile.
         peak=0; b0=$(backend_requests)
         wrk -t"$THREADS" -c16 -d"$TLS_DURATION" -H "Host: $HOST" "http://$addr/big.bin" >"$TMP/big-$t.txt" &
@@ -434,14 +449,14 @@ for round in $(seq "$ROUNDS"); do
         wait $WRK_PID
         check_wrk "$t" 1MiB "$(cat "$TMP/big-$t.txt")" "$b0" "$(backend_requests)"
         rps=$(awk '/^Requests\/sec/ { print $2 }' "$TMP/big-$t.txt")
-        printf '%s\tbig\t%s\t%s\n' "$t" "$rps" "$peak" >>"$SHAPES"
+        printf '%s\tbig\t%s\t%s\t%s\n' "$t" "$rps" "$peak" "$round" >>"$SHAPES"
         # TLS keep-alive.
         port=$(tls_port $t); pid=$(tls_pid $t)
         before=$(cpu_ticks "$pid"); b0=$(backend_requests)
         out=$(wrk -t"$THREADS" -c"$CONNS" -d"$TLS_DURATION" -H "Host: $TLS_HOST" "https://$TLS_HOST:$port/index.html")
         after=$(cpu_ticks "$pid"); check_wrk "$t" tls-keep-alive "$out" "$b0" "$(backend_requests)"
         rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out"); reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
-        printf '%s\ttls-ka\t%s\t%s\n' "$t" "$rps" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')" >>"$SHAPES"
+        printf '%s\ttls-ka\t%s\t%s\t%s\n' "$t" "$rps" "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')" "$round" >>"$SHAPES"
         # HTTP/2: 64 connections, 10 streams each. The rate is of 2xx
         # answers (h2load's own req/s counts every answer, 503s too).
         # h2load has been seen to spin past -D: bounded.
@@ -455,7 +470,7 @@ for round in $(seq "$ROUNDS"); do
         check_answers "$t" h2 "${done_:-0}" "$(( ${done_:-0} - ${ok:-0} ))" "$b0" "$b1"
         rps=$(awk -v n="${ok:-0}" -v s="${secs:-0}" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
         cpu_us=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="${ok:-0}" 'BEGIN { printf "%.2f", (n > 0 ? d / hz / n * 1e6 : 0) }')
-        printf '%s\th2\t%s\t%s\n' "$t" "$rps" "$cpu_us" >>"$SHAPES"
+        printf '%s\th2\t%s\t%s\t%s\n' "$t" "$rps" "$cpu_us" "$round" >>"$SHAPES"
         printf '  round %s %-8s done\n' "$round" "$t" >&2
     done
 done
@@ -469,6 +484,11 @@ for t in "${SHAPE_TARGETS[@]}"; do
         -v hc="$HC" -v ht="$HT" -v hh="$HH" -v hb="$HB" \
         'BEGIN { printf "%-8s %12.0f %9.3f %12.2f %9.0f %10.3f %9.0f %9.3f %9.2f %10.0f %12.3f %12.1f\n", t, c, c / hc, cc, k, k / ht, h, (hh > 0 ? h / hh : 0), hcpu, b, b / hb, r / 1024 }'
 done
+echo "paired (median over rounds of ours over HAProxy in the same round):" \
+    "close $(paired "$SHAPES" ours 3 5 2 close)," \
+    "tls keep-alive $(paired "$SHAPES" ours 3 5 2 tls-ka)," \
+    "h2 $(paired "$SHAPES" ours 3 5 2 h2)," \
+    "1 MiB $(paired "$SHAPES" ours 3 5 2 big)"
 
 # Five reloads in 5 s under load; every non-2xx answer and socket error is
 # a failed request.
