@@ -163,6 +163,26 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedStream<T> {
     }
 }
 
+impl<T> GuardedStream<T> {
+    /// A write that waits is held to the idle deadline too: a client that
+    /// stops reading (an upgraded connection's, whose tunnel then waits
+    /// on this write and reads nothing) is not kept for ever.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.last_activity = Instant::now();
+                r
+            }
+            Poll::Pending => self.poll_deadline(cx).map(Err),
+            r => r,
+        }
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedStream<T> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -171,10 +191,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedStream<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_activity = Instant::now();
-        }
-        r
+        this.wrote(cx, r)
     }
 
     fn poll_write_vectored(
@@ -184,10 +201,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedStream<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.last_activity = Instant::now();
-        }
-        r
+        this.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

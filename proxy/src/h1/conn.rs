@@ -142,7 +142,7 @@ impl Timer {
     }
 
     /// Ready once `deadline` has passed.
-    fn poll_at(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+    pub(crate) fn poll_at(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         loop {
             if self.sleep.deadline() > deadline {
                 self.sleep.as_mut().reset(deadline);

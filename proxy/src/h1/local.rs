@@ -46,17 +46,29 @@ impl Local {
     }
 
     pub(crate) fn buf(self: &Arc<Self>, size: Size) -> Buf {
-        let free = self.free[size as usize]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let data = free.unwrap_or_else(|| vec![0; self.sizes[size as usize]].into_boxed_slice());
         Buf {
-            data,
+            data: self.storage(size),
             start: 0,
             end: 0,
             home: self.clone(),
             size,
+        }
+    }
+
+    fn storage(&self, size: Size) -> Box<[u8]> {
+        let free = self.free[size as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        free.unwrap_or_else(|| vec![0; self.sizes[size as usize]].into_boxed_slice())
+    }
+
+    fn give_back(&self, size: Size, data: Box<[u8]>) {
+        let mut free = self.free[size as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if free.len() < MAX_FREE_BUFFERS {
+            free.push(data);
         }
     }
 
@@ -162,9 +174,22 @@ impl Buf {
         }
     }
 
+    /// Gives the storage back to the worker while nothing is unread: a
+    /// connection that may wait long for its next bytes (an upgraded
+    /// one) then holds none. `spare` takes storage again.
+    pub(crate) fn release(&mut self) {
+        if self.is_empty() && !self.data.is_empty() {
+            self.home
+                .give_back(self.size, std::mem::take(&mut self.data));
+        }
+    }
+
     /// Free space after the unread bytes, moved to the front first when
     /// the end is full.
     pub(crate) fn spare(&mut self) -> &mut [u8] {
+        if self.data.is_empty() {
+            self.data = self.home.storage(self.size);
+        }
         if self.end == self.data.len() && self.start > 0 {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -180,12 +205,9 @@ impl Buf {
 
 impl Drop for Buf {
     fn drop(&mut self) {
-        let data = std::mem::take(&mut self.data);
-        let mut free = self.home.free[self.size as usize]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if free.len() < MAX_FREE_BUFFERS {
-            free.push(data);
+        if !self.data.is_empty() {
+            self.home
+                .give_back(self.size, std::mem::take(&mut self.data));
         }
     }
 }
@@ -207,8 +229,26 @@ mod tests {
         assert_eq!(b.data(), b"gh");
         drop(b);
         assert_eq!(local.free[0].lock().unwrap().len(), 1);
-        let b = local.buf(Size::Request);
+        let mut b = local.buf(Size::Request);
         assert!(b.is_empty());
         assert_eq!(local.free[0].lock().unwrap().len(), 0);
+        // Released while empty: the storage is back, and comes again.
+        b.release();
+        assert_eq!(local.free[0].lock().unwrap().len(), 1);
+        assert_eq!(b.spare().len(), 8);
+        assert_eq!(local.free[0].lock().unwrap().len(), 0);
+        // Not while it holds bytes.
+        b.filled(3);
+        b.release();
+        assert_eq!(b.data().len(), 3);
+        assert_eq!(local.free[0].lock().unwrap().len(), 0);
+        b.consume(3);
+        b.release();
+        drop(b);
+        assert_eq!(
+            local.free[0].lock().unwrap().len(),
+            1,
+            "a released buffer is not given back twice"
+        );
     }
 }

@@ -400,3 +400,32 @@ pub fn curl(ca_file: &Path, port: u16, url: &str, extra: &[&str]) -> (u16, Strin
     let version = tail.next().unwrap_or("").to_owned();
     (status, version, body.to_owned())
 }
+
+/// Opens a WebSocket to backend `a` (Host a.test) through the proxy at
+/// `addr`, and checks that it echoes.
+pub fn websocket(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade").as_deref(), Some("websocket"));
+    echo(&mut s, b"ping");
+    s
+}
+
+/// Sends `msg` and reads it back from the echoing backend, both at once
+/// (a message larger than the sockets' buffers would otherwise stop).
+pub fn echo(s: &mut TcpStream, msg: &[u8]) {
+    let mut w = s.try_clone().unwrap();
+    let sent = msg.to_vec();
+    let writer = std::thread::spawn(move || w.write_all(&sent));
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(back == msg, "the echo of {} bytes differs", msg.len());
+}

@@ -314,6 +314,45 @@ fn idle_keep_alive_connections_are_closed() {
     assert!(closed_by_peer(&mut s), "idle connection stayed open");
 }
 
+/// A WebSocket whose client stops reading while its tenant keeps sending
+/// is closed once nothing has moved for the idle timeout, with both
+/// engines (the h1 engine's tunnel used to wait on that write for ever,
+/// holding the tenant connection, its buffers and a place in the limits).
+#[test]
+fn a_websocket_whose_client_stops_reading_is_closed() {
+    for engine in ENGINES {
+        let a = Backend::start("a");
+        let p = proxy(&[("a.test", "a", a.addr)], |s| {
+            s.engine = engine;
+            s.idle_timeout = Duration::from_millis(500);
+        });
+        // Control: it is tunnelled and counted.
+        let ws = websocket(p.http_addr().unwrap());
+        assert_eq!(gauge(&p, "open_connections"), 1, "{engine:?}");
+        // The client sends without end and never reads: the tenant's echo
+        // fills the way back, and then nothing moves.
+        let mut w = ws.try_clone().unwrap();
+        w.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            (0..4096)
+                .take_while(|_| w.write_all(&chunk).is_ok())
+                .count()
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while gauge(&p, "open_connections") != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{engine:?}: the WebSocket whose client stopped reading is still open"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let chunks = writer.join().unwrap();
+        assert!(chunks < 4096, "{engine:?}: the proxy took all 256 MiB");
+        drop(ws);
+    }
+}
+
 #[test]
 fn connections_beyond_the_per_client_limit_are_closed() {
     let a = Backend::start("a");

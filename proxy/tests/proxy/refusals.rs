@@ -260,23 +260,6 @@ fn bodiless_answers_keep_the_framing_headers_hyper_keeps() {
     );
 }
 
-/// Opens a WebSocket through the proxy at `addr` and checks it echoes.
-fn websocket(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .unwrap();
-    let head = read_head(&mut s);
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    s.write_all(b"ping").unwrap();
-    let mut back = [0u8; 4];
-    s.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"ping");
-    s
-}
-
 /// The proxy's open-connections gauge.
 fn open_connections(admin: SocketAddr) -> u64 {
     let text = String::from_utf8_lossy(&raw(

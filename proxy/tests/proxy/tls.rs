@@ -384,6 +384,46 @@ fn own_answers_to_upgrade_requests_close_the_connection() {
     b.assert_untouched("b after the proxy's own answers");
 }
 
+/// A WebSocket over TLS: echoed both ways, after pauses (the tunnel then
+/// waits on the socket without buffers and rustls' state decides when to
+/// read), with more than a buffer at once; the client's close_notify
+/// reaches the tenant as its end, and the tenant's end comes back.
+#[test]
+fn websockets_over_tls_are_tunneled_across_pauses_and_ends() {
+    let a = Backend::start("a");
+    let s = site(&["a.test"]);
+    let certs = s.certs.clone();
+    let p = proxy(&[("a.test", "a", a.addr)], |st| st.certs_dir = Some(certs));
+    let mut tls = tls_connect(p.https_addr().unwrap(), &s.ca, "a.test", &[b"http/1.1"]);
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let r = read_response(&mut tls);
+    assert_eq!(r.status, 101);
+    let mut echo = |msg: &[u8]| {
+        tls.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tls.read_exact(&mut back).unwrap();
+        assert!(back == msg, "the echo of {} bytes differs", msg.len());
+    };
+    echo(b"hello");
+    std::thread::sleep(Duration::from_millis(300));
+    echo(b"after a pause");
+    echo(&vec![b'm'; 200 * 1024]);
+    std::thread::sleep(Duration::from_millis(300));
+    echo(b"again");
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    let mut rest = Vec::new();
+    let end = tls.read_to_end(&mut rest);
+    assert!(
+        matches!(end, Ok(0)) && rest.is_empty(),
+        "after the client's end: {end:?}, {} more bytes",
+        rest.len()
+    );
+}
+
 /// A stopped tenant's sites answer 503 with the short page at once,
 /// without the tenant being asked, over HTTP/2 (hyper's path, whatever the
 /// HTTP/1 engine) and with either HTTP/1 engine.
