@@ -383,13 +383,14 @@ paired() { # FILE T C R [K KEY]
 H_RPS=$(col haproxy 3); H_P99=$(col haproxy 5); H_CPU=$(col haproxy 6)
 echo
 echo "medians of $ROUNDS interleaved rounds, wrk -t$THREADS -c$CONNS -d$DURATION, Host: $HOST -> nginx static file"
-printf '%-10s %12s %9s %9s %12s %9s %9s %9s %9s\n' target req/s p50_ms p99_ms cpu_us/req rps/hap p99/hap cpu/hap paired
+printf '%-10s %12s %9s %9s %12s %9s %9s %9s %9s %9s\n' target req/s p50_ms p99_ms cpu_us/req rps/hap p99/hap cpu/hap rps_pair p99_pair
 for t in "${TARGETS[@]}"; do
     rps=$(col $t 3); p50=$(col $t 4); p99=$(col $t 5); cpu=$(col $t 6)
-    awk -v t=$t -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v hr="$H_RPS" -v hp="$H_P99" -v hc="$H_CPU" -v pr="$(paired "$RESULTS" $t 3 2)" \
-        'BEGIN { printf "%-10s %12.0f %9.3f %9.3f %12.2f %9.3f %9.3f %9.3f %9.3f\n", t, rps, p50, p99, cpu, rps / hr, p99 / hp, (t == "direct" ? 0 : cpu / hc), pr }'
+    awk -v t=$t -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v hr="$H_RPS" -v hp="$H_P99" -v hc="$H_CPU" \
+        -v pr="$(paired "$RESULTS" $t 3 2)" -v pp="$(paired "$RESULTS" $t 5 2)" \
+        'BEGIN { printf "%-10s %12.0f %9.3f %9.3f %12.2f %9.3f %9.3f %9.3f %9.3f %9.3f\n", t, rps, p50, p99, cpu, rps / hr, p99 / hp, (t == "direct" ? 0 : cpu / hc), pr, pp }'
 done
-echo "(paired: the median over rounds of req/s over HAProxy's in the same round)"
+echo "(*_pair: the median over rounds of the ratio to HAProxy's figure in the same round)"
 
 # TLS: every request a new connection and a full handshake.
 TLS_RESULTS="$TMP/tls.tsv"
