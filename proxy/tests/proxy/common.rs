@@ -197,6 +197,12 @@ pub fn proxy(
     ProxyHandle::start(settings, listen, table).unwrap()
 }
 
+/// Both HTTP/1 engines, for tests that hold for each.
+pub const ENGINES: [sotolito_proxy::ProxyEngine; 2] = [
+    sotolito_proxy::ProxyEngine::H1,
+    sotolito_proxy::ProxyEngine::Hyper,
+];
+
 /// A gauge's value from the admin listener's /metrics.
 pub fn gauge(p: &sotolito_proxy::ProxyHandle, name: &str) -> i64 {
     let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();

@@ -6,7 +6,6 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::common::*;
-use sotolito_proxy::ProxyEngine;
 
 const SMUGGLING: &[(&str, &str)] = &[
     (
@@ -72,8 +71,6 @@ const SMUGGLING: &[(&str, &str)] = &[
         "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
     ),
 ];
-
-const ENGINES: [ProxyEngine; 2] = [ProxyEngine::H1, ProxyEngine::Hyper];
 
 #[test]
 fn ambiguous_requests_get_400_close_and_never_reach_the_tenant() {

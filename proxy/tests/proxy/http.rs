@@ -132,6 +132,27 @@ fn websocket_upgrade_is_tunneled_both_ways() {
     assert_eq!(a.requests()[0].headers["upgrade"], "websocket");
 }
 
+/// Each side's end reaches the other: the client's FIN ends what the
+/// tenant reads (the echo server then closes), and the tenant's close
+/// reaches the client after the bytes before it, with both engines.
+#[test]
+fn an_upgraded_connection_passes_each_end_on() {
+    for engine in ENGINES {
+        let a = Backend::start("a");
+        let p = proxy(&[("a.test", "a", a.addr)], |s| s.engine = engine);
+        let mut ws = websocket(p.http_addr().unwrap());
+        ws.write_all(b"last words").unwrap();
+        ws.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let end = ws.read_to_end(&mut rest);
+        assert!(
+            end.is_ok() && rest == b"last words",
+            "{engine:?}: after the client's FIN: {end:?}, {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
 /// A quiet WebSocket holds no buffers: upgraded connections through a
 /// proxy process of its own, each quiet after moving 256 KiB both ways,
 /// cost the proxy a few KiB each (their buffers, 80 KiB, are the

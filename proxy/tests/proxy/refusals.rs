@@ -6,11 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use sotolito_proxy::ProxyEngine;
-
 use crate::common::*;
-
-const ENGINES: [ProxyEngine; 2] = [ProxyEngine::H1, ProxyEngine::Hyper];
 
 /// How a connection ended for the client.
 #[derive(Debug, PartialEq)]
