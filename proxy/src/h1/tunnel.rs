@@ -96,15 +96,16 @@ impl Direction<'_> {
         self.ended
     }
 
-    /// Moves what can move now. Ready(Err) ends the tunnel; Ready(Ok)
-    /// means bytes moved or the end was passed on; Pending means this
-    /// direction waits (and holds no buffer unless bytes are in flight).
+    /// Moves what can move now, until it has to wait. Ready(Err) ends
+    /// the tunnel; Ready(Ok) means bytes moved or the end was passed on;
+    /// Pending means nothing could move (and no buffer is held unless
+    /// bytes are in flight).
     fn poll_move<S: Source, D: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut S,
         dst: &mut D,
-    ) -> Poll<io::Result<bool>> {
+    ) -> Poll<io::Result<()>> {
         let mut moved = false;
         loop {
             if !self.buf.is_empty() {
@@ -170,7 +171,7 @@ impl Direction<'_> {
             }
         }
         if moved {
-            Poll::Ready(Ok(true))
+            Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
@@ -205,14 +206,14 @@ pub(crate) async fn run<T: ClientIo>(
         let mut moved = false;
         if !up.done() {
             match up.poll_move(cx, &mut *client, &mut tenant) {
-                Poll::Ready(Ok(_)) => moved = true,
+                Poll::Ready(Ok(())) => moved = true,
                 Poll::Ready(Err(_)) => return Poll::Ready(true),
                 Poll::Pending => {}
             }
         }
         if !down.done() {
             match down.poll_move(cx, &mut tenant, &mut *client) {
-                Poll::Ready(Ok(_)) => moved = true,
+                Poll::Ready(Ok(())) => moved = true,
                 Poll::Ready(Err(_)) => return Poll::Ready(true),
                 Poll::Pending => {}
             }
