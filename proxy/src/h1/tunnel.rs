@@ -39,44 +39,13 @@ impl<T: ClientIo> Source for T {
     }
 }
 
-/// The tenant side (not a `ClientIo`: a wrapper keeps the two impls apart).
-struct Tenant<'a>(&'a mut TcpStream);
-
-impl AsyncRead for Tenant<'_> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tenant<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.get_mut().0).poll_write(cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-impl Source for Tenant<'_> {
+impl Source for TcpStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_read_ready(cx)
+        self.poll_read_ready(cx)
     }
 
     fn drained(&self) {
-        drained(self.0)
+        drained(self)
     }
 }
 
@@ -92,10 +61,6 @@ struct Direction<'b> {
 }
 
 impl Direction<'_> {
-    fn done(&self) -> bool {
-        self.ended
-    }
-
     /// Moves what can move now, until it has to wait. Ready(Err) ends
     /// the tunnel; Ready(Ok) means bytes moved or the end was passed on;
     /// Pending means nothing could move (and no buffer is held unless
@@ -185,7 +150,6 @@ pub(crate) async fn run<T: ClientIo>(
     tbuf: &mut Buf,
     idle: Duration,
 ) {
-    let mut tenant = Tenant(tenant);
     let mut up = Direction {
         buf: cbuf,
         open: true,
@@ -204,21 +168,21 @@ pub(crate) async fn run<T: ClientIo>(
     // registered), so one pass per wakeup is enough.
     let ended = poll_fn(|cx| {
         let mut moved = false;
-        if !up.done() {
-            match up.poll_move(cx, &mut *client, &mut tenant) {
+        if !up.ended {
+            match up.poll_move(cx, &mut *client, &mut *tenant) {
                 Poll::Ready(Ok(())) => moved = true,
                 Poll::Ready(Err(_)) => return Poll::Ready(true),
                 Poll::Pending => {}
             }
         }
-        if !down.done() {
-            match down.poll_move(cx, &mut tenant, &mut *client) {
+        if !down.ended {
+            match down.poll_move(cx, &mut *tenant, &mut *client) {
                 Poll::Ready(Ok(())) => moved = true,
                 Poll::Ready(Err(_)) => return Poll::Ready(true),
                 Poll::Pending => {}
             }
         }
-        if up.done() && down.done() {
+        if up.ended && down.ended {
             return Poll::Ready(true);
         }
         if moved {

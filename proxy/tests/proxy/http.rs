@@ -424,17 +424,9 @@ fn connections_are_spread_evenly_over_the_workers_and_all_served() {
         assert_eq!(read_response(&mut s).status, 200, "connection {i}");
         open.push(s);
     }
-    let text = get(p.admin_addr().unwrap(), "localhost", "/metrics").text();
     let per_worker: Vec<i64> = ["0", "1"]
         .iter()
-        .map(|w| {
-            let key = format!("sotolito_proxy_worker_connections{{worker=\"{w}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(key.as_str()))
-                .unwrap_or_else(|| panic!("no {key:?} in\n{text}"))
-                .parse()
-                .unwrap()
-        })
+        .map(|w| gauge(&p, &format!("worker_connections{{worker=\"{w}\"}}")))
         .collect();
     assert_eq!(per_worker.iter().sum::<i64>(), 20, "{per_worker:?}");
     assert!((per_worker[0] - per_worker[1]).abs() <= 1, "{per_worker:?}");

@@ -256,19 +256,6 @@ fn bodiless_answers_keep_the_framing_headers_hyper_keeps() {
     );
 }
 
-/// The proxy's open-connections gauge.
-fn open_connections(admin: SocketAddr) -> u64 {
-    let text = String::from_utf8_lossy(&raw(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    ))
-    .into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("sotolito_proxy_open_connections "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no open-connections gauge in {text}"))
-}
-
 /// An upgraded connection is still a client connection: it keeps its
 /// place in the connection limits and in the open-connections gauge until
 /// it ends (else one address opens WebSockets without bound), and its
@@ -282,10 +269,10 @@ fn upgraded_connections_count_until_they_end() {
             s.engine = engine;
             s.max_connections_per_ip = 2;
         });
-        let (addr, admin) = (p.http_addr().unwrap(), p.admin_addr().unwrap());
+        let addr = p.http_addr().unwrap();
         let first = websocket(addr);
         let mut second = websocket(addr);
-        let open = open_connections(admin);
+        let open = gauge(&p, "open_connections");
         // A third connection from the same address is over the limit.
         let mut third = TcpStream::connect(addr).unwrap();
         let _ = third.write_all(b"GET /third HTTP/1.1\r\nHost: a.test\r\n\r\n");
@@ -328,11 +315,11 @@ fn upgraded_connections_count_until_they_end() {
         );
         drop((second, third));
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while open_connections(admin) != 0 {
+        while gauge(&p, "open_connections") != 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{engine:?}: the gauge stays at {} after every connection ended",
-                open_connections(admin)
+                gauge(&p, "open_connections")
             );
             std::thread::sleep(Duration::from_millis(20));
         }
